@@ -1,0 +1,24 @@
+"""distill-data: dataset distillation and data-free synthetic calibration sets.
+
+Public API::
+
+    import distill_data as dd
+    dd.build("mnist5k", "herding", ipc=10, out="mnist_herding.h5")
+    ds = dd.load("mnist_herding.h5")          # a torch Dataset
+    report = dd.evaluate("mnist_herding.h5", runs=3, epochs=300)
+    dd.list_methods(); dd.list_datasets()
+"""
+
+from distill_data._version import __version__
+from distill_data.api import build, evaluate, list_datasets, list_methods, load
+from distill_data.errors import DistillDataError
+
+__all__ = [
+    "DistillDataError",
+    "__version__",
+    "build",
+    "evaluate",
+    "list_datasets",
+    "list_methods",
+    "load",
+]

@@ -189,7 +189,11 @@ def _labels(y: np.ndarray, what: str, n: int) -> np.ndarray:
     if len(y) != n:
         raise DataError(f"{what}: {len(y)} labels for {n} images")
     if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+        if (
+            np.issubdtype(y.dtype, np.floating)
+            and np.isfinite(y).all()
+            and (y == np.round(y)).all()
+        ):
             y = y.astype(np.int64)
         else:
             raise DataError(f"{what}: labels must be integers 0..K-1 (got dtype {y.dtype})")

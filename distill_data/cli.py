@@ -1,0 +1,288 @@
+"""The ``distill-data`` command line. Thin: parse, call the API, print.
+
+Every error a user can cause ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from distill_data import api
+from distill_data._version import __version__
+from distill_data.config import parse_set_options
+from distill_data.errors import DistillDataError
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    from distill_data.store import atomic_write
+
+    p = Path(path)
+    if not p.parent.exists():
+        raise DistillDataError(f"output folder {p.parent} does not exist; create it first")
+    with atomic_write(p) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="distill-data")
+def cli() -> None:
+    """Condense labelled image datasets into a few synthetic images per class, and
+    make data-free calibration sets, all stored in one HDF5 format.
+
+    \b
+    Typical session:
+      distill-data datasets                      # built-ins; or pass a path
+      distill-data methods                       # generators
+      distill-data build --dataset mnist5k --method herding --ipc 10 --out set.h5
+      distill-data show set.h5 --out set.png     # picture grid
+      distill-data eval set.h5 --runs 3 --epochs 300 --baseline random --json report.json
+    """
+
+
+@cli.command()
+@click.option(
+    "--dataset",
+    "-d",
+    required=True,
+    help="Built-in name (mnist5k, digits) or a path: .npz, ImageFolder, "
+    "CIFAR-10/100 python folder, MNIST IDX folder.",
+)
+@click.option("--method", "-m", required=True, help="Generator (see `distill-data methods`).")
+@click.option("--ipc", type=int, required=True, help="Images per class to produce.")
+@click.option("--out", "-o", required=True, help="Output HDF5 file (written atomically).")
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    help="Optimisation steps (default: the method's paper default).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random draw.")
+@click.option(
+    "--resume", is_flag=True, help="Continue from OUT.ckpt.pt if a previous build was interrupted."
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a method setting (repeatable), e.g. --set batch_size=128.",
+)
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def build(dataset, method, ipc, out, iterations, seed, resume, sets, device, quiet) -> None:
+    """Build a condensed set of DATASET with METHOD and write it to OUT."""
+    options = parse_set_options(sets)
+    log = None if quiet else (lambda m: click.echo(m, err=True))
+    synset = api.build(
+        dataset,
+        method,
+        ipc,
+        out,
+        iterations=iterations,
+        seed=seed,
+        resume=resume,
+        options=options,
+        device=device,
+        quiet=quiet,
+        log=log,
+    )
+    click.echo(
+        f"wrote {out}: {len(synset)} images ({synset.meta.generator}, ipc={ipc}, "
+        f"{synset.meta.iterations} iterations)"
+    )
+
+
+@cli.command(name="eval")
+@click.argument("store")
+@click.option(
+    "--dataset",
+    "-d",
+    default=None,
+    help="Real dataset to test on (default: the one the store names).",
+)
+@click.option("--model", default="convnet", show_default=True, help="Architecture to train.")
+@click.option(
+    "--runs",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Fresh models trained; the report gives mean ± std.",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Training epochs on the stored set (papers: 1000).",
+)
+@click.option(
+    "--full-epochs",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Epochs for the full-data baseline.",
+)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Choice(["random", "full"]),
+    help="Also evaluate a random real subset at the same IPC and/or the full data.",
+)
+@click.option(
+    "--scores",
+    is_flag=True,
+    help="Also compute DD-Ranking's LRS and ARS (runs both baselines and no-aug runs).",
+)
+@click.option("--no-augment", is_flag=True, help="Train without DSA.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", default=None, help="Write the full report here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def eval_cmd(
+    store,
+    dataset,
+    model,
+    runs,
+    epochs,
+    full_epochs,
+    baselines,
+    scores,
+    no_augment,
+    seed,
+    device,
+    json_out,
+    quiet,
+) -> None:
+    """Train fresh networks on STORE and test them on the real test split."""
+    from distill_data.evaluation import format_report
+
+    if json_out and not Path(json_out).parent.exists():
+        raise DistillDataError(f"output folder {Path(json_out).parent} does not exist")
+    report = api.evaluate(
+        store,
+        dataset,
+        baselines=baselines,
+        scores=scores,
+        device=device,
+        quiet=quiet,
+        model=model,
+        runs=runs,
+        epochs=epochs,
+        full_epochs=full_epochs,
+        augment=not no_augment,
+        seed=seed,
+    )
+    click.echo(format_report(report))
+    if json_out:
+        _write_json(json_out, report)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def inspect(store, as_json) -> None:
+    """Show what STORE holds: generator, settings, dataset, shapes."""
+    from distill_data.store import read_store
+
+    s = read_store(store)
+    m = s.meta
+    info = {
+        "path": store,
+        "images": list(s.images.shape),
+        "labels_per_class": [int((s.labels == c).sum()) for c in range(len(m.classes))],
+        "soft_labels": None if s.soft_labels is None else list(s.soft_labels.shape),
+        "temperature": s.temperature,
+        "generator": m.generator,
+        "config": m.config,
+        "dataset": m.dataset,
+        "dataset_fingerprint": m.dataset_fingerprint,
+        "ipc": m.ipc,
+        "seed": m.seed,
+        "iterations": m.iterations,
+        "classes": m.classes,
+        "mean": list(m.mean),
+        "std": list(m.std),
+        "package_version": m.package_version,
+        "created": m.created,
+        "extra_keys": sorted(m.extra),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for k, v in info.items():
+        if k == "config":
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+        click.echo(f"{k:>20}: {v}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--out", "-o", required=True, help="PNG file to write.")
+@click.option("--max-per-class", type=int, default=10, show_default=True)
+def show(store, out, max_per_class) -> None:
+    """Write a picture grid of STORE (one row per class) to a PNG."""
+    from distill_data.store import read_store
+    from distill_data.viz import save_grid
+
+    p = Path(out)
+    if not p.parent.exists():
+        raise DistillDataError(f"output folder {p.parent} does not exist; create it first")
+    save_grid(read_store(store), p, max_per_class=max_per_class)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+def methods() -> None:
+    """List the registered generators."""
+    for name, desc in api.list_methods():
+        click.echo(f"{name:<12} {desc}")
+
+
+@cli.command()
+def datasets() -> None:
+    """List the built-in datasets (any supported file or folder path works too)."""
+    for name, desc in api.list_datasets():
+        click.echo(f"{name:<12} {desc}")
+    click.echo(
+        "or a path: .npz (x_train,y_train,x_test,y_test), ImageFolder (train/, test/), "
+        "CIFAR-10/100 python folder, MNIST/Fashion-MNIST IDX folder"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and exit code 2 for every user error."""
+    try:
+        cli.main(args=argv, prog_name="distill-data", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # pragma: no cover - click>=8.2
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(0)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        _err(f"error: {e.format_message()}{hint}")
+        sys.exit(2)
+    except DistillDataError as e:
+        _err(f"error: {e}")
+        sys.exit(2)
+    except click.Abort:
+        _err("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err("interrupted; rerun with --resume to continue from the last checkpoint")
+        sys.exit(130)
+    except OSError as e:
+        _err(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

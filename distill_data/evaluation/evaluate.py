@@ -1,0 +1,195 @@
+"""Evaluate a stored set: the protocol, optional baselines, DD-Ranking scores, a report."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from distill_data.data import RealDataset, load_dataset
+from distill_data.errors import ConfigError, DataError
+from distill_data.evaluation.protocol import EvalConfig, evaluate_set
+from distill_data.evaluation.report import machine_info, now_iso
+from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
+from distill_data.store import SyntheticSet
+
+BASELINES = ("random", "full")
+
+
+def _to_data_space(synset: SyntheticSet, data: RealDataset) -> torch.Tensor:
+    """Re-normalise stored images with ``data``'s statistics if they differ."""
+    if tuple(synset.meta.mean) == tuple(data.mean) and tuple(synset.meta.std) == tuple(data.std):
+        return synset.images
+    return data.normalize(synset.denormalized())
+
+
+def check_compatible(synset: SyntheticSet, data: RealDataset) -> None:
+    """Raise DataError if the stored images cannot be evaluated on ``data``."""
+    shape = tuple(synset.images.shape[1:])
+    want = (data.channels, *data.im_size)
+    if shape != want:
+        raise DataError(
+            f"stored images are {shape} but dataset {data.name!r} has {want}; "
+            "evaluate on the dataset the set was built from (--dataset)"
+        )
+    if len(synset.meta.classes) != data.num_classes:
+        raise DataError(
+            f"store has {len(synset.meta.classes)} classes but dataset {data.name!r} has "
+            f"{data.num_classes}"
+        )
+
+
+def random_subset(data: RealDataset, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced random real subset (normalised), drawn from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat(
+        [i[torch.randperm(len(i), generator=g)[:ipc]] for i in data.indices_per_class()]
+    )
+    return data.normalize(data.x_train[idx]), data.y_train[idx].clone()
+
+
+def evaluate(
+    synset: SyntheticSet,
+    data: RealDataset | str | None = None,
+    config: EvalConfig | None = None,
+    baselines: Sequence[str] = (),
+    scores: bool = False,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+    store_path: str | None = None,
+) -> dict:
+    """Train-from-scratch evaluation of ``synset``; returns a JSON-ready report.
+
+    Args:
+        synset: the stored set (see :func:`distill_data.store.read_store`).
+        data: the real dataset (object, built-in name or path); default: the store's.
+        config: protocol settings; defaults are the papers'.
+        baselines: any of ``random`` (random real subset at the same IPC, a fresh draw
+            per run) and ``full`` (the whole training set, ``full_epochs`` epochs).
+        scores: also compute DD-Ranking's LRS and ARS; implies both baselines and adds
+            runs without augmentation for the synthetic set and the random subset.
+    """
+    cfg = config or EvalConfig()
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"unknown baseline {', '.join(unknown)}; choose from: random, full")
+    if data is None:
+        data = synset.meta.dataset
+    if isinstance(data, str):
+        data = load_dataset(data)
+    check_compatible(synset, data)
+    if synset.meta.dataset_fingerprint != data.fingerprint and not quiet:
+        print(
+            f"note: store was built from data with fingerprint {synset.meta.dataset_fingerprint},"
+            f" evaluating on {data.name} ({data.fingerprint})"
+        )
+    baselines = set(baselines) | ({"random", "full"} if scores else set())
+    images = _to_data_space(synset, data)
+    labels = synset.labels
+    counts = torch.bincount(labels, minlength=data.num_classes)
+    ipc = int(synset.meta.ipc) or max(1, round(len(labels) / data.num_classes))
+
+    results: dict[str, dict] = {}
+    results["synthetic"] = evaluate_set(
+        images, labels, data, cfg, "synthetic", device=device, quiet=quiet
+    )
+
+    def rnd(run: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
+
+    if "random" in baselines:
+        if ipc > min(data.class_counts()):
+            raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
+        results["random"] = evaluate_set(
+            images, labels, data, cfg, f"random ipc={ipc}", device=device, quiet=quiet, resample=rnd
+        )
+    if "full" in baselines:
+        x_full = data.normalize(data.x_train)
+        results["full"] = evaluate_set(
+            x_full,
+            data.y_train,
+            data,
+            cfg,
+            "full data",
+            epochs=cfg.full_epochs,
+            device=device,
+            quiet=quiet,
+        )
+    score_block = None
+    if scores:
+        noaug = dataclasses.replace(cfg, augment=False)
+        results["synthetic_noaug"] = evaluate_set(
+            images, labels, data, noaug, "synthetic (no aug)", device=device, quiet=quiet
+        )
+        results["random_noaug"] = evaluate_set(
+            images, labels, data, noaug, "random (no aug)", device=device, quiet=quiet, resample=rnd
+        )
+        f = {k: v["mean"] / 100.0 for k, v in results.items()}
+        score_block = {
+            **label_robust_score(f["synthetic"], f["random"], f["full"]),
+            **augmentation_robust_score(
+                f["synthetic"], f["random"], f["synthetic_noaug"], f["random_noaug"]
+            ),
+            "computed_from": "mean accuracies over runs, as fractions",
+        }
+    m = synset.meta
+    report = {
+        "kind": "distill-data evaluation",
+        "created": now_iso(),
+        "store": {
+            "path": store_path,
+            "generator": m.generator,
+            "ipc": m.ipc,
+            "n_images": len(labels),
+            "per_class": counts.tolist(),
+            "iterations": m.iterations,
+            "seed": m.seed,
+            "config": m.config,
+            "dataset": m.dataset,
+            "dataset_fingerprint": m.dataset_fingerprint,
+        },
+        "dataset": {
+            "name": data.name,
+            "fingerprint": data.fingerprint,
+            "train": len(data.x_train),
+            "test": len(data.x_test),
+            "shape": [data.channels, *data.im_size],
+        },
+        "protocol": {
+            **dataclasses.asdict(cfg),
+            "dsa_strategy": cfg.strategy(data),
+            "labels": "hard",
+            "optimizer": "SGD",
+            "lr_decay": "x0.1 at epochs/2",
+            "reported": "mean ± std over runs of the final-epoch test accuracy (percent)",
+        },
+        "results": results,
+        "scores": score_block,
+        "machine": machine_info(),
+        "device": str(device),
+    }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Human-readable summary lines of a report."""
+    lines = []
+    s = report["store"]
+    p = report["protocol"]
+    lines.append(
+        f"{s['generator']} ipc={s['ipc']} ({s['n_images']} images) on {report['dataset']['name']}:"
+        f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']}"
+    )
+    for name, r in report["results"].items():
+        lines.append(
+            f"  {name:<16} {r['mean']:6.2f} ± {r['std']:.2f} %   "
+            f"({r['runs']} runs × {r['epochs']} epochs, {r['seconds']:.0f} s)"
+        )
+    sc = report.get("scores")
+    if sc:
+        lines.append(
+            f"  LRS {100 * sc['lrs']:.2f}  (HLR {100 * sc['hlr']:.2f}, IOR {100 * sc['ior']:.2f})"
+            f"   ARS {100 * sc['ars']:.2f}"
+        )
+    return "\n".join(lines)

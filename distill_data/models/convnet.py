@@ -1,0 +1,117 @@
+"""ConvNet, the dataset-distillation field's standard network, and its BatchNorm twin.
+
+Architecture as in Zhao et al. (DC, ICLR 2021), reused unchanged by DSA, DM, DataDAM
+and NCFM: ``depth`` blocks of conv3x3 → norm → ReLU → 2×2 average pool, then one linear
+classifier on the flattened features. Width 128, depth 3 and instance norm are the
+defaults (instance norm is ``GroupNorm(width, width)``, as in the official code).
+Single-channel inputs get padding 3 on the first convolution (28×28 MNIST becomes
+32×32, as in the official code); depth shrinks when the image is too small for three
+poolings, so 8×8 inputs work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distill_data.errors import ConfigError
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
+
+
+def _norm(kind: str, width: int, hw: int) -> nn.Module:
+    if kind == "instancenorm":
+        return nn.GroupNorm(width, width, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(width)
+    if kind == "layernorm":
+        return nn.GroupNorm(1, width, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ConfigError(f"unknown norm {kind!r}; choose from: {', '.join(NORMS)}")
+
+
+class ConvNet(nn.Module):
+    """The field's ConvNet. ``embed(x)`` is the flattened last feature map.
+
+    Args:
+        channels: input channels (1 or 3).
+        num_classes: classifier outputs.
+        im_size: input (H, W).
+        width: channels of every conv layer (paper default 128).
+        depth: number of conv blocks (paper default 3; reduced for tiny images).
+        norm: ``instancenorm`` (default), ``batchnorm``, ``layernorm`` or ``none``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        im_size: tuple[int, int],
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "instancenorm",
+    ) -> None:
+        super().__init__()
+        if width < 1 or depth < 1:
+            raise ConfigError(f"ConvNet width and depth must be >= 1 (got {width}, {depth})")
+        self.config = dict(
+            channels=channels,
+            num_classes=num_classes,
+            im_size=tuple(im_size),
+            width=width,
+            depth=depth,
+            norm=norm,
+        )
+        pad0 = 3 if channels == 1 else 1
+        h, w = im_size[0] + 2 * pad0 - 2, im_size[1] + 2 * pad0 - 2
+        layers: list[nn.Module] = []
+        in_ch = channels
+        self.depth = 0
+        for d in range(depth):
+            if d > 0 and min(h, w) < 2:
+                break  # no room for another pooling: adapt depth to the image size
+            layers += [
+                nn.Conv2d(in_ch, width, 3, padding=pad0 if d == 0 else 1),
+                _norm(norm, width, h),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2),
+            ]
+            in_ch = width
+            h, w = h // 2, w // 2
+            self.depth += 1
+        self.features = nn.Sequential(*layers)
+        self.feature_shape = (width, h, w)
+        self.embed_dim = width * h * w
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Output of every block (after pooling), for attention-style losses."""
+        maps = []
+        block = 4
+        for i in range(0, len(self.features), block):
+            x = self.features[i : i + block](x)
+            maps.append(x)
+        return maps
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature vector before the classifier (flattened last feature map)."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class ConvNetBN(ConvNet):
+    """ConvNet with BatchNorm instead of instance norm (for BN-statistic methods)."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        im_size: tuple[int, int],
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "batchnorm",
+    ) -> None:
+        super().__init__(channels, num_classes, im_size, width=width, depth=depth, norm=norm)
