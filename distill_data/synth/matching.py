@@ -1,0 +1,203 @@
+"""The shared loop of every matching generator (DM, DataDAM, NCFM, ...).
+
+Each iteration: draw a real batch for every class, draw one DSA transform per class and
+apply it to that class's real and synthetic images alike (siamese), embed all classes'
+real images in one no-grad forward pass and all synthetic images in one forward pass
+with autograd (instance norm is per sample, so batching classes is exact), compute the
+method's loss from per-class statistics, and step the optimiser on the pixels.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from distill_data.augment import DSA, strategy_for
+from distill_data.config import require
+from distill_data.models import MODELS, build_model
+from distill_data.synth.base import Generator, GeneratorConfig
+
+INITS = ("real", "noise")
+
+
+@dataclass(frozen=True)
+class MatchingConfig(GeneratorConfig):
+    """Settings shared by matching generators (defaults: DM's, WACV 2023).
+
+    Attributes:
+        iterations: optimisation steps on the synthetic pixels.
+        model: architecture of the (freshly initialised) matching network.
+        width, depth: its width and depth (ConvNet 128 × 3 in the papers).
+        batch_real: real images drawn per class per iteration.
+        init: ``real`` (random real images of the class) or ``noise`` (standard normal).
+        dsa: siamese augmentation of real and synthetic batches.
+        dsa_strategy: DSA strategy; default: the field's, without flip for digits.
+        real_chunk: most real images per no-grad forward pass (0: all classes at once);
+            a memory cap that does not change the result.
+    """
+
+    iterations: int = 20000
+    model: str = "convnet"
+    width: int = 128
+    depth: int = 3
+    batch_real: int = 256
+    init: str = "real"
+    dsa: bool = True
+    dsa_strategy: str | None = None
+    real_chunk: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.model in MODELS, f"unknown model {self.model!r}; choose from: "
+                + ", ".join(MODELS.names()))
+        require(self.batch_real >= 1, f"batch_real must be >= 1, got {self.batch_real}")
+        require(self.width >= 1 and self.depth >= 1, "width and depth must be >= 1")
+        require(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        require(self.real_chunk >= 0, "real_chunk must be >= 0")
+
+
+def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class mean of ``feats`` (N, ...) → (K, ...), by index operations (no loop)."""
+    flat = feats.reshape(len(feats), -1)
+    sums = torch.zeros(num_classes, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    sums = sums.index_add(0, labels, flat)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(flat.dtype)
+    return (sums / counts[:, None]).reshape(num_classes, *feats.shape[1:])
+
+
+class MatchingGenerator(Generator):
+    """Base of generators that learn pixels by matching real and synthetic statistics."""
+
+    Config: ClassVar[type[GeneratorConfig]] = MatchingConfig
+    iterative = True
+    samples_real = True  # init from real images and real batches per class
+    config: MatchingConfig
+
+    # -- set-up ----------------------------------------------------------------------
+    def setup(self) -> None:
+        d, cfg = self.data, self.config
+        k, ipc = d.num_classes, self.ipc
+        self.labels = torch.arange(k).repeat_interleave(ipc)
+        if cfg.init == "real":
+            idx = torch.cat(
+                [i[torch.randperm(len(i), generator=self.rng)[:ipc]] for i in d.indices_per_class()]
+            )
+            init = d.normalize(d.x_train[idx])
+        else:
+            init = torch.randn((k * ipc, d.channels, *d.im_size), generator=self.rng)
+        self.images = init.to(self.device).clone().requires_grad_(True)
+        strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else strategy_for(d.is_digits)
+        self.dsa = DSA(strategy if cfg.dsa else "none")
+        # Real training images, normalised once, on the device (grad never needed).
+        self.real = d.normalize(d.x_train).to(self.device)
+        self.real_by_class = d.indices_per_class()
+        self.optimizers = self.make_optimizers()
+
+    @abc.abstractmethod
+    def make_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers over the learnable tensors (pixels first)."""
+
+    def make_net(self) -> nn.Module:
+        """A freshly initialised matching network, drawn from ``self.rng``, frozen."""
+        d, cfg = self.data, self.config
+        opts: dict[str, Any] = {"width": cfg.width, "depth": cfg.depth}
+        if cfg.model == "resnet":
+            opts = {"width": cfg.width}
+        net = build_model(cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng,
+                          **opts)
+        net = net.to(self.device).train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+    # -- one iteration -----------------------------------------------------------------
+    def sample_batches(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Real and synthetic batches of all classes with one siamese DSA draw per class.
+
+        Returns ``(real_x, real_y, syn_x, syn_y)``; rows are grouped by class.
+        """
+        cfg = self.config
+        h, w = self.data.im_size
+        real_parts, real_labels, syn_parts = [], [], []
+        for c, idx in enumerate(self.real_by_class):
+            pick = idx[torch.randperm(len(idx), generator=self.rng)[: cfg.batch_real]]
+            real = self.real[pick.to(self.device)]
+            syn = self.images[c * self.ipc : (c + 1) * self.ipc]
+            syn = self.transform_syn(syn)
+            if self.dsa.enabled:
+                n = max(len(real), len(syn))
+                params = self.dsa.sample(n, h, w, generator=self.rng, device=self.device)
+                real = self.dsa.apply(real, params.select(torch.arange(len(real))))
+                syn = self.dsa.apply(syn, params.select(torch.arange(len(syn))))
+            real_parts.append(real)
+            real_labels.append(torch.full((len(real),), c, dtype=torch.long))
+            syn_parts.append(syn)
+        syn_x = torch.cat(syn_parts)
+        syn_y = torch.arange(len(syn_parts)).repeat_interleave(
+            torch.tensor([len(s) for s in syn_parts])
+        )
+        return (
+            torch.cat(real_parts),
+            torch.cat(real_labels).to(self.device),
+            syn_x,
+            syn_y.to(self.device),
+        )
+
+    def transform_syn(self, syn: torch.Tensor) -> torch.Tensor:
+        """Hook applied to each class's synthetic batch before augmentation."""
+        return syn
+
+    @torch.no_grad()
+    def embed_real(self, fn: Any, real: torch.Tensor) -> Any:
+        """``fn(real)`` without autograd, in chunks of ``real_chunk`` (0: one pass)."""
+        chunk = self.config.real_chunk
+        if chunk <= 0 or len(real) <= chunk:
+            return fn(real)
+        parts = [fn(real[i : i + chunk]) for i in range(0, len(real), chunk)]
+        if isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts)
+        return [torch.cat(p) for p in zip(*parts)]
+
+    @abc.abstractmethod
+    def match(
+        self,
+        net: nn.Module,
+        real: torch.Tensor,
+        real_y: torch.Tensor,
+        syn: torch.Tensor,
+        syn_y: torch.Tensor,
+    ) -> torch.Tensor:
+        """The method's loss for one iteration (differentiable w.r.t. ``syn``)."""
+
+    def step(self, iteration: int) -> float:
+        net = self.make_net()
+        real, real_y, syn, syn_y = self.sample_batches()
+        loss = self.match(net, real, real_y, syn, syn_y)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        return float(loss.detach())
+
+    # -- results and state -------------------------------------------------------------
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return self.images.detach().cpu().clone(), self.labels.clone(), None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images.detach().cpu().clone(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.images.copy_(state["images"].to(self.device))
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
