@@ -1,7 +1,7 @@
 """Regenerate the README's results tables from bench/results/*.json (never typed by hand).
 
-    python bench/make_table.py          # rewrites the block between the markers in README.md
-    python bench/make_table.py --print  # prints it instead
+python bench/make_table.py          # rewrites the block between the markers in README.md
+python bench/make_table.py --print  # prints it instead
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ def coreset_table(results: list[dict]) -> list[str]:
         + ", ".join(f"IPC {i}: {epochs[i]}" for i in ipcs)
         + "; build time and peak RSS of the `build` process)",
         "",
-        "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " | build s (IPC "
-        + "/".join(map(str, ipcs)) + ") | peak RSS MiB |",
+        "| method | "
+        + " | ".join(f"IPC {i}" for i in ipcs)
+        + " | build s (IPC "
+        + "/".join(map(str, ipcs))
+        + ") | peak RSS MiB |",
         "|---" * (len(ipcs) + 3) + "|",
     ]
     for method in sorted(by):

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from distill_data.config import make_config
+from distill_data.config import make_config, resolve_device
 from distill_data.data import RealDataset, list_datasets, load_dataset
 from distill_data.errors import ConfigError, StoreError
 from distill_data.evaluation import EvalConfig
@@ -54,6 +54,7 @@ def build(
     atomically; long builds checkpoint next to ``out`` and continue with ``resume``.
     """
     cls = GENERATORS.get(method)
+    device = resolve_device(device)
     opts = dict(options or {})
     if iterations is not None:
         opts["iterations"] = iterations
@@ -88,6 +89,7 @@ def evaluate(
     ``protocol`` keywords are :class:`~distill_data.evaluation.EvalConfig` fields
     (``model``, ``runs``, ``epochs``, ``augment``, ...).
     """
+    device = resolve_device(device)
     path = None
     if not isinstance(store, SyntheticSet):
         path = str(store)

@@ -143,8 +143,12 @@ def build(dataset, method, ipc, out, iterations, seed, resume, sets, device, qui
     help="Also compute DD-Ranking's LRS and ARS (runs both baselines and no-aug runs).",
 )
 @click.option("--no-augment", is_flag=True, help="Train without DSA.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Base seed; run r uses seed + r."
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="torch device for training, e.g. cuda."
+)
 @click.option("--json", "json_out", default=None, help="Write the full report here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_cmd(
@@ -228,7 +232,9 @@ def inspect(store, as_json) -> None:
 @cli.command()
 @click.argument("store")
 @click.option("--out", "-o", required=True, help="PNG file to write.")
-@click.option("--max-per-class", type=int, default=10, show_default=True)
+@click.option(
+    "--max-per-class", type=int, default=10, show_default=True, help="Columns per class row."
+)
 def show(store, out, max_per_class) -> None:
     """Write a picture grid of STORE (one row per class) to a PNG."""
     from distill_data.store import read_store

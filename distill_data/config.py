@@ -14,6 +14,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+import torch
+
 from distill_data.errors import ConfigError
 
 C = TypeVar("C")
@@ -101,6 +103,24 @@ def make_config(cls: type[C], overrides: Mapping[str, Any] | None = None) -> C:
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """JSON-safe dict of a config dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def resolve_device(device: Any) -> torch.device:
+    """Parse a device spec, refusing ones this machine cannot use (ConfigError)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ConfigError(f"unsupported device {device!r}; use cpu or cuda")
+    return dev
 
 
 def require(cond: bool, message: str) -> None:

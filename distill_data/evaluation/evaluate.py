@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from distill_data.data import RealDataset, load_dataset
+from distill_data.data import DATASETS, RealDataset, load_dataset
 from distill_data.errors import ConfigError, DataError
 from distill_data.evaluation.protocol import EvalConfig, evaluate_set
 from distill_data.evaluation.report import machine_info, now_iso
@@ -38,6 +39,17 @@ def check_compatible(synset: SyntheticSet, data: RealDataset) -> None:
             f"store has {len(synset.meta.classes)} classes but dataset {data.name!r} has "
             f"{data.num_classes}"
         )
+
+
+def _dataset_of(synset: SyntheticSet) -> str:
+    """The dataset a store names: a built-in, a path that exists, or its recorded source."""
+    name = synset.meta.dataset
+    source = synset.meta.extra.get("dataset_source") or ""
+    if name in DATASETS or Path(name).exists() or not source:
+        return name
+    if Path(source).exists():
+        return source
+    raise DataError(f"the store was built from {source!r}, which no longer exists; pass --dataset")
 
 
 def random_subset(data: RealDataset, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +87,7 @@ def evaluate(
     if unknown:
         raise ConfigError(f"unknown baseline {', '.join(unknown)}; choose from: random, full")
     if data is None:
-        data = synset.meta.dataset
+        data = _dataset_of(synset)
     if isinstance(data, str):
         data = load_dataset(data)
     check_compatible(synset, data)

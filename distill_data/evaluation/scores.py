@@ -2,8 +2,8 @@
 Distillation", 2025, arXiv:2505.13300).
 
 Both scores map a weighted accuracy difference ``a`` in [-1, 1] (accuracies as
-fractions) to [0, 1] with ``(e^a - e^-1) / (e - e^-1)``, so 0.5·(e^0 - e^-1)/(e - e^-1)
-≈ 0.269 means "no better than the reference".
+fractions) to [0, 1] with ``(e^a - e^-1) / (e - e^-1)``, so (e^0 - e^-1)/(e - e^-1) ≈ 0.269
+means "no better than the reference".
 
 - Label-robust score: ``a = λ·IOR − (1−λ)·HLR`` where IOR (improvement over random) is
   acc(synthetic) − acc(random real subset, same IPC) and HLR (hard-label recovery) is

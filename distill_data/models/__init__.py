@@ -48,7 +48,11 @@ def build_model(
     """
     cls = MODELS.get(name)
     try:
-        model = cls(channels, num_classes, tuple(im_size), **options)
+        if generator is None:
+            model = cls(channels, num_classes, tuple(im_size), **options)
+        else:  # default init draws from the global RNG; restore it, then redraw
+            with torch.random.fork_rng(devices=[]):
+                model = cls(channels, num_classes, tuple(im_size), **options)
     except TypeError as e:
         raise ConfigError(f"bad options for model {name!r}: {e}") from None
     model.arch = name  # type: ignore[attr-defined]

@@ -222,7 +222,7 @@ def run_generator(
         std=tuple(gen.data.std),
         classes=list(gen.data.classes),
         iterations=max(total, start),
-        extra=gen.extra_meta(),
+        extra={**gen.extra_meta(), "dataset_source": gen.data.source},
     )
     synset = SyntheticSet(
         images=images.detach().cpu().float().contiguous(),

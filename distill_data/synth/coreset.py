@@ -93,6 +93,13 @@ class FeatureCoreset(CoresetGenerator):
             net = build_model(cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng)
         else:
             net, _ = load_model(cfg.feature_model)
+            got = (net.config["channels"], tuple(net.config["im_size"]))
+            if got != (d.channels, tuple(d.im_size)):
+                raise ConfigError(
+                    f"feature model {cfg.feature_model!r} does not accept {d.name} images: "
+                    f"built for {got[0]}-channel {got[1][0]}x{got[1][1]}, the data is "
+                    f"{d.channels}-channel {d.im_size[0]}x{d.im_size[1]}"
+                )
         net = net.to(self.device).eval()
         try:
             feats = [

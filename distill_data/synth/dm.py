@@ -3,7 +3,7 @@ Matching", WACV 2023).
 
 Objective (paper Eq. 4, with the DSA transform A_ω shared by both sides):
 
-    min_S  E_{θ ~ P_θ, ω}  Σ_c || 1/|T_c| Σ_{x ∈ T_c} ψ_θ(A_ω(x)) − 1/|S_c| Σ_{s ∈ S_c} ψ_θ(A_ω(s)) ||²
+    min_S  E_{θ ~ P_θ, ω}  Σ_c || mean_{x ∈ T_c} ψ_θ(A_ω(x)) − mean_{s ∈ S_c} ψ_θ(A_ω(s)) ||²
 
 where ψ_θ is the embedding (output before the classifier) of a ConvNet freshly
 initialised at every iteration. Defaults follow the paper and the official code: SGD

@@ -52,8 +52,10 @@ class MatchingConfig(GeneratorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.model in MODELS, f"unknown model {self.model!r}; choose from: "
-                + ", ".join(MODELS.names()))
+        require(
+            self.model in MODELS,
+            f"unknown model {self.model!r}; choose from: " + ", ".join(MODELS.names()),
+        )
         require(self.batch_real >= 1, f"batch_real must be >= 1, got {self.batch_real}")
         require(self.width >= 1 and self.depth >= 1, "width and depth must be >= 1")
         require(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
@@ -107,8 +109,9 @@ class MatchingGenerator(Generator):
         opts: dict[str, Any] = {"width": cfg.width, "depth": cfg.depth}
         if cfg.model == "resnet":
             opts = {"width": cfg.width}
-        net = build_model(cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng,
-                          **opts)
+        net = build_model(
+            cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng, **opts
+        )
         net = net.to(self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
