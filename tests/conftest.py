@@ -57,6 +57,15 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never read or write the user's cache (~/.cache/distill-data)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DISTILL_DATA_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def make_npz(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_npz("name.npz", channels=3, size=(12, 12), classes=4, ...)``."""

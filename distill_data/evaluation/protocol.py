@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distill_data.augment import DSA, strategy_for
 from distill_data.config import require
 from distill_data.data import RealDataset
 from distill_data.models import MODELS, build_model
+from distill_data.train import fit
 
 
 @dataclass(frozen=True)
@@ -107,29 +107,19 @@ def train_and_test(
     model = build_model(
         cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
     ).to(device)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    fit(
+        model,
+        images,
+        labels,
+        epochs=epochs,
+        generator=g,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        dsa=DSA(cfg.strategy(data)),
+        bar=bar,
     )
-    dsa = DSA(cfg.strategy(data))
-    x_all, y_all = images.to(device), labels.to(device)
-    n = len(x_all)
-    for ep in range(epochs):
-        if ep == epochs // 2:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * 0.1
-        model.train()
-        perm = torch.randperm(n, generator=g).to(device)
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if dsa.enabled:
-                x = dsa(x, generator=g)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if bar is not None:
-            bar.update(1)
     return test_accuracy(model, data, device)
 
 

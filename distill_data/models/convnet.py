@@ -94,6 +94,17 @@ class ConvNet(nn.Module):
             maps.append(x)
         return maps
 
+    def block_activations(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One pass returning each block's activation (after norm and ReLU, before
+        pooling; what DataDAM attends to) and the embedding (flattened last map)."""
+        acts = []
+        for i in range(0, len(self.features), 4):
+            conv, norm, act, pool = self.features[i : i + 4]
+            x = act(norm(conv(x)))
+            acts.append(x)
+            x = pool(x)
+        return acts, x.flatten(1)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Feature vector before the classifier (flattened last feature map)."""
         return self.features(x).flatten(1)

@@ -80,6 +80,8 @@ class Generator(abc.ABC):
         self.seed = seed
         self.device = torch.device(device)
         self.rng = torch.Generator().manual_seed(seed)
+        #: set by the build loop; generators with slow set-up show progress unless quiet
+        self.quiet = True
 
     @classmethod
     def check_ipc(cls, data: RealDataset, ipc: int) -> None:
@@ -160,6 +162,7 @@ def run_generator(
     ckpt = checkpoint_path_for(out)
     sig = _signature(method, cfg, gen.data, gen.ipc, gen.seed)
     start = 0
+    gen.quiet = quiet
     gen.setup()
     if resume and ckpt.exists():
         payload = load_checkpoint(ckpt)

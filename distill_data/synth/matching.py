@@ -38,6 +38,9 @@ class MatchingConfig(GeneratorConfig):
         dsa_strategy: DSA strategy; default: the field's, without flip for digits.
         real_chunk: most real images per no-grad forward pass (0: all classes at once);
             a memory cap that does not change the result.
+        fyi: Flip Your Images (Son et al., ECCV 2024): each class's synthetic batch
+            becomes [S, hflip(S)] before augmentation, and a siamese random flip is
+            always applied before the one DSA op drawn from the rest of the strategy.
     """
 
     iterations: int = 20000
@@ -49,6 +52,7 @@ class MatchingConfig(GeneratorConfig):
     dsa: bool = True
     dsa_strategy: str | None = None
     real_chunk: int = 512
+    fyi: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,7 +97,12 @@ class MatchingGenerator(Generator):
             init = torch.randn((k * ipc, d.channels, *d.im_size), generator=self.rng)
         self.images = init.to(self.device).clone().requires_grad_(True)
         strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else strategy_for(d.is_digits)
-        self.dsa = DSA(strategy if cfg.dsa else "none")
+        strategy = strategy if cfg.dsa else "none"
+        # FYI (official code): flip leaves the DSA pool and is always applied first.
+        self.flip = DSA("flip") if cfg.fyi else None
+        if cfg.fyi:
+            strategy = "_".join(g for g in strategy.split("_") if g != "flip") or "none"
+        self.dsa = DSA(strategy)
         # Real training images, normalised once, on the device (grad never needed).
         self.real = d.normalize(d.x_train).to(self.device)
         self.real_by_class = d.indices_per_class()
@@ -132,12 +141,11 @@ class MatchingGenerator(Generator):
             pick = idx[torch.randperm(len(idx), generator=self.rng)[: cfg.batch_real]]
             real = self.real[pick.to(self.device)]
             syn = self.images[c * self.ipc : (c + 1) * self.ipc]
-            syn = self.transform_syn(syn)
-            if self.dsa.enabled:
-                n = max(len(real), len(syn))
-                params = self.dsa.sample(n, h, w, generator=self.rng, device=self.device)
-                real = self.dsa.apply(real, params.select(torch.arange(len(real))))
-                syn = self.dsa.apply(syn, params.select(torch.arange(len(syn))))
+            if self.flip is not None:
+                syn = torch.cat([syn, syn.flip(-1)])
+            for dsa in (self.flip, self.dsa):
+                if dsa is not None and dsa.enabled:
+                    real, syn = self._siamese(dsa, real, syn, h, w)
             real_parts.append(real)
             real_labels.append(torch.full((len(real),), c, dtype=torch.long))
             syn_parts.append(syn)
@@ -152,9 +160,15 @@ class MatchingGenerator(Generator):
             syn_y.to(self.device),
         )
 
-    def transform_syn(self, syn: torch.Tensor) -> torch.Tensor:
-        """Hook applied to each class's synthetic batch before augmentation."""
-        return syn
+    def _siamese(
+        self, dsa: DSA, real: torch.Tensor, syn: torch.Tensor, h: int, w: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DSA draw; row i of the real and of the synthetic batch share transform i
+        (the official code's shared-seed semantics)."""
+        params = dsa.sample(max(len(real), len(syn)), h, w, generator=self.rng, device=self.device)
+        real = dsa.apply(real, params.select(torch.arange(len(real))))
+        syn = dsa.apply(syn, params.select(torch.arange(len(syn))))
+        return real, syn
 
     @torch.no_grad()
     def embed_real(self, fn: Any, real: torch.Tensor) -> Any:
@@ -185,9 +199,13 @@ class MatchingGenerator(Generator):
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.after_backward()
         for opt in self.optimizers:
             opt.step()
         return float(loss.detach())
+
+    def after_backward(self) -> None:
+        """Hook between backward and the optimiser steps (e.g. gradient ascent parts)."""
 
     # -- results and state -------------------------------------------------------------
     def result(self) -> tuple[torch.Tensor, torch.Tensor, None]:

@@ -1,0 +1,126 @@
+"""DataDAM: Attention Matching (Sajedi et al., "DataDAM: Efficient Dataset
+Distillation with Attention Matching", ICCV 2023).
+
+Objective (paper Eqs. 2–5): with the spatial attention of a feature map f (C×H×W)
+
+    A(f) = Σ_c |f_c|^p,  flattened to H·W and L2-normalised per image,
+
+and a freshly initialised network θ per iteration,
+
+    L = L_SAM + λ · L_MMD
+    L_SAM = Σ_classes Σ_{l < L} || mean_{x ∈ T_c} A(f_l(x)) − mean_{s ∈ S_c} A(f_l(s)) ||²
+    L_MMD = Σ_classes || mean_{x ∈ T_c} ψ(x) − mean_{s ∈ S_c} ψ(s) ||²
+
+where f_l is the activation of block l (after norm and ReLU, before pooling), the last
+block is left to L_MMD on the embedding ψ (flattened last map), and λ = 0.01.
+
+Paper vs official code (DataDistillation/DataDAM), and what we chose:
+- ``p``: the paper's hyper-parameter table gives p = 4; the official training script
+  calls ``get_attention(..., exp=1)``, i.e. p = 1. Default: **p = 4 (paper)**; set
+  ``--set p=1`` for the code's choice.
+- ``iterations``: the paper's table gives 8,000; the code's default is 20,000.
+  Default: **8,000 (paper)**.
+- Loss scale: the code multiplies the whole loss by 100, which with SGD at lr 1 acts as
+  a 100× step; the paper writes no factor. Default: **``loss_scale = 100`` (code)**,
+  because lr_img = 1 was tuned with it; ``--set loss_scale=1`` gives the paper's form.
+- Network: the code's ConvNet uses BatchNorm; the papers' protocol (and ours) uses the
+  instance-norm ConvNet. ``--set model=convnet_bn`` gives the code's.
+- Real images per class: 64 (code default); SGD on pixels lr 1, momentum 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill_data.config import require
+from distill_data.errors import ConfigError
+from distill_data.synth.base import GENERATORS
+from distill_data.synth.matching import MatchingConfig, MatchingGenerator, class_means
+
+
+def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
+    """A(f) = Σ_c |f_c|^p per image, flattened and L2-normalised: (N,C,H,W) → (N,H·W)."""
+    a = f.abs().pow(p).sum(1) if p != 1 else f.abs().sum(1)
+    return F.normalize(a.flatten(1), p=2, dim=1)
+
+
+def datadam_loss(
+    real_attn: list[torch.Tensor],
+    real_emb: torch.Tensor,
+    real_y: torch.Tensor,
+    syn_attn: list[torch.Tensor],
+    syn_emb: torch.Tensor,
+    syn_y: torch.Tensor,
+    num_classes: int,
+    lam: float = 0.01,
+) -> torch.Tensor:
+    """L_SAM + λ·L_MMD (DataDAM Eq. 5) from attention maps and embeddings."""
+    sam = sum(
+        ((class_means(r, real_y, num_classes) - class_means(s, syn_y, num_classes)) ** 2).sum()
+        for r, s in zip(real_attn, syn_attn)
+    )
+    mmd = (
+        (class_means(real_emb, real_y, num_classes) - class_means(syn_emb, syn_y, num_classes)) ** 2
+    ).sum()
+    return sam + lam * mmd
+
+
+@dataclass(frozen=True)
+class DataDAMConfig(MatchingConfig):
+    """DataDAM settings (see the module docstring for paper vs code choices)."""
+
+    iterations: int = 8000
+    batch_real: int = 64
+    p: float = 4.0
+    lam: float = 0.01
+    loss_scale: float = 100.0
+    lr_img: float = 1.0
+    momentum: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.p > 0, f"p must be > 0, got {self.p}")
+        require(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        require(self.loss_scale > 0, "loss_scale must be > 0")
+        require(self.lr_img > 0, f"lr_img must be > 0, got {self.lr_img}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+
+
+@GENERATORS.register("datadam", "DataDAM: spatial attention + embedding matching (ICCV 2023)")
+class DataDAM(MatchingGenerator):
+    """Sajedi et al., ICCV 2023: match class-mean spatial attention maps of every block
+    but the last, plus λ × the class-mean embedding distance (Eq. 5)."""
+
+    Config = DataDAMConfig
+    config: DataDAMConfig
+
+    def make_optimizers(self) -> list[torch.optim.Optimizer]:
+        cfg = self.config
+        return [torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)]
+
+    def make_net(self) -> nn.Module:
+        net = super().make_net()
+        if not hasattr(net, "block_activations"):
+            raise ConfigError(
+                f"datadam needs a network with per-block activations (convnet, convnet_bn); "
+                f"got {self.config.model!r}"
+            )
+        return net
+
+    def _features(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        acts, emb = net.block_activations(x)
+        p = self.config.p
+        return (*(spatial_attention(a, p) for a in acts[:-1]), emb)
+
+    def match(self, net, real, real_y, syn, syn_y) -> torch.Tensor:
+        r = self.embed_real(lambda x: self._features(net, x), real)
+        s = self._features(net, syn)
+        k = self.data.num_classes
+        loss = datadam_loss(
+            list(r[:-1]), r[-1], real_y, list(s[:-1]), s[-1], syn_y, k, self.config.lam
+        )
+        return self.config.loss_scale * loss
