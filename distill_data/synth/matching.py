@@ -10,6 +10,7 @@ method's loss from per-class statistics, and step the optimiser on the pixels.
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from distill_data.models import MODELS, build_model
 from distill_data.synth.base import Generator, GeneratorConfig
 
 INITS = ("real", "noise")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class MatchingConfig(GeneratorConfig):
         dsa_strategy: DSA strategy; default: the field's, without flip for digits.
         real_chunk: most real images per no-grad forward pass (0: all classes at once);
             a memory cap that does not change the result.
+        precision: ``fp32`` (default) or ``bf16``: network passes under bfloat16 autocast
+            (losses and pixels stay float32), for CPUs/GPUs with fast bfloat16.
+        channels_last: run the matching network in channels-last memory layout.
         fyi: Flip Your Images (Son et al., ECCV 2024): each class's synthetic batch
             becomes [S, hflip(S)] before augmentation, and a siamese random flip is
             always applied before the one DSA op drawn from the rest of the strategy.
@@ -52,6 +57,8 @@ class MatchingConfig(GeneratorConfig):
     dsa: bool = True
     dsa_strategy: str | None = None
     real_chunk: int = 512
+    precision: str = "fp32"
+    channels_last: bool = False
     fyi: bool = False
 
     def __post_init__(self) -> None:
@@ -64,11 +71,15 @@ class MatchingConfig(GeneratorConfig):
         require(self.width >= 1 and self.depth >= 1, "width and depth must be >= 1")
         require(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         require(self.real_chunk >= 0, "real_chunk must be >= 0")
+        require(
+            self.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
 
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-class mean of ``feats`` (N, ...) → (K, ...), by index operations (no loop)."""
-    flat = feats.reshape(len(feats), -1)
+    flat = feats.reshape(len(feats), -1).float()  # statistics in fp32, also under autocast
     sums = torch.zeros(num_classes, flat.shape[1], dtype=flat.dtype, device=flat.device)
     sums = sums.index_add(0, labels, flat)
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(flat.dtype)
@@ -122,6 +133,8 @@ class MatchingGenerator(Generator):
             cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng, **opts
         )
         net = net.to(self.device).train()
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
         for p in net.parameters():
             p.requires_grad_(False)
         return net
@@ -195,7 +208,11 @@ class MatchingGenerator(Generator):
     def step(self, iteration: int) -> float:
         net = self.make_net()
         real, real_y, syn, syn_y = self.sample_batches()
-        loss = self.match(net, real, real_y, syn, syn_y)
+        if self.config.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+            syn = syn.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            loss = self.match(net, real, real_y, syn, syn_y)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,6 +220,12 @@ class MatchingGenerator(Generator):
         for opt in self.optimizers:
             opt.step()
         return float(loss.detach())
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for ``precision=bf16``, else a no-op."""
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def after_backward(self) -> None:
         """Hook between backward and the optimiser steps (e.g. gradient ascent parts)."""

@@ -63,8 +63,12 @@ FREQUENCIES = ("sampler", "gaussian")
 def empirical_cf(
     feats: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class real and imaginary parts of mean_x e^{i t·x}: two (K, F) tensors."""
-    tx = feats @ t.T
+    """Per-class real and imaginary parts of mean_x e^{i t·x}: two (K, F) tensors.
+
+    Always float32: cos/sin of bfloat16 phases would be meaningless.
+    """
+    with torch.autocast(feats.device.type, enabled=False):
+        tx = feats.float() @ t.float().T
     return class_means(torch.cos(tx), labels, num_classes), class_means(
         torch.sin(tx), labels, num_classes
     )
@@ -288,6 +292,8 @@ class NCFM(MatchingGenerator):
             )
             net.load_state_dict(state)
             net = net.to(self.device).train()
+            if cfg.channels_last:
+                net = net.to(memory_format=torch.channels_last)
             for p in net.parameters():
                 p.requires_grad_(False)
             nets.append(net)

@@ -1,0 +1,124 @@
+"""Seconds per iteration, compute floor and peak memory of the matching generators.
+
+Each configuration runs in its own child process (so peak RSS is its own): set up the
+generator on mnist5k at IPC 10 with its defaults, run 2 warm-up iterations, then time
+``--steps`` iterations (median reported). The compute floor is measured in the same
+process on the same kind of batches: one no-grad forward of the iteration's real images
+plus one forward/backward of its synthetic images through the same network.
+
+    python bench/matching_speed.py                  # dm, datadam, ncfm, dm+fyi; fp32 + bf16
+    python bench/matching_speed.py --methods dm --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
+
+DATASET = "mnist5k"
+IPC = 10
+# NCFM's pool (20 nets x 60 epochs) only affects accuracy, not the cost of an iteration.
+EXTRA = {"ncfm": {"pool_size": 1, "pretrain_epochs": 1}}
+EXTRA["ncfm+fyi"] = EXTRA["ncfm"]
+
+
+def one(method: str, steps: int, precision: str) -> dict:
+    """Runs inside the child process."""
+    import resource
+
+    import torch
+
+    from distill_data.config import make_config
+    from distill_data.data import load_dataset
+    from distill_data.synth import GENERATORS
+
+    data = load_dataset(DATASET)
+    cls = GENERATORS.get(method)
+    opts = {**EXTRA.get(method, {}), "precision": precision}
+    if precision == "bf16":
+        opts["channels_last"] = False
+    cfg = make_config(cls.Config, opts)
+    gen = cls(cfg, data, IPC, seed=0)
+    gen.setup()
+    for it in range(2):
+        gen.step(it)
+    times = []
+    for it in range(steps):
+        t0 = time.perf_counter()
+        gen.step(it)
+        times.append(time.perf_counter() - t0)
+
+    floor = []
+    for _ in range(max(3, steps // 4)):
+        net = gen.make_net()
+        real, _, syn, _ = gen.sample_batches()
+        syn = syn.detach().requires_grad_(True)
+        with gen.autocast():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                gen.embed_real(net.embed, real)
+            out = net.embed(syn).float().sum()
+        out.backward()
+        floor.append(time.perf_counter() - t0)
+    return {
+        "method": method,
+        "precision": precision,
+        "config": cfg.__dict__,
+        "steps_timed": steps,
+        "s_per_iter_median": statistics.median(times),
+        "s_per_iter_all": [round(t, 4) for t in times],
+        "compute_floor_s_median": statistics.median(floor),
+        "ratio_to_floor": statistics.median(times) / statistics.median(floor),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "real_images_per_iter": int(len(real)),
+        "syn_images_per_iter": int(len(syn)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="*", default=["dm", "datadam", "ncfm", "dm+fyi"])
+    ap.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(args.one, args.steps, args.precision)), flush=True)
+        return
+    rows = []
+    for method in args.methods:
+        for precision in args.precisions:
+            cmd = [sys.executable, __file__, "--one", method, "--precision", precision,
+                   "--steps", str(args.steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr[-2000:])
+            res = json.loads(out.stdout.split("RESULT ", 1)[1])
+            print(f"{method:10s} {precision}: {res['s_per_iter_median']:.3f} s/it, floor "
+                  f"{res['compute_floor_s_median']:.3f} s ({res['ratio_to_floor']:.2f}x), "
+                  f"peak {res['peak_rss_mib']:.0f} MiB", flush=True)
+            rows.append(res)
+    name = "matching_speed_" + "_".join(m.replace("+", "-") for m in args.methods)
+    write_result(name, {"benchmark": "matching-speed", "dataset": DATASET, "ipc": IPC,
+                        "rows": rows,
+                        "official_reference": {
+                            "dm": {"s_per_iter": 3.99, "peak_rss_gb": 1.40, "batch_real": 256},
+                            "datadam": {"s_per_iter": 1.78, "peak_rss_gb": 2.07,
+                                        "batch_real": 64},
+                            "source": "issue #3: official code run on this machine kind",
+                        }})
+
+
+if __name__ == "__main__":
+    main()
