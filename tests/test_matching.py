@@ -385,9 +385,12 @@ def test_batched_classes_equal_per_class_loop(method: str, data1, pool_cache) ->
     (g_batched,) = torch.autograd.grad(batched, leaf)
     looped = _per_class_loss(gen, method, net, real, real_y, leaf, syn_y, t)
     (g_looped,) = torch.autograd.grad(looped, leaf)
-    assert float(batched) > 0
-    assert float(batched) == pytest.approx(float(looped), rel=1e-5)
-    torch.testing.assert_close(g_batched, g_looped, rtol=1e-4, atol=1e-6)
+    assert float(batched.detach()) > 0
+    assert float(batched.detach()) == pytest.approx(float(looped.detach()), rel=1e-5)
+    # float32 summation order differs; NCFM's sqrt near its clamp amplifies that, so the
+    # tolerance is relative to the gradient's scale
+    scale = float(g_batched.abs().max())
+    torch.testing.assert_close(g_batched, g_looped, rtol=1e-4, atol=2e-5 * scale)
     assert g_batched.abs().sum() > 0
 
 
@@ -552,7 +555,11 @@ def test_ncfm_sampler_ascends_the_discrepancy(data1, pool_cache) -> None:
     # the update is the first momentum-SGD step along +∇ (ascent) ...
     theta1 = [p.detach().clone() for p in sampler.parameters()]
     for p0, p1, g in zip(theta0, theta1, grads):
-        torch.testing.assert_close(p1 - p0, cfg.lr_sampler * g, rtol=1e-4, atol=1e-8)
+        step = cfg.lr_sampler * g
+        # p1 - p0 cancels float32 digits: allow rounding of p0 (biases before BatchNorm
+        # have a ~0 gradient, so their step is pure rounding)
+        atol = 1e-4 * float(step.abs().max()) + 1.2e-7 * float(p0.abs().max())
+        torch.testing.assert_close(p1 - p0, step, rtol=1e-3, atol=atol)
     # ... and it raises the discrepancy, as does a small step along the stored direction
     before = float(cfd(ref))
     moved = copy.deepcopy(ref)
@@ -606,7 +613,7 @@ def test_ncfm_pool_is_cached(data1, tmp_path, monkeypatch) -> None:
 
 
 def test_ncfm_make_net_blends_initial_and_trained_weights(data1, pool_cache) -> None:
-    gen = make_gen("ncfm", data1, **NCFM_TINY, pool_size=2, cache_dir=pool_cache)
+    gen = make_gen("ncfm", data1, **{**NCFM_TINY, "pool_size": 2}, cache_dir=pool_cache)
     state = gen.rng.get_state()
     net = gen.make_net()
     replay = torch.Generator()

@@ -717,3 +717,22 @@ def test_save_checkpoint_is_atomic(tmp_path: Path, monkeypatch) -> None:
         save_checkpoint(path, {"iteration": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_atomic_write_removes_temp_files_of_dead_writers(tmp_path):
+    """A SIGKILLed writer's temp file is cleaned up by the next write; a live one is kept."""
+    import subprocess
+
+    from distill_data.store import atomic_write
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".x.json.tmp-{dead.pid}-abcd"
+    stale.write_text("junk")
+    live = tmp_path / f".x.json.tmp-{os.getppid()}-abcd"
+    live.write_text("junk")
+    with atomic_write(tmp_path / "x.json") as tmp:
+        tmp.write_text("ok")
+    assert not stale.exists()
+    assert live.exists()
+    assert (tmp_path / "x.json").read_text() == "ok"

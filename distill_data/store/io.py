@@ -50,6 +50,28 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 # --------------------------------------------------------------------------- atomic write
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    """Delete temp files a SIGKILLed writer of ``name`` left behind (its pid is gone)."""
+    for p in folder.glob(f".{name}.tmp-*-*"):
+        try:
+            pid = int(p.name[len(name) + 6 :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike) -> Iterator[Path]:
     """Write a file all-or-nothing: yields a temp path to write to, then renames it.
@@ -85,6 +107,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         raise StoreError(f"cannot write {target}: folder {folder} does not exist; create it first")
     if target.is_dir():
         raise StoreError(f"cannot write {target}: it is a folder; give a file name")
+    _remove_stale_temps(folder, target.name)
     tmp = folder / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         yield tmp
