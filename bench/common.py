@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,16 +16,41 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
 
+_CHILD = """
+import os, sys
+from distill_data.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    with open('/proc/self/status') as f:
+        kb = next(int(l.split()[1]) for l in f if l.startswith('VmHWM'))
+    with open(os.environ['DD_BENCH_PEAK_FILE'], 'w') as f:
+        f.write(str(kb))
+"""
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM), in MiB.
+
+    VmHWM belongs to the current address space, so unlike ``ru_maxrss`` it does not
+    include memory the parent held when it forked us.
+    """
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    return round(kb / 1024, 1)
+
+
 def run_measured(args: list[str]) -> dict:
-    """Run ``python -m distill_data.cli ARGS`` in a child; wall seconds and peak RSS (MiB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "distill_data.cli", *args])
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"child failed with exit code {code}: {' '.join(args)}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    """Run ``distill-data ARGS`` in a child; wall seconds and the child's peak RSS (MiB)."""
+    with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
+        env = {**os.environ, "DD_BENCH_PEAK_FILE": peak.name}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _CHILD, *args], env=env)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"child failed with exit code {proc.returncode}: {' '.join(args)}")
+        kb = int(Path(peak.name).read_text())
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(kb / 1024, 1)}
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -13,6 +13,7 @@ images, 16 steps per epoch) is trained for 20 epochs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, run_measured, write_result  # noqa: E402
+
+from distill_data.evaluation.report import now_iso  # noqa: E402
 
 import distill_data as dd  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
@@ -38,7 +41,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=RUNS)
     ap.add_argument("--no-full", action="store_true", help="skip the full-data figure")
     ap.add_argument("--force", action="store_true", help="recompute existing results")
+    ap.add_argument(
+        "--remeasure-builds",
+        action="store_true",
+        help="only re-time the builds of existing results (seconds, peak RSS)",
+    )
     args = ap.parse_args()
+    if args.remeasure_builds:
+        remeasure_builds()
+        return
     data = load_dataset(DATASET)
 
     for ipc in args.ipc:
@@ -83,6 +94,32 @@ def main() -> None:
             )
 
     full(args)
+
+
+def remeasure_builds() -> None:
+    """Re-take build seconds and peak RSS (VmHWM of the build process) of every result."""
+    for path in sorted(RESULTS.glob(f"coreset_{DATASET}_*.json")):
+        doc = json.loads(path.read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            doc["build"] = run_measured(
+                [
+                    "build",
+                    "--dataset",
+                    DATASET,
+                    "--method",
+                    doc["method"],
+                    "--ipc",
+                    str(doc["ipc"]),
+                    "--out",
+                    str(Path(tmp) / "set.h5"),
+                    "--seed",
+                    "0",
+                    "--quiet",
+                ]
+            )
+        doc["build"]["measured"] = now_iso()
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"{path.name}: {doc['build']}")
 
 
 def full(args: argparse.Namespace) -> None:

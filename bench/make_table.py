@@ -70,9 +70,74 @@ def coreset_table(results: list[dict]) -> list[str]:
     return out
 
 
+def matching_speed_table(results: list[dict]) -> list[str]:
+    runs = [r for r in results if r.get("benchmark") == "matching-speed"]
+    if not runs:
+        return []
+    out = [
+        "",
+        "**Matching generators: seconds per iteration** (`mnist5k`, IPC 10, paper defaults, "
+        "ConvNet-128×3; median over timed iterations; compute floor = one no-grad forward "
+        "of the iteration's real images + forward/backward of its synthetic images through "
+        "the same network, measured in the same process; peak RSS of that process)",
+        "",
+        "| method | precision | real / syn images per it | s/it | compute floor s | ratio "
+        "| peak RSS MiB | official code s/it (issue #3) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        ref = r.get("official_reference", {})
+        for row in r["rows"]:
+            off = ref.get(row["method"], {}).get("s_per_iter")
+            out.append(
+                f"| {row['method']} | {row['precision']} | {row['real_images_per_iter']} / "
+                f"{row['syn_images_per_iter']} | {row['s_per_iter_median']:.2f} | "
+                f"{row['compute_floor_s_median']:.2f} | {row['ratio_to_floor']:.2f} | "
+                f"{row['peak_rss_mib']:.0f} | {off if off is not None else '—'} |"
+            )
+        m = r["machine"]
+        out.append("")
+        out.append(
+            f"Measured {r['date'][:10]} on {m['nproc']} × {m['cpu_model']}, torch "
+            f"{m['torch']}, {r['rows'][0]['steps_timed']} timed iterations each, by "
+            "`bench/matching_speed.py`."
+        )
+    return out
+
+
+def matching_accuracy_table(results: list[dict]) -> list[str]:
+    runs = [r for r in results if r.get("benchmark") == "matching-accuracy"]
+    if not runs:
+        return []
+    out = [
+        "",
+        "**Matching generators: accuracy against iterations** (`mnist5k`; test accuracy %, "
+        "mean ± std over freshly trained ConvNets at the final epoch; build seconds exclude "
+        "evaluation)",
+        "",
+        "| method | settings | IPC | iterations | build s | accuracy | eval |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["ipc"], r["method"])):
+        defaults_note = ", ".join(
+            f"{k}={v}"
+            for k, v in r["config"].items()
+            if k in ("precision", "p", "batch_real", "pool_size", "pretrain_epochs")
+        )
+        for pt in r["curve"]:
+            a = pt["accuracy"]
+            out.append(
+                f"| {r['method']} | {defaults_note} | {r['ipc']} | {pt['iterations']} | "
+                f"{pt['build_seconds']:.0f} | {a['mean']:.2f} ± {a['std']:.2f} | "
+                f"{a['runs']} × {a['epochs']} ep |"
+            )
+    return out
+
+
 def render() -> str:
     results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
-    lines = coreset_table(results)
+    lines = coreset_table(results) + matching_speed_table(results)
+    lines += matching_accuracy_table(results)
     return "\n".join(lines) if lines else "_No benchmark results yet._"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import peak_rss_mib, write_result  # noqa: E402
 
 DATASET = "mnist5k"
 IPC = 10
@@ -34,8 +34,6 @@ EXTRA["ncfm+fyi"] = EXTRA["ncfm"]
 
 def one(method: str, steps: int, precision: str) -> dict:
     """Runs inside the child process."""
-    import resource
-
     import torch
 
     from distill_data.config import make_config
@@ -79,7 +77,7 @@ def one(method: str, steps: int, precision: str) -> dict:
         "s_per_iter_all": [round(t, 4) for t in times],
         "compute_floor_s_median": statistics.median(floor),
         "ratio_to_floor": statistics.median(times) / statistics.median(floor),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "real_images_per_iter": int(len(real)),
         "syn_images_per_iter": int(len(syn)),
     }
@@ -99,25 +97,42 @@ def main() -> None:
     rows = []
     for method in args.methods:
         for precision in args.precisions:
-            cmd = [sys.executable, __file__, "--one", method, "--precision", precision,
-                   "--steps", str(args.steps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                method,
+                "--precision",
+                precision,
+                "--steps",
+                str(args.steps),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-2000:])
             res = json.loads(out.stdout.split("RESULT ", 1)[1])
-            print(f"{method:10s} {precision}: {res['s_per_iter_median']:.3f} s/it, floor "
-                  f"{res['compute_floor_s_median']:.3f} s ({res['ratio_to_floor']:.2f}x), "
-                  f"peak {res['peak_rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"{method:10s} {precision}: {res['s_per_iter_median']:.3f} s/it, floor "
+                f"{res['compute_floor_s_median']:.3f} s ({res['ratio_to_floor']:.2f}x), "
+                f"peak {res['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
             rows.append(res)
     name = "matching_speed_" + "_".join(m.replace("+", "-") for m in args.methods)
-    write_result(name, {"benchmark": "matching-speed", "dataset": DATASET, "ipc": IPC,
-                        "rows": rows,
-                        "official_reference": {
-                            "dm": {"s_per_iter": 3.99, "peak_rss_gb": 1.40, "batch_real": 256},
-                            "datadam": {"s_per_iter": 1.78, "peak_rss_gb": 2.07,
-                                        "batch_real": 64},
-                            "source": "issue #3: official code run on this machine kind",
-                        }})
+    write_result(
+        name,
+        {
+            "benchmark": "matching-speed",
+            "dataset": DATASET,
+            "ipc": IPC,
+            "rows": rows,
+            "official_reference": {
+                "dm": {"s_per_iter": 3.99, "peak_rss_gb": 1.40, "batch_real": 256},
+                "datadam": {"s_per_iter": 1.78, "peak_rss_gb": 2.07, "batch_real": 64},
+                "source": "issue #3: official code run on this machine kind",
+            },
+        },
+    )
 
 
 if __name__ == "__main__":
