@@ -22,11 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, run_measured, write_result  # noqa: E402
 
-from distill_data.evaluation.report import now_iso  # noqa: E402
-
 import distill_data as dd  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
 from distill_data.evaluation import EvalConfig, evaluate_set  # noqa: E402
+from distill_data.evaluation.report import now_iso  # noqa: E402
 
 DATASET = "mnist5k"
 EPOCHS = {1: 300, 10: 300, 50: 150}

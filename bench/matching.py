@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import peak_rss_mib, write_result  # noqa: E402
 
 from distill_data.config import config_to_dict, make_config, parse_set_options  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
@@ -93,9 +93,7 @@ def main() -> None:
             "config": config_to_dict(cfg),
             "eval": {**ecfg.__dict__, "dsa_strategy": ecfg.strategy(data)},
             "s_per_iter_median": sorted_steps[len(sorted_steps) // 2] if step_s else None,
-            "peak_rss_mib_process": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            ),
+            "peak_rss_mib_process": peak_rss_mib(),
             "curve": points,
         },
     )
