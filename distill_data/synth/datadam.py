@@ -44,7 +44,7 @@ from distill_data.synth.matching import MatchingConfig, MatchingGenerator, class
 
 def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
     """A(f) = Σ_c |f_c|^p per image, flattened and L2-normalised: (N,C,H,W) → (N,H·W)."""
-    f = f.float()  # attention statistics in fp32, also under autocast
+    f = f.to(torch.promote_types(f.dtype, torch.float32))  # fp32 under autocast; fp64 stays
     a = f.abs().pow(p).sum(1) if p != 1 else f.abs().sum(1)
     return F.normalize(a.flatten(1), p=2, dim=1)
 

@@ -39,7 +39,8 @@ class MatchingConfig(GeneratorConfig):
         dsa: siamese augmentation of real and synthetic batches.
         dsa_strategy: DSA strategy; default: the field's, without flip for digits.
         real_chunk: most real images per no-grad forward pass (0: all classes at once);
-            a memory cap that does not change the result.
+            a memory cap that does not change the result (ignored for networks with
+            BatchNorm, whose train-mode statistics depend on the batch).
         precision: ``fp32`` (default) or ``bf16``: network passes under bfloat16 autocast
             (losses and pixels stay float32), for CPUs/GPUs with fast bfloat16.
         channels_last: run the matching network in channels-last memory layout.
@@ -79,7 +80,8 @@ class MatchingConfig(GeneratorConfig):
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-class mean of ``feats`` (N, ...) → (K, ...), by index operations (no loop)."""
-    flat = feats.reshape(len(feats), -1).float()  # statistics in fp32, also under autocast
+    flat = feats.reshape(len(feats), -1)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 → fp32, fp64 stays
     sums = torch.zeros(num_classes, flat.shape[1], dtype=flat.dtype, device=flat.device)
     sums = sums.index_add(0, labels, flat)
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(flat.dtype)
@@ -110,7 +112,7 @@ class MatchingGenerator(Generator):
         strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else strategy_for(d.is_digits)
         strategy = strategy if cfg.dsa else "none"
         # FYI (official code): flip leaves the DSA pool and is always applied first.
-        self.flip = DSA("flip") if cfg.fyi else None
+        self.flip = DSA("flip") if cfg.fyi and cfg.dsa else None
         if cfg.fyi:
             strategy = "_".join(g for g in strategy.split("_") if g != "flip") or "none"
         self.dsa = DSA(strategy)
@@ -132,11 +134,18 @@ class MatchingGenerator(Generator):
         net = build_model(
             cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng, **opts
         )
+        return self.prepare_net(net)
+
+    def prepare_net(self, net: nn.Module) -> nn.Module:
+        """Move to the device in train mode, channels-last if asked, parameters frozen."""
         net = net.to(self.device).train()
-        if cfg.channels_last:
+        if self.config.channels_last:
             net = net.to(memory_format=torch.channels_last)
         for p in net.parameters():
             p.requires_grad_(False)
+        self._net_has_bn = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()
+        )
         return net
 
     # -- one iteration -----------------------------------------------------------------
@@ -154,7 +163,7 @@ class MatchingGenerator(Generator):
             pick = idx[torch.randperm(len(idx), generator=self.rng)[: cfg.batch_real]]
             real = self.real[pick.to(self.device)]
             syn = self.images[c * self.ipc : (c + 1) * self.ipc]
-            if self.flip is not None:
+            if self.config.fyi:
                 syn = torch.cat([syn, syn.flip(-1)])
             for dsa in (self.flip, self.dsa):
                 if dsa is not None and dsa.enabled:
@@ -187,7 +196,7 @@ class MatchingGenerator(Generator):
     def embed_real(self, fn: Any, real: torch.Tensor) -> Any:
         """``fn(real)`` without autograd, in chunks of ``real_chunk`` (0: one pass)."""
         chunk = self.config.real_chunk
-        if chunk <= 0 or len(real) <= chunk:
+        if chunk <= 0 or len(real) <= chunk or self._net_has_bn:
             return fn(real)
         parts = [fn(real[i : i + chunk]) for i in range(0, len(real), chunk)]
         if isinstance(parts[0], torch.Tensor):
@@ -205,8 +214,13 @@ class MatchingGenerator(Generator):
     ) -> torch.Tensor:
         """The method's loss for one iteration (differentiable w.r.t. ``syn``)."""
 
+    _net_has_bn = False
+
     def step(self, iteration: int) -> float:
         net = self.make_net()
+        self._net_has_bn = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()
+        )
         real, real_y, syn, syn_y = self.sample_batches()
         if self.config.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)

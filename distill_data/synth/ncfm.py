@@ -67,8 +67,9 @@ def empirical_cf(
 
     Always float32: cos/sin of bfloat16 phases would be meaningless.
     """
+    dtype = torch.promote_types(torch.promote_types(feats.dtype, t.dtype), torch.float32)
     with torch.autocast(feats.device.type, enabled=False):
-        tx = feats.float() @ t.float().T
+        tx = feats.to(dtype) @ t.to(dtype).T
     return class_means(torch.cos(tx), labels, num_classes), class_means(
         torch.sin(tx), labels, num_classes
     )
@@ -163,10 +164,23 @@ class NCFMConfig(MatchingConfig):
         require(self.calib_weight >= 0, "calib_weight must be >= 0")
 
 
+def _shell(cfg: NCFMConfig, data: RealDataset) -> nn.Module:
+    """The architecture, for weights loaded right after; leaves the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return build_model(
+            cfg.model,
+            data.channels,
+            data.num_classes,
+            data.im_size,
+            width=cfg.width,
+            depth=cfg.depth,
+        )
+
+
 def _pool_dir(cfg: NCFMConfig, data: RealDataset, seed: int) -> Path:
     key = (
         f"{data.fingerprint}-{cfg.model}-w{cfg.width}-d{cfg.depth}-e{cfg.pretrain_epochs}"
-        f"-lr{cfg.pretrain_lr}-b{cfg.pretrain_batch}-s{seed}"
+        f"-lr{cfg.pretrain_lr}-b{cfg.pretrain_batch}-s{seed}-{strategy_for(data.is_digits)}"
     )
     root = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "ncfm-pool"
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -222,14 +236,7 @@ def feature_pool(
             )
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            ref = build_model(
-                cfg.model,
-                data.channels,
-                data.num_classes,
-                data.im_size,
-                width=cfg.width,
-                depth=cfg.depth,
-            )
+            ref = _shell(cfg, data)
             ref.load_state_dict(init)
             save_model(ref, paths[0])
             save_model(net.cpu(), paths[1])
@@ -251,9 +258,7 @@ class NCFM(MatchingGenerator):
     def setup(self) -> None:
         cfg, d = self.config, self.data
         self.pool = feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet)
-        probe = build_model(
-            cfg.model, d.channels, d.num_classes, d.im_size, width=cfg.width, depth=cfg.depth
-        )
+        probe = _shell(cfg, d)
         self.feat_dim = int(probe.embed_dim)
         self.sampler = None
         if cfg.frequencies == "sampler":
@@ -287,16 +292,9 @@ class NCFM(MatchingGenerator):
         }
         nets = []
         for state in (blended, trained):
-            net = build_model(
-                cfg.model, d.channels, d.num_classes, d.im_size, width=cfg.width, depth=cfg.depth
-            )
+            net = _shell(cfg, d)
             net.load_state_dict(state)
-            net = net.to(self.device).train()
-            if cfg.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            for p in net.parameters():
-                p.requires_grad_(False)
-            nets.append(net)
+            nets.append(self.prepare_net(net))
         self._calib_net = nets[1]
         return nets[0]
 
