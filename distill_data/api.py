@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
+from distill_data.augment import PerSampleDSA, strategy_for
 from distill_data.config import make_config, resolve_device
 from distill_data.data import RealDataset, list_datasets, load_dataset
+from distill_data.data.base import is_digit_name
 from distill_data.errors import ConfigError, StoreError
 from distill_data.evaluation import EvalConfig
 from distill_data.evaluation import evaluate as _evaluate
-from distill_data.store import SyntheticDataset, SyntheticSet, read_store
+from distill_data.store import SyntheticDataset, SyntheticSet, read_meta, read_store
 from distill_data.store import load as _load
 from distill_data.synth import GENERATORS, run_generator
 
@@ -68,9 +70,21 @@ def build(
 
 
 def load(
-    path: str | os.PathLike, augment: Callable | None = None, soft: bool = False
+    path: str | os.PathLike, augment: bool | str | Callable | None = None, soft: bool = False
 ) -> SyntheticDataset:
-    """A torch ``Dataset`` over a stored set (works with ``DataLoader(num_workers>0)``)."""
+    """A torch ``Dataset`` of ``(image, label)`` (or ``(image, label, soft_label)`` with
+    ``soft=True``) over a stored set; works with ``DataLoader(num_workers > 0)``.
+
+    ``augment``: ``True`` for per-image DSA with the field's strategy (no flip for
+    digit data), a DSA strategy string such as ``"crop_scale"``, or any callable
+    (C, H, W) → (C, H, W).
+    """
+    if augment is True:
+        augment = strategy_for(is_digit_name(read_meta(path).dataset))
+    if isinstance(augment, str):
+        augment = PerSampleDSA(augment)
+    elif augment is False:
+        augment = None
     return _load(path, augment=augment, soft=soft)
 
 

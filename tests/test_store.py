@@ -736,3 +736,26 @@ def test_atomic_write_removes_temp_files_of_dead_writers(tmp_path):
     assert not stale.exists()
     assert live.exists()
     assert (tmp_path / "x.json").read_text() == "ok"
+
+
+def test_api_load_with_dsa_augmentation_in_workers(tmp_path):
+    """dd.load(path, augment=True) gives per-image DSA that changes images, keeps shapes
+    and labels, and works in DataLoader workers."""
+    import distill_data as dd
+    from distill_data.augment import PerSampleDSA
+
+    path = tmp_path / "s.h5"
+    write_store(path, make_set(n=12, channels=1, size=12, num_classes=3))
+    plain = dd.load(path)
+    aug = dd.load(path, augment=True)
+    assert isinstance(aug.augment, PerSampleDSA)
+    assert aug.augment.dsa.strategy == "color_crop_cutout_flip_scale_rotate"  # not digits
+    changed = sum(not torch.equal(plain[i][0], aug[i][0]) for i in range(len(plain)))
+    assert changed > 0
+    loader = torch.utils.data.DataLoader(aug, batch_size=4, num_workers=2)
+    xs, ys = zip(*loader)
+    assert torch.cat(ys).tolist() == [int(plain[i][1]) for i in range(len(plain))]
+    assert torch.cat(xs).shape == (len(plain), 1, 12, 12)
+    assert dd.load(path, augment=False).augment is None
+    with pytest.raises(ConfigError, match="nonsense_op"):
+        dd.load(path, augment="nonsense_op")

@@ -637,3 +637,26 @@ class DSA:
             n, _, h, w = x.shape
             params = self.sample(int(n), int(h), int(w), generator=generator, device=x.device)
         return self.apply(x, params)
+
+
+class PerSampleDSA:
+    """DSA as a per-image transform for ``Dataset``/``DataLoader`` pipelines.
+
+    ``t(x)`` augments one (C, H, W) image with a fresh draw. Each process (DataLoader
+    worker) gets its own generator seeded from ``torch.initial_seed()``, which the
+    DataLoader sets differently per worker, so workers do not repeat each other.
+    """
+
+    def __init__(self, strategy: str = DEFAULT_STRATEGY, config: DSAConfig | None = None) -> None:
+        self.dsa = DSA(strategy, config or DSAConfig())
+        self._gen: torch.Generator | None = None
+        self._seed: int | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        seed = torch.initial_seed()
+        if self._gen is None or self._seed != seed:
+            self._gen, self._seed = torch.Generator().manual_seed(seed), seed
+        return self.dsa(x.unsqueeze(0), generator=self._gen).squeeze(0)
+
+    def __getstate__(self) -> dict:
+        return {"dsa": self.dsa, "_gen": None, "_seed": None}

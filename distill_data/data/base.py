@@ -49,7 +49,7 @@ class RealDataset:
     @property
     def is_digits(self) -> bool:
         """Digit-like data (MNIST, sklearn digits): horizontal flips change the class."""
-        return self.name in {"mnist5k", "digits"} or "mnist" in self.name.lower()
+        return is_digit_name(self.name)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1, 1, 1)
@@ -78,6 +78,11 @@ class RealDataset:
 
     def class_counts(self) -> list[int]:
         return [int(i.numel()) for i in self.indices_per_class()]
+
+
+def is_digit_name(name: str) -> bool:
+    """True for dataset names of digit data, where a horizontal flip changes the class."""
+    return name in {"mnist5k", "digits"} or "mnist" in name.lower()
 
 
 def fingerprint_arrays(*arrays: np.ndarray | torch.Tensor) -> str:
