@@ -7,6 +7,7 @@ constructor arguments in ``model.config`` so it can be saved and rebuilt.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ def build_model(
     """
     cls = MODELS.get(name)
     try:
+        # every constructor argument, defaults included, so save_model can rebuild it
+        bound = inspect.signature(cls).bind(channels, num_classes, tuple(im_size), **options)
+        bound.apply_defaults()
         if generator is None:
             model = cls(channels, num_classes, tuple(im_size), **options)
         else:  # default init draws from the global RNG; restore it, then redraw
@@ -56,6 +60,7 @@ def build_model(
     except TypeError as e:
         raise ConfigError(f"bad options for model {name!r}: {e}") from None
     model.arch = name  # type: ignore[attr-defined]
+    model.config = dict(bound.arguments)  # type: ignore[attr-defined]
     if generator is not None:
         init_params_(model, generator)
     return model

@@ -55,14 +55,6 @@ class ConvNet(nn.Module):
         super().__init__()
         if width < 1 or depth < 1:
             raise ConfigError(f"ConvNet width and depth must be >= 1 (got {width}, {depth})")
-        self.config = dict(
-            channels=channels,
-            num_classes=num_classes,
-            im_size=tuple(im_size),
-            width=width,
-            depth=depth,
-            norm=norm,
-        )
         pad0 = 3 if channels == 1 else 1
         h, w = im_size[0] + 2 * pad0 - 2, im_size[1] + 2 * pad0 - 2
         layers: list[nn.Module] = []

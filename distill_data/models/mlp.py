@@ -22,13 +22,6 @@ class MLP(nn.Module):
         super().__init__()
         if width < 1 or depth < 1:
             raise ConfigError(f"MLP width and depth must be >= 1 (got {width}, {depth})")
-        self.config = dict(
-            channels=channels,
-            num_classes=num_classes,
-            im_size=tuple(im_size),
-            width=width,
-            depth=depth,
-        )
         layers: list[nn.Module] = [nn.Flatten()]
         d_in = channels * im_size[0] * im_size[1]
         for _ in range(depth):

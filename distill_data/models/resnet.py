@@ -52,13 +52,6 @@ class ResNet(nn.Module):
             )
         if width < 1:
             raise ConfigError(f"ResNet width must be >= 1, got {width}")
-        self.config = dict(
-            channels=channels,
-            num_classes=num_classes,
-            im_size=tuple(im_size),
-            width=width,
-            depth=depth,
-        )
         n = (depth - 2) // 6
         self.stem = nn.Sequential(
             nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
