@@ -10,7 +10,7 @@ Public API::
 """
 
 from distill_data._version import __version__
-from distill_data.api import build, evaluate, list_datasets, list_methods, load
+from distill_data.api import build, evaluate, list_datasets, list_methods, load, teacher
 from distill_data.errors import DistillDataError
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "list_datasets",
     "list_methods",
     "load",
+    "teacher",
 ]

@@ -19,6 +19,7 @@ from distill_data.evaluation import evaluate as _evaluate
 from distill_data.store import SyntheticDataset, SyntheticSet, read_meta, read_store
 from distill_data.store import load as _load
 from distill_data.synth import GENERATORS, run_generator
+from distill_data.train import TeacherConfig, train_teacher
 
 
 def list_methods() -> list[tuple[str, str]]:
@@ -123,4 +124,24 @@ def evaluate(
     )
 
 
-__all__ = ["build", "evaluate", "list_datasets", "list_methods", "load"]
+def teacher(
+    dataset: str | RealDataset,
+    out: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+    **settings: Any,
+) -> dict:
+    """Train a BatchNorm teacher on real data and save it to ``out``; returns a report.
+
+    ``settings`` are :class:`~distill_data.train.TeacherConfig` fields (``model``,
+    ``epochs``, ``lr``, ...). The file loads with ``torch.load(..., weights_only=True)``.
+    """
+    cfg = make_config(TeacherConfig, settings)
+    device = resolve_device(device)
+    out_path = _check_out(out)
+    data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset)
+    return train_teacher(data, cfg, out_path, device=device, quiet=quiet)
+
+
+__all__ = ["build", "evaluate", "list_datasets", "list_methods", "load", "teacher"]

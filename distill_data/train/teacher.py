@@ -1,0 +1,136 @@
+"""Teachers: BatchNorm networks trained on real data, saved with everything a data-free
+consumer needs (architecture, constructor arguments, input shape, normalisation,
+classes) so that BN-statistic inversion never needs the dataset again."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill_data.augment import DSA, strategy_for
+from distill_data.config import require
+from distill_data.data import RealDataset
+from distill_data.errors import ConfigError
+from distill_data.models import build_model, load_model, save_model
+from distill_data.train.fit import fit
+
+TEACHER_MODELS = ("resnet", "convnet_bn")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Teacher training settings.
+
+    Attributes:
+        model: a BatchNorm architecture (``resnet`` or ``convnet_bn``).
+        epochs: training epochs over the real training split.
+        lr, momentum, weight_decay, batch_size: SGD; lr ×0.1 at half the epochs.
+        augment: DSA on every batch (no flip for digit data).
+        width: network width override (None: the architecture's default).
+        seed: seed of initialisation, shuffling and augmentation.
+    """
+
+    model: str = "resnet"
+    epochs: int = 30
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    augment: bool = True
+    width: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(
+            self.model in TEACHER_MODELS,
+            f"teacher model must be a BatchNorm network ({', '.join(TEACHER_MODELS)}), "
+            f"got {self.model!r}",
+        )
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(self.lr > 0 and self.batch_size >= 1, "lr must be > 0 and batch_size >= 1")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: RealDataset, device: torch.device, batch: int = 500) -> float:
+    """Top-1 test accuracy in percent (model in eval mode: BN running statistics)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(data.x_test), batch):
+        x = data.normalize(data.x_test[i : i + batch]).to(device)
+        correct += int((model(x).argmax(1).cpu() == data.y_test[i : i + batch]).sum())
+    return 100.0 * correct / len(data.x_test)
+
+
+def train_teacher(
+    data: RealDataset,
+    cfg: TeacherConfig,
+    out: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    quiet: bool = False,
+) -> dict:
+    """Train a teacher on ``data``, save it to ``out`` (atomically) and return a report."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    opts = {} if cfg.width is None else {"width": cfg.width}
+    model = build_model(
+        cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
+    ).to(device)
+    dsa = DSA(strategy_for(data.is_digits) if cfg.augment else "none")
+    t0 = time.perf_counter()
+    with tqdm(
+        total=cfg.epochs, desc=f"teacher {cfg.model}", disable=quiet, dynamic_ncols=True
+    ) as bar:
+        fit(
+            model,
+            data.normalize(data.x_train),
+            data.y_train,
+            epochs=cfg.epochs,
+            generator=g,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            dsa=dsa,
+            bar=bar,
+        )
+    seconds = time.perf_counter() - t0
+    acc = accuracy(model, data, device)
+    meta = {
+        "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint,
+        "input_shape": [data.channels, *data.im_size],
+        "num_classes": data.num_classes,
+        "classes": list(data.classes),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "test_accuracy": acc,
+        "train_config": asdict(cfg),
+    }
+    save_model(model.cpu(), out, meta=meta)
+    return {
+        "teacher": str(out),
+        "test_accuracy": acc,
+        "train_seconds": round(seconds, 1),
+        **{k: meta[k] for k in ("dataset", "dataset_fingerprint", "input_shape")},
+        "config": asdict(cfg),
+    }
+
+
+def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Load a teacher file (weights_only) and check it has BatchNorm layers."""
+    model, meta = load_model(path)
+    if not has_batchnorm(model):
+        raise ConfigError(
+            f"teacher {path} has no BatchNorm layers; BN-statistic methods "
+            "need a network with BatchNorm (e.g. resnet, convnet_bn)"
+        )
+    return model.eval(), meta
