@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from distill_data.augment import PerSampleDSA, strategy_for
 from distill_data.config import make_config, resolve_device
-from distill_data.data import RealDataset, list_datasets, load_dataset
+from distill_data.data import DataSpec, RealDataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
 from distill_data.errors import ConfigError, StoreError
 from distill_data.evaluation import EvalConfig
@@ -19,7 +20,8 @@ from distill_data.evaluation import evaluate as _evaluate
 from distill_data.store import SyntheticDataset, SyntheticSet, read_meta, read_store
 from distill_data.store import load as _load
 from distill_data.synth import GENERATORS, run_generator
-from distill_data.train import TeacherConfig, train_teacher
+from distill_data.train import TeacherConfig, load_teacher, train_teacher
+from distill_data.train.teacher import has_batchnorm
 
 
 def list_methods() -> list[tuple[str, str]]:
@@ -37,11 +39,13 @@ def _check_out(out: str | os.PathLike) -> Path:
 
 
 def build(
-    dataset: str | RealDataset,
+    dataset: str | RealDataset | None,
     method: str,
-    ipc: int,
+    ipc: int | None,
     out: str | os.PathLike,
     *,
+    teacher: str | os.PathLike | nn.Module | None = None,
+    count: int | None = None,
     iterations: int | None = None,
     seed: int = 0,
     resume: bool = False,
@@ -50,10 +54,18 @@ def build(
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> SyntheticSet:
-    """Condense ``dataset`` with ``method`` into ``ipc`` images per class, written to ``out``.
+    """Make a synthetic set with ``method`` and write it to ``out``.
 
-    Everything is validated before any work starts (method, settings, dataset, IPC,
-    output folder), so bad input never leaves a file behind. The store is written
+    Args:
+        dataset: real data (name, path or object); optional for data-free methods, which
+            take the image space (shape, normalisation, classes) from the teacher file.
+        method: a registered generator name (see :func:`list_methods`).
+        ipc: images per class; or give ``count`` (a total) for methods that support it.
+        teacher: a teacher file (``distill-data teacher``) or any ``nn.Module`` with
+            BatchNorm layers, for teacher-driven methods.
+
+    Everything is validated before any work starts (method, settings, dataset, teacher,
+    IPC, output folder), so bad input never leaves a file behind. The store is written
     atomically; long builds checkpoint next to ``out`` and continue with ``resume``.
     """
     cls = GENERATORS.get(method)
@@ -63,11 +75,85 @@ def build(
         opts["iterations"] = iterations
     cfg = make_config(cls.Config, opts)
     cls.check_config(cfg)
+    if (ipc is None) == (count is None):
+        raise ConfigError("give exactly one of --ipc (images per class) and --count (total)")
+    if count is not None and not cls.supports_count:
+        raise ConfigError(f"method {method!r} makes images per class; use --ipc, not --count")
+    if count is not None and count < 1:
+        raise ConfigError(f"count must be >= 1, got {count}")
     out_path = _check_out(out)
-    data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset)
-    cls.check_ipc(data, ipc)
-    gen = cls(cfg, data, ipc, seed=seed, device=device)
+    net, tmeta = None, {}
+    if cls.needs_teacher:
+        if teacher is None:
+            raise ConfigError(f"method {method!r} needs a trained network: --teacher T.pt")
+        net, tmeta = _load_teacher(teacher)
+    elif teacher is not None:
+        raise ConfigError(f"method {method!r} does not use a teacher; drop --teacher")
+    if dataset is None:
+        if cls.needs_real:
+            raise ConfigError(f"method {method!r} needs real data: --dataset")
+        data = _spec_from_teacher(tmeta, net)
+    else:
+        data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset)
+        if net is not None:
+            _check_teacher_fits(net, tmeta, data)
+    if ipc is not None:
+        cls.check_ipc(data, ipc)
+    gen = cls(cfg, data, ipc or 0, seed=seed, device=device, teacher=net, count=count)
     return run_generator(gen, method, out_path, resume=resume, quiet=quiet, log=log)
+
+
+def _load_teacher(teacher: str | os.PathLike | nn.Module) -> tuple[nn.Module, dict]:
+    if isinstance(teacher, nn.Module):
+        if not has_batchnorm(teacher):
+            raise ConfigError(
+                "the teacher has no BatchNorm layers; BN-statistic methods "
+                "need a network with BatchNorm"
+            )
+        return teacher.eval(), {}
+    return load_teacher(teacher)
+
+
+def _spec_from_teacher(meta: dict, net: nn.Module) -> DataSpec:
+    need = ("input_shape", "mean", "std", "classes")
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise ConfigError(
+            f"the teacher does not record {', '.join(missing)}; pass --dataset so the image "
+            "space is known (teachers from `distill-data teacher` record it)"
+        )
+    c, h, w = meta["input_shape"]
+    return DataSpec(
+        meta.get("dataset", "teacher"),
+        list(meta["classes"]),
+        tuple(meta["mean"]),
+        tuple(meta["std"]),
+        meta.get("dataset_fingerprint", ""),
+        c,
+        (h, w),
+    )
+
+
+def _check_teacher_fits(net: nn.Module, meta: dict, data: RealDataset) -> None:
+    want = [data.channels, *data.im_size]
+    shape = meta.get("input_shape")
+    if shape is not None and list(shape) != want:
+        raise ConfigError(
+            f"the teacher takes {shape[0]}x{shape[1]}x{shape[2]} inputs but "
+            f"{data.name} images are {want[0]}x{want[1]}x{want[2]}"
+        )
+    with torch.no_grad():
+        try:
+            out = net.eval()(torch.zeros(2, *want, device=next(net.parameters()).device))
+        except RuntimeError as e:
+            raise ConfigError(
+                f"the teacher does not accept {data.name} images "
+                f"({want[0]}x{want[1]}x{want[2]}): {str(e).splitlines()[0]}"
+            ) from None
+    if out.shape[-1] != data.num_classes:
+        raise ConfigError(
+            f"the teacher predicts {out.shape[-1]} classes but {data.name} has {data.num_classes}"
+        )
 
 
 def load(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 
-from distill_data.data.base import RealDataset, make_real_dataset
+from distill_data.data.base import DataSpec, ImageSpace, RealDataset, make_real_dataset
 from distill_data.data.builtin import DATASETS
 from distill_data.data.formats import detect_format, load_path
 from distill_data.errors import DataError
 
 __all__ = [
     "DATASETS",
+    "DataSpec",
+    "ImageSpace",
     "RealDataset",
     "detect_format",
     "list_datasets",

@@ -13,38 +13,18 @@ from distill_data.errors import DataError
 MIN_SIZE = 8
 
 
-@dataclass(eq=False)
-class RealDataset:
-    """Real labelled images, train and test, as float32 NCHW in [0, 1].
-
-    ``mean``/``std`` are per-channel statistics of the training images; generators and
-    evaluation work in the normalised space ``(x - mean) / std``. ``fingerprint`` is a
-    hash of the data itself (not the path), recorded in every store built from it.
-    """
+class ImageSpace:
+    """What every consumer needs to know about the images, with or without the data:
+    class names, per-channel normalisation, shape, and where they came from."""
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    fingerprint: str
-    source: str = ""
-    _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def channels(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def im_size(self) -> tuple[int, int]:
-        return int(self.x_train.shape[2]), int(self.x_train.shape[3])
 
     @property
     def is_digits(self) -> bool:
@@ -66,6 +46,64 @@ class RealDataset:
         """Inverse of :meth:`normalize` (no clamping)."""
         mean, std = self._stats(x)
         return x * std + mean
+
+
+@dataclass(eq=False)
+class DataSpec(ImageSpace):
+    """The image space of a dataset without its images: what data-free generators know
+    from a teacher file (input shape, normalisation, classes, the data's fingerprint)."""
+
+    name: str
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fingerprint: str
+    channels: int
+    im_size: tuple[int, int]
+    source: str = ""
+
+
+@dataclass(eq=False)
+class RealDataset(ImageSpace):
+    """Real labelled images, train and test, as float32 NCHW in [0, 1].
+
+    ``mean``/``std`` are per-channel statistics of the training images; generators and
+    evaluation work in the normalised space ``(x - mean) / std``. ``fingerprint`` is a
+    hash of the data itself (not the path), recorded in every store built from it.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fingerprint: str
+    source: str = ""
+    _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def im_size(self) -> tuple[int, int]:
+        return int(self.x_train.shape[2]), int(self.x_train.shape[3])
+
+    def spec(self) -> DataSpec:
+        """The image space alone (no images)."""
+        return DataSpec(
+            self.name,
+            list(self.classes),
+            tuple(self.mean),
+            tuple(self.std),
+            self.fingerprint,
+            self.channels,
+            self.im_size,
+            self.source,
+        )
 
     def indices_per_class(self) -> list[torch.Tensor]:
         """Training-set indices of each class, in data order."""

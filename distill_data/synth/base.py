@@ -11,16 +11,18 @@ the checkpoint), a resumed build ends with the same result as an uninterrupted o
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from distill_data.config import config_to_dict, require
-from distill_data.data import RealDataset
+from distill_data.data import ImageSpace, RealDataset
 from distill_data.errors import ConfigError
 from distill_data.registry import Registry
 from distill_data.store import (
@@ -65,18 +67,29 @@ class Generator(abc.ABC):
     samples_real: ClassVar[bool] = True
     #: True when the method optimises over ``iterations`` steps (False: one-shot selection).
     iterative: ClassVar[bool] = False
+    #: True when the method needs real images; False: a DataSpec (e.g. from a teacher) will do.
+    needs_real: ClassVar[bool] = True
+    #: True when the method needs a trained network (``--teacher``).
+    needs_teacher: ClassVar[bool] = False
+    #: True when the method can make a total number of images (``--count``), not per class.
+    supports_count: ClassVar[bool] = False
 
     def __init__(
         self,
         config: GeneratorConfig,
-        data: RealDataset,
+        data: ImageSpace,
         ipc: int,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        teacher: nn.Module | None = None,
+        count: int | None = None,
     ) -> None:
         self.config = config
         self.data = data
         self.ipc = ipc
+        #: images to make: ``count`` when given (ipc is then 0), else ipc per class
+        self.n_images = count if count is not None else ipc * data.num_classes
+        self.teacher = teacher
         self.seed = seed
         self.device = torch.device(device)
         self.rng = torch.Generator().manual_seed(seed)
@@ -84,11 +97,11 @@ class Generator(abc.ABC):
         self.quiet = True
 
     @classmethod
-    def check_ipc(cls, data: RealDataset, ipc: int) -> None:
+    def check_ipc(cls, data: ImageSpace, ipc: int) -> None:
         """Raise ConfigError if ``ipc`` cannot be supplied by ``data``."""
         if ipc < 1:
             raise ConfigError(f"ipc must be >= 1, got {ipc}")
-        if cls.samples_real:
+        if cls.samples_real and isinstance(data, RealDataset):
             counts = data.class_counts()
             worst = min(range(len(counts)), key=counts.__getitem__)
             if ipc > counts[worst]:
@@ -131,16 +144,29 @@ class Generator(abc.ABC):
         return {}
 
 
-def _signature(method: str, cfg: GeneratorConfig, data: RealDataset, ipc: int, seed: int) -> dict:
-    cfg_d = config_to_dict(cfg)
+def teacher_fingerprint(model: nn.Module | None) -> str:
+    """Content hash of a network's state (empty string for no network)."""
+    if model is None:
+        return ""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _signature(gen: Generator, method: str) -> dict:
+    cfg_d = config_to_dict(gen.config)
     cfg_d.pop("iterations", None)  # more iterations on resume is allowed
     cfg_d.pop("checkpoint_every", None)
     return {
         "method": method,
         "config": json.dumps(cfg_d, sort_keys=True),
-        "dataset_fingerprint": data.fingerprint,
-        "ipc": ipc,
-        "seed": seed,
+        "dataset_fingerprint": gen.data.fingerprint,
+        "ipc": gen.ipc,
+        "n_images": gen.n_images,
+        "seed": gen.seed,
+        "teacher": teacher_fingerprint(gen.teacher),
     }
 
 
@@ -160,7 +186,7 @@ def run_generator(
     out = Path(out)
     cfg = gen.config
     ckpt = checkpoint_path_for(out)
-    sig = _signature(method, cfg, gen.data, gen.ipc, gen.seed)
+    sig = _signature(gen, method)
     start = 0
     gen.quiet = quiet
     gen.setup()
@@ -225,7 +251,11 @@ def run_generator(
         std=tuple(gen.data.std),
         classes=list(gen.data.classes),
         iterations=max(total, start),
-        extra={**gen.extra_meta(), "dataset_source": gen.data.source},
+        extra={
+            **gen.extra_meta(),
+            "dataset_source": gen.data.source,
+            **({"teacher_fingerprint": sig["teacher"]} if gen.teacher is not None else {}),
+        },
     )
     synset = SyntheticSet(
         images=images.detach().cpu().float().contiguous(),
