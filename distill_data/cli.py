@@ -51,12 +51,24 @@ def cli() -> None:
 @click.option(
     "--dataset",
     "-d",
-    required=True,
+    default=None,
     help="Built-in name (mnist5k, digits) or a path: .npz, ImageFolder, "
-    "CIFAR-10/100 python folder, MNIST IDX folder.",
+    "CIFAR-10/100 python folder, MNIST IDX folder. Optional for data-free methods "
+    "(zeroq), which read the image space from the teacher file.",
 )
 @click.option("--method", "-m", required=True, help="Generator (see `distill-data methods`).")
-@click.option("--ipc", type=int, required=True, help="Images per class to produce.")
+@click.option("--ipc", type=int, default=None, help="Images per class to produce.")
+@click.option(
+    "--count",
+    type=int,
+    default=None,
+    help="Total images instead of per class (data-free methods, e.g. zeroq).",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    help="Trained network file (`distill-data teacher`) for teacher-driven methods.",
+)
 @click.option("--out", "-o", required=True, help="Output HDF5 file (written atomically).")
 @click.option(
     "--iterations",
@@ -77,8 +89,15 @@ def cli() -> None:
 )
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def build(dataset, method, ipc, out, iterations, seed, resume, sets, device, quiet) -> None:
-    """Build a condensed set of DATASET with METHOD and write it to OUT."""
+def build(
+    dataset, method, ipc, count, teacher, out, iterations, seed, resume, sets, device, quiet
+) -> None:
+    """Build a synthetic set with METHOD and write it to OUT.
+
+    \b
+    Condense real data:   --dataset mnist5k --method dm --ipc 10 --out set.h5
+    Data-free from a net: --method zeroq --teacher t.pt --count 256 --out calib.h5
+    """
     options = parse_set_options(sets)
     log = None if quiet else (lambda m: click.echo(m, err=True))
     synset = api.build(
@@ -86,6 +105,8 @@ def build(dataset, method, ipc, out, iterations, seed, resume, sets, device, qui
         method,
         ipc,
         out,
+        teacher=teacher,
+        count=count,
         iterations=iterations,
         seed=seed,
         resume=resume,
@@ -95,7 +116,8 @@ def build(dataset, method, ipc, out, iterations, seed, resume, sets, device, qui
         log=log,
     )
     click.echo(
-        f"wrote {out}: {len(synset)} images ({synset.meta.generator}, ipc={ipc}, "
+        f"wrote {out}: {len(synset)} images ({synset.meta.generator}, "
+        f"{f'ipc={ipc}' if ipc is not None else f'count={count}'}, "
         f"{synset.meta.iterations} iterations)"
     )
 

@@ -18,6 +18,7 @@ import torch
 import distill_data
 from distill_data.config import make_config
 from distill_data.data import load_dataset
+from distill_data.models import build_model
 from distill_data.store import read_store
 from distill_data.synth import GENERATORS, Generator
 
@@ -48,6 +49,35 @@ def data(tiny_npz):
     return load_dataset(tiny_npz)
 
 
+@pytest.fixture
+def teacher(data):
+    """A small BatchNorm network with running statistics from real images."""
+    net = build_model(
+        "convnet_bn",
+        data.channels,
+        data.num_classes,
+        data.im_size,
+        width=8,
+        depth=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    net.train()
+    with torch.no_grad():
+        net(data.normalize(data.x_train))
+    return net.eval()
+
+
+def extra_args(cls: type[Generator], teacher) -> dict:
+    return {"teacher": teacher} if cls.needs_teacher else {}
+
+
+def check_labels(cls: type[Generator], labels: torch.Tensor, k: int) -> None:
+    if cls.needs_teacher:  # the teacher's predictions: any class, not balanced
+        assert int(labels.min()) >= 0 and int(labels.max()) < k
+    else:
+        assert torch.bincount(labels, minlength=k).tolist() == [IPC] * k
+
+
 def test_registry_is_not_empty_and_has_the_coresets() -> None:
     assert {"random", "herding", "kcenter"} <= set(METHODS)
     for name in METHODS:
@@ -56,17 +86,17 @@ def test_registry_is_not_empty_and_has_the_coresets() -> None:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_generator_runs_on_tiny_data(name: str, data) -> None:
+def test_generator_runs_on_tiny_data(name: str, data, teacher) -> None:
     cls = GENERATORS.get(name)
     cfg = make_config(cls.Config, tiny_options(cls))
     cls.check_config(cfg)
     cls.check_ipc(data, IPC)
-    gen = cls(cfg, data, IPC, seed=0)
+    gen = cls(cfg, data, IPC, seed=0, **extra_args(cls, teacher))
     gen.setup()
     x0, _, _ = gen.result()
     x0 = x0.detach().clone()
     if cls.iterative:
-        for it in range(ITERATIONS):
+        for it in range(gen.total_steps()):
             loss = gen.step(it)
             assert math.isfinite(float(loss)), f"{name} step {it} gave loss {loss}"
     images, labels, soft = gen.result()
@@ -76,7 +106,7 @@ def test_generator_runs_on_tiny_data(name: str, data) -> None:
     assert images.device.type == "cpu"
     assert bool(torch.isfinite(images).all())
     assert tuple(labels.shape) == (k * IPC,)
-    assert torch.bincount(labels, minlength=k).tolist() == [IPC] * k
+    check_labels(cls, labels, k)
     if soft is not None:
         assert tuple(soft.shape) == (k * IPC, k)
         assert bool(torch.isfinite(soft).all())
@@ -85,10 +115,19 @@ def test_generator_runs_on_tiny_data(name: str, data) -> None:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_generator_hdf5_round_trip(name: str, data, tmp_path) -> None:
+def test_generator_hdf5_round_trip(name: str, data, teacher, tmp_path) -> None:
     cls = GENERATORS.get(name)
     out = tmp_path / f"{name}.h5"
-    synset = distill_data.build(data, name, IPC, out, seed=3, options=tiny_options(cls), quiet=True)
+    synset = distill_data.build(
+        data,
+        name,
+        IPC,
+        out,
+        seed=3,
+        options=tiny_options(cls),
+        quiet=True,
+        **extra_args(cls, teacher),
+    )
     assert out.is_file()
     assert not list(tmp_path.glob("*.ckpt.pt")), "checkpoint left behind after a finished build"
     stored = read_store(out)
@@ -114,13 +153,15 @@ def test_generator_hdf5_round_trip(name: str, data, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_generator_seed_determinism(name: str, data, tmp_path) -> None:
+def test_generator_seed_determinism(name: str, data, teacher, tmp_path) -> None:
     cls = GENERATORS.get(name)
     opts = tiny_options(cls)
 
     def stored(seed: int, tag: str) -> torch.Tensor:
         out = tmp_path / f"{tag}.h5"
-        distill_data.build(data, name, IPC, out, seed=seed, options=opts, quiet=True)
+        distill_data.build(
+            data, name, IPC, out, seed=seed, options=opts, quiet=True, **extra_args(cls, teacher)
+        )
         return read_store(out).images
 
     a, b = stored(0, "a"), stored(0, "b")

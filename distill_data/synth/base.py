@@ -139,6 +139,10 @@ class Generator(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
 
+    def total_steps(self) -> int:
+        """Number of :meth:`step` calls a build makes (default: ``config.iterations``)."""
+        return self.config.iterations
+
     def extra_meta(self) -> dict[str, Any]:
         """Method-specific facts recorded in the store's ``extra`` attribute."""
         return {}
@@ -217,7 +221,7 @@ def run_generator(
             },
         )
 
-    total = cfg.iterations
+    total = gen.total_steps()
     if start < total:
         bar = tqdm(
             range(start, total),

@@ -1,0 +1,167 @@
+"""BatchNorm-statistic loss (golden values, zero at the running statistics) and ZeroQ."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import distill_data as dd
+from distill_data.errors import ConfigError
+from distill_data.models import build_model, save_model
+from distill_data.store import checkpoint_path_for, read_store
+from distill_data.synth.bnstats import BNStatLoss, feature_stats, input_prior, stat_distance
+from distill_data.synth.zeroq import ZeroQ
+
+
+def fixed(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_stat_distance_golden_values():
+    mean, var = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.25])
+    tm, tv = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])
+    # squared form on stds: (0.5² + 1²) + ((√2 − 1)² + (0.5 − 1)²), eps 0
+    want = 0.25 + 1.0 + (math.sqrt(2) - 1) ** 2 + 0.25
+    assert float(stat_distance(mean, var, tm, tv, "squared", eps=0.0)) == pytest.approx(want)
+    # norm form on variances: ||(0.5, −1)||₂ + ||(1, −0.75)||₂
+    want = math.hypot(0.5, 1.0) + math.hypot(1.0, 0.75)
+    assert float(stat_distance(mean, var, tm, tv, "norm")) == pytest.approx(want)
+    # per-sample statistics are averaged over samples
+    m2 = torch.stack([mean, tm])
+    v2 = torch.stack([var, tv])
+    got = float(stat_distance(m2, v2, tm, tv, "norm"))
+    assert got == pytest.approx(want / 2)
+
+
+def test_feature_stats_batch_and_sample():
+    x = fixed((3, 2, 4, 4))
+    m, v = feature_stats(x, "batch")
+    flat = x.transpose(0, 1).reshape(2, -1)
+    torch.testing.assert_close(m, flat.mean(1))
+    torch.testing.assert_close(v, flat.var(1))
+    m, v = feature_stats(x, "sample")
+    assert m.shape == (3, 2)
+    torch.testing.assert_close(v[1, 0], x[1, 0].flatten().var())
+
+
+def bn_net():
+    net = build_model(
+        "convnet_bn", 1, 3, (10, 10), width=6, depth=2, generator=torch.Generator().manual_seed(0)
+    )
+    return net.eval()
+
+
+def test_bn_loss_is_zero_at_the_running_statistics_and_positive_elsewhere():
+    net = bn_net()
+    x = fixed((16, 1, 10, 10))
+    # running statistics := this batch's BN-input statistics (unbiased var)
+    with torch.no_grad():
+        h = x
+        for layer in net.features:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                m, v = feature_stats(h, "batch")
+                layer.running_mean.copy_(m)
+                layer.running_var.copy_(v)
+            h = layer(h)
+    with BNStatLoss(net, stats="batch") as bn:
+        net(x)
+    assert float(bn.loss()) == pytest.approx(0.0, abs=1e-8)
+    with BNStatLoss(net, stats="batch") as bn:
+        net(x + 0.3)
+    assert float(bn.loss()) > 1e-4
+    # the hooks are gone after the context
+    assert all(not layer._forward_pre_hooks for layer in net.modules())
+
+
+def test_input_prior_zero_for_standardised_images():
+    x = fixed((4, 3, 8, 8))
+    flat = x.reshape(4, 3, -1)
+    z = (flat - flat.mean(2, keepdim=True)) / flat.std(2, keepdim=True)
+    assert float(input_prior(z.reshape(4, 3, 8, 8))) == pytest.approx(0.0, abs=1e-5)
+    assert float(input_prior(x * 3 + 1)) > 1.0
+
+
+@pytest.fixture
+def teacher_file(tmp_path, tiny_npz):
+    path = tmp_path / "teacher.pt"
+    dd.teacher(str(tiny_npz), path, model="convnet_bn", epochs=2, width=8, quiet=True)
+    return path
+
+
+def test_zeroq_data_free_build_reduces_bn_loss(teacher_file, tmp_path):
+    out = tmp_path / "zq.h5"
+    synset = dd.build(
+        None,
+        "zeroq",
+        None,
+        out,
+        teacher=teacher_file,
+        count=5,
+        quiet=True,
+        options={"iterations": 40, "batch_size": 2},
+    )
+    stored = read_store(out)
+    assert stored.images.shape == (5, 1, 10, 10)
+    assert stored.meta.ipc == 0 and stored.meta.iterations == 80  # batches of 2 and 3
+    assert stored.meta.dataset == "tiny.npz" and stored.meta.classes == ["0", "1", "2"]
+    net = dd.train.load_teacher(teacher_file)[0]
+    with torch.no_grad():
+        assert torch.equal(net(stored.images).argmax(1), stored.labels)
+    # the optimised images match BN statistics far better than fresh noise of the same size
+    spec = dd.api._spec_from_teacher(dd.train.load_teacher(teacher_file)[1], net)
+    gen = ZeroQ(ZeroQ.Config(iterations=1, batch_size=2), spec, 0, count=5, teacher=net)
+    gen.setup()
+    noise = torch.randn(3, 1, 10, 10, generator=torch.Generator().manual_seed(9))
+    assert len(synset) == 5
+    optimised = float(gen.loss(stored.images[2:]).detach())
+    assert optimised < 0.75 * float(gen.loss(noise).detach())
+
+
+def test_zeroq_resume_across_batches_is_identical(teacher_file, tmp_path, monkeypatch):
+    opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}
+    full = tmp_path / "full.h5"
+    dd.build(None, "zeroq", None, full, teacher=teacher_file, count=7, options=opts, quiet=True)
+    out = tmp_path / "part.h5"
+    real_step = ZeroQ.step
+
+    def dying(self, it):
+        if it == 6:  # inside the second batch
+            raise KeyboardInterrupt
+        return real_step(self, it)
+
+    monkeypatch.setattr(ZeroQ, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        dd.build(None, "zeroq", None, out, teacher=teacher_file, count=7, options=opts, quiet=True)
+    assert checkpoint_path_for(out).exists() and not out.exists()
+    monkeypatch.setattr(ZeroQ, "step", real_step)
+    dd.build(
+        None,
+        "zeroq",
+        None,
+        out,
+        teacher=teacher_file,
+        count=7,
+        options=opts,
+        quiet=True,
+        resume=True,
+    )
+    assert torch.equal(read_store(full).images, read_store(out).images)
+
+
+def test_zeroq_errors(teacher_file, tmp_path, tiny_npz):
+    out = tmp_path / "x.h5"
+    with pytest.raises(ConfigError, match="needs a trained network"):
+        dd.build(None, "zeroq", None, out, count=4)
+    plain = tmp_path / "mlp.pt"
+    save_model(build_model("mlp", 1, 3, (10, 10), width=4), plain)
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        dd.build(None, "zeroq", None, out, teacher=plain, count=4)
+    with pytest.raises(ConfigError, match="exactly one"):
+        dd.build(None, "zeroq", 2, out, teacher=teacher_file, count=4)
+    with pytest.raises(ConfigError, match="images per class"):
+        dd.build(str(tiny_npz), "dm", None, out, count=4)
+    with pytest.raises(ConfigError, match="needs real data"):
+        dd.build(None, "dm", 2, out)
+    assert not out.exists()
