@@ -165,3 +165,55 @@ def test_zeroq_errors(teacher_file, tmp_path, tiny_npz):
     with pytest.raises(ConfigError, match="needs real data"):
         dd.build(None, "dm", 2, out)
     assert not out.exists()
+
+
+def test_swing_offsets():
+    from distill_data.synth.genie import swing
+
+    x = fixed((2, 3, 6, 5))
+    torch.testing.assert_close(swing(x, 1, 1), x)  # the centre crop of a 1-pixel pad
+    shifted = swing(x, 0, 0)
+    torch.testing.assert_close(shifted[..., 1:, 1:], x[..., :-1, :-1])
+    torch.testing.assert_close(shifted[..., 0, 1:], x[..., 1, :-1])  # reflected row
+
+
+@pytest.mark.parametrize("size", [(28, 28), (10, 10), (12, 9)])
+def test_genie_generator_shapes(size):
+    from distill_data.synth.genie import GenieGenerator
+
+    g = GenieGenerator(16, 3, size)
+    assert g(torch.randn(4, 16)).shape == (4, 3, *size)
+
+
+def test_genie_build_and_resume(teacher_file, tmp_path, monkeypatch):
+    from distill_data.synth.genie import Genie
+
+    opts = {"iterations": 3, "batch_size": 3, "latent": 8, "checkpoint_every": 1, "decay_every": 2}
+    full = tmp_path / "g.h5"
+    dd.build(None, "genie", None, full, teacher=teacher_file, count=6, options=opts, quiet=True)
+    out = tmp_path / "g2.h5"
+    real_step = Genie.step
+
+    def dying(self, it):
+        if it == 4:
+            raise KeyboardInterrupt
+        return real_step(self, it)
+
+    monkeypatch.setattr(Genie, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        dd.build(None, "genie", None, out, teacher=teacher_file, count=6, options=opts, quiet=True)
+    monkeypatch.setattr(Genie, "step", real_step)
+    dd.build(
+        None,
+        "genie",
+        None,
+        out,
+        teacher=teacher_file,
+        count=6,
+        options=opts,
+        quiet=True,
+        resume=True,
+    )
+    a, b = read_store(full), read_store(out)
+    assert a.images.shape == (6, 1, 10, 10)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)

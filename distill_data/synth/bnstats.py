@@ -49,8 +49,12 @@ def stat_distance(
     target_var: torch.Tensor,
     form: str = "squared",
     eps: float = 1e-6,
+    channel_reduce: str = "sum",
 ) -> torch.Tensor:
     """Distance between (possibly per-sample) statistics and one layer's targets.
+
+    ``channel_reduce="mean"`` divides the squared form by the number of channels
+    (Genie's per-channel MSE) instead of summing (ZeroQ).
 
     ``squared``: ||μ̂ − μ||² + ||σ̂ − σ||² with σ = sqrt(var + eps), averaged over
     samples when the statistics are per sample (ZeroQ's ``||A − B||² / N``).
@@ -58,7 +62,7 @@ def stat_distance(
     """
     if form == "squared":
         d = (mean - target_mean) ** 2 + (torch.sqrt(var + eps) - torch.sqrt(target_var + eps)) ** 2
-        d = d.sum(-1)
+        d = d.sum(-1) if channel_reduce == "sum" else d.mean(-1)
     else:
         d = torch.linalg.vector_norm(mean - target_mean, dim=-1) + torch.linalg.vector_norm(
             var - target_var, dim=-1
@@ -81,8 +85,10 @@ class BNStatLoss:
         first_multiplier: float = 1.0,
         unbiased: bool = True,
         eps: float = 1e-6,
+        channel_reduce: str = "sum",
     ) -> None:
         self.layers = batchnorm_layers(model)
+        self.channel_reduce = channel_reduce
         if not self.layers:
             raise ValueError("the model has no BatchNorm layers")
         self.stats, self.form, self.eps, self.unbiased = stats, form, eps, unbiased
@@ -94,7 +100,13 @@ class BNStatLoss:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             mean, var = feature_stats(inputs[0], self.stats, self.unbiased)
             d = stat_distance(
-                mean, var, module.running_mean, module.running_var, self.form, self.eps
+                mean,
+                var,
+                module.running_mean,
+                module.running_var,
+                self.form,
+                self.eps,
+                self.channel_reduce,
             )
             self._terms.append(self.weights[index] * d)
 

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from distill_data.config import require
-from distill_data.synth.base import GENERATORS, Generator, GeneratorConfig
+from distill_data.synth.base import GENERATORS, GeneratorConfig
 from distill_data.synth.bnstats import STATS, BNStatLoss, input_prior
+from distill_data.synth.inversion import BatchedInversion
 
 INITS = ("gaussian", "uniform")
 
@@ -70,52 +71,31 @@ class ZeroQConfig(GeneratorConfig):
 
 
 @GENERATORS.register("zeroq", "ZeroQ: BN-statistic inversion of a teacher, no data (CVPR 2020)")
-class ZeroQ(Generator):
+class ZeroQ(BatchedInversion):
     """Cai et al., CVPR 2020: pixels whose per-layer BN input statistics match the
     teacher's running statistics, plus an input prior (Eq. 2); labels = predictions."""
 
     Config = ZeroQConfig
     config: ZeroQConfig
-    iterative = True
-    samples_real = False
-    needs_real = False
-    needs_teacher = True
-    supports_count = True
 
-    def setup(self) -> None:
-        self.teacher = self.teacher.to(self.device).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.sizes = self._plan()
-        self.done: list[torch.Tensor] = []
-        self._start_batch(0)
-
-    def _start_batch(self, b: int) -> None:
+    def start_batch(self, b: int) -> None:
         cfg, d = self.config, self.data
         shape = (self.sizes[b], d.channels, *d.im_size)
         if cfg.init == "gaussian":
             x = torch.randn(shape, generator=self.rng)
-        else:
+        else:  # the official code's UniformDataset: (U{0..255} − 127.5) / 5418.75
             x = (torch.randint(0, 256, shape, generator=self.rng).float() - 127.5) / 5418.75
         self.x = x.to(self.device).requires_grad_(True)
-        self.opt = torch.optim.Adam([self.x], lr=cfg.lr)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, factor=0.1, patience=cfg.patience, min_lr=cfg.min_lr
-        )
-        self.batch = b
+        opt = torch.optim.Adam([self.x], lr=cfg.lr)
+        self.optimizers = [opt]
+        self.schedulers = [
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=0.1, patience=cfg.patience, min_lr=cfg.min_lr
+            )
+        ]
 
-    def total_steps(self) -> int:
-        return self.config.iterations * len(self._plan())
-
-    def _plan(self) -> list[int]:
-        """Batch sizes: full batches, the rest last; a lone remainder image joins the
-        last full batch (a batch of one has no batch statistics)."""
-        bs, n = self.config.batch_size, self.n_images
-        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
-        if len(sizes) > 1 and sizes[-1] == 1:
-            sizes.pop()
-            sizes[-1] += 1
-        return sizes
+    def images(self) -> torch.Tensor:
+        return self.x
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -123,54 +103,9 @@ class ZeroQ(Generator):
             self.teacher(x)
         return bn.loss() + input_prior(x, cfg.stats, cfg.eps)
 
-    def step(self, iteration: int) -> float:
-        cfg = self.config
-        b = iteration // cfg.iterations
-        if b != self.batch:
-            self._finish_batch()
-            self._start_batch(b)
-        loss = self.loss(self.x)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        value = float(loss.detach())
-        self.sched.step(value)
-        if (iteration + 1) % cfg.iterations == 0 and b == len(self.sizes) - 1:
-            self._finish_batch()
-        return value
+    def batch_state(self) -> dict[str, Any]:
+        return {"x": self.x.detach().cpu().clone()}
 
-    def _finish_batch(self) -> None:
-        if len(self.done) == self.batch:
-            self.done.append(self.x.detach().cpu().clone())
-
-    @torch.no_grad()
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, None]:
-        images = torch.cat(self.done) if self.done else self.x.detach().cpu()
-        logits = torch.cat(
-            [
-                self.teacher(images[i : i + 256].to(self.device)).cpu()
-                for i in range(0, len(images), 256)
-            ]
-        )
-        return images, logits.argmax(1), None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "batch": self.batch,
-            "done": [t.clone() for t in self.done],
-            "x": self.x.detach().cpu().clone(),
-            "opt": self.opt.state_dict(),
-            "sched": {
-                k: v
-                for k, v in self.sched.state_dict().items()
-                if isinstance(v, int | float | str | bool) or v is None
-            },
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._start_batch(int(state["batch"]))
-        self.done = list(state["done"])
+    def load_batch_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.x.copy_(state["x"].to(self.device))
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict({**self.sched.state_dict(), **state["sched"]})

@@ -1,0 +1,128 @@
+"""Shared loop of teacher-inversion generators that make images in independent batches
+(ZeroQ, Genie): per-batch set-up, the step → batch dispatch, finished batches, labels
+from the teacher's predictions, and resumable state."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+from distill_data.synth.base import Generator
+
+
+class BatchedInversion(Generator):
+    """Images are optimised in batches of ``config.batch_size`` for ``config.iterations``
+    steps each; ``step(i)`` works on batch ``i // iterations``. Subclasses implement
+    :meth:`start_batch`, :meth:`images`, :meth:`loss` and the batch state."""
+
+    iterative = True
+    samples_real = False
+    needs_real = False
+    needs_teacher = True
+    supports_count = True
+    #: optimisers / schedulers of the current batch, set by start_batch
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    per_iteration_schedulers: ClassVar[bool] = True
+
+    def setup(self) -> None:
+        self.teacher = self.teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.sizes = self.plan()
+        self.done: list[torch.Tensor] = []
+        self.batch = 0
+        self.start_batch(0)
+
+    def plan(self) -> list[int]:
+        """Batch sizes: full batches, the rest last; a lone remainder image joins the
+        last full batch (a batch of one has no batch statistics)."""
+        bs, n = self.config.batch_size, self.n_images
+        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        if len(sizes) > 1 and sizes[-1] == 1:
+            sizes.pop()
+            sizes[-1] += 1
+        return sizes
+
+    def total_steps(self) -> int:
+        return self.config.iterations * len(self.plan())
+
+    @abc.abstractmethod
+    def start_batch(self, b: int) -> None:
+        """Create the learnable state, optimisers and schedulers of batch ``b``."""
+
+    @abc.abstractmethod
+    def images(self) -> torch.Tensor:
+        """The current batch's images (differentiable w.r.t. the learnable state)."""
+
+    @abc.abstractmethod
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The method's objective on images ``x``."""
+
+    def schedule(self, iteration: int, loss: float) -> None:
+        """Step the schedulers after an optimiser step (default: plateau on the loss)."""
+        for s in self.schedulers:
+            s.step(loss)
+
+    @abc.abstractmethod
+    def batch_state(self) -> dict[str, Any]:
+        """Learnable tensors of the current batch (optimiser states are added here)."""
+
+    @abc.abstractmethod
+    def load_batch_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`batch_state`."""
+
+    def step(self, iteration: int) -> float:
+        b = iteration // self.config.iterations
+        if b != self.batch:
+            self._finish_batch()
+            self.batch = b
+            self.start_batch(b)
+        loss = self.loss(self.images())
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        value = float(loss.detach())
+        self.schedule(iteration, value)
+        if iteration + 1 == self.total_steps():
+            self._finish_batch()
+        return value
+
+    @torch.no_grad()
+    def _finish_batch(self) -> None:
+        if len(self.done) == self.batch:
+            self.done.append(self.images().detach().cpu().clone())
+
+    @torch.no_grad()
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, None]:
+        images = torch.cat(self.done) if self.done else self.images().detach().cpu()
+        logits = torch.cat(
+            [
+                self.teacher(images[i : i + 256].to(self.device)).cpu()
+                for i in range(0, len(images), 256)
+            ]
+        )
+        return images, logits.argmax(1), None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "done": [t.clone() for t in self.done],
+            "learn": self.batch_state(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batch = int(state["batch"])
+        self.start_batch(self.batch)
+        self.done = list(state["done"])
+        self.load_batch_state(state["learn"])
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
