@@ -181,6 +181,8 @@ def evaluate(
     *,
     baselines: Sequence[str] = (),
     scores: bool = False,
+    soft: bool = False,
+    teacher: str | os.PathLike | nn.Module | None = None,
     device: str | torch.device = "cpu",
     quiet: bool = False,
     **protocol: Any,
@@ -188,7 +190,9 @@ def evaluate(
     """Evaluate a stored set with the papers' protocol; returns the JSON report dict.
 
     ``protocol`` keywords are :class:`~distill_data.evaluation.EvalConfig` fields
-    (``model``, ``runs``, ``epochs``, ``augment``, ...).
+    (``model``, ``runs``, ``epochs``, ``augment``, ...). ``soft=True`` trains by
+    knowledge distillation from the store's soft labels; ``teacher`` then relabels the
+    random-subset baseline the same way.
     """
     device = resolve_device(device)
     path = None
@@ -207,6 +211,8 @@ def evaluate(
         device=device,
         quiet=quiet,
         store_path=path,
+        soft=soft,
+        teacher=None if teacher is None else _load_teacher(teacher)[0].to(device),
     )
 
 

@@ -166,6 +166,17 @@ def build(
 )
 @click.option("--no-augment", is_flag=True, help="Train without DSA.")
 @click.option(
+    "--soft",
+    is_flag=True,
+    help="Train by knowledge distillation from the store's soft labels (teacher logits, "
+    "at the stored temperature) instead of hard labels.",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    help="With --soft and --baseline random: the teacher that relabels the random subset.",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Base seed; run r uses seed + r."
 )
 @click.option(
@@ -183,6 +194,8 @@ def eval_cmd(
     baselines,
     scores,
     no_augment,
+    soft,
+    teacher,
     seed,
     device,
     json_out,
@@ -198,6 +211,8 @@ def eval_cmd(
         dataset,
         baselines=baselines,
         scores=scores,
+        soft=soft,
+        teacher=teacher,
         device=device,
         quiet=quiet,
         model=model,

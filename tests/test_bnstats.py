@@ -217,3 +217,59 @@ def test_genie_build_and_resume(teacher_file, tmp_path, monkeypatch):
     a, b = read_store(full), read_store(out)
     assert a.images.shape == (6, 1, 10, 10)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_sre2l_recovers_labelled_images_with_soft_labels(teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "s.h5"
+    dd.build(
+        str(tiny_npz), "sre2l", 2, out, teacher=teacher_file, quiet=True, options={"iterations": 5}
+    )
+    s = read_store(out)
+    assert s.images.shape == (6, 1, 10, 10)
+    assert s.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert s.temperature == 3.0 and s.soft_labels.shape == (6, 3)
+    net = dd.train.load_teacher(teacher_file)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(net(s.images), s.soft_labels)
+    # pixels were clipped to the valid range of normalised [0, 1] images
+    lo, hi = (0 - s.meta.mean[0]) / s.meta.std[0], (1 - s.meta.mean[0]) / s.meta.std[0]
+    assert float(s.images.min()) >= lo - 1e-5 and float(s.images.max()) <= hi + 1e-5
+
+
+def test_sre2l_is_data_free(teacher_file, tmp_path):
+    out = tmp_path / "s.h5"
+    dd.build(None, "sre2l", 1, out, teacher=teacher_file, quiet=True, options={"iterations": 2})
+    assert read_store(out).meta.dataset == "tiny.npz"
+
+
+def test_kd_loss_golden_and_zero():
+    from distill_data.train.fit import kd_loss
+
+    t = torch.tensor([[2.0, 0.0, -1.0]])
+    assert float(kd_loss(t, t, 3.0)) == pytest.approx(0.0, abs=1e-7)
+    s = torch.tensor([[0.0, 0.0, 0.0]])
+    p = torch.softmax(t / 2, 1)[0]
+    want = 4 * float((p * (p.log() - math.log(1 / 3))).sum())  # T² · KL(p ‖ uniform)
+    assert float(kd_loss(s, t, 2.0)) == pytest.approx(want, rel=1e-6)
+
+
+def test_eval_with_soft_labels(teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "s.h5"
+    dd.build(
+        str(tiny_npz), "sre2l", 2, out, teacher=teacher_file, quiet=True, options={"iterations": 2}
+    )
+    kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
+    rep = dd.evaluate(
+        out, str(tiny_npz), soft=True, teacher=teacher_file, baselines=["random"], **kw
+    )
+    assert rep["protocol"]["labels"].startswith("soft")
+    assert rep["results"]["synthetic"]["labels"] == "soft (KD, T=3)"
+    assert rep["results"]["random"]["labels"] == "soft (KD, T=3)"
+    hard = dd.evaluate(out, str(tiny_npz), **kw)
+    assert hard["protocol"]["labels"] == "hard"
+    with pytest.raises(ConfigError, match="needs --teacher"):
+        dd.evaluate(out, str(tiny_npz), soft=True, baselines=["random"], **kw)
+    coreset = tmp_path / "r.h5"
+    dd.build(str(tiny_npz), "random", 2, coreset, quiet=True)
+    with pytest.raises(ConfigError, match="no soft labels"):
+        dd.evaluate(coreset, str(tiny_npz), soft=True, **kw)

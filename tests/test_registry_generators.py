@@ -21,6 +21,7 @@ from distill_data.data import load_dataset
 from distill_data.models import build_model
 from distill_data.store import read_store
 from distill_data.synth import GENERATORS, Generator
+from distill_data.synth.inversion import BatchedInversion
 
 IPC = 2
 ITERATIONS = 3
@@ -146,7 +147,10 @@ def test_generator_hdf5_round_trip(name: str, data, teacher, tmp_path) -> None:
     assert m.dataset == data.name
     assert m.classes == data.classes
     assert m.mean == pytest.approx(data.mean) and m.std == pytest.approx(data.std)
-    assert m.iterations == (ITERATIONS if cls.iterative else 0)
+    cfg = make_config(cls.Config, tiny_options(cls))
+    steps = cls(cfg, data, IPC, **extra_args(cls, teacher)).total_steps()
+    assert m.iterations == steps  # batched methods run `iterations` per batch
+    assert steps == (ITERATIONS if cls.iterative else 0) or issubclass(cls, BatchedInversion)
     assert m.config == synset.meta.config
     for key, value in tiny_options(cls).items():
         assert m.config[key] == value

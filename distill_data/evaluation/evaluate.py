@@ -70,6 +70,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     quiet: bool = False,
     store_path: str | None = None,
+    soft: bool = False,
+    teacher: torch.nn.Module | None = None,
 ) -> dict:
     """Train-from-scratch evaluation of ``synset``; returns a JSON-ready report.
 
@@ -81,6 +83,9 @@ def evaluate(
             per run) and ``full`` (the whole training set, ``full_epochs`` epochs).
         scores: also compute DD-Ranking's LRS and ARS; implies both baselines and adds
             runs without augmentation for the synthetic set and the random subset.
+        soft: train by knowledge distillation from the store's soft labels (teacher
+            logits) at the store's temperature, instead of with hard labels.
+        teacher: relabels the random-subset baseline when ``soft`` (same soft labels).
     """
     cfg = config or EvalConfig()
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -102,19 +107,55 @@ def evaluate(
     counts = torch.bincount(labels, minlength=data.num_classes)
     ipc = int(synset.meta.ipc) or max(1, round(len(labels) / data.num_classes))
 
+    temperature = 1.0
+    soft_syn = None
+    if soft:
+        if synset.soft_labels is None:
+            raise ConfigError("the store has no soft labels; evaluate without --soft")
+        soft_syn, temperature = synset.soft_labels, float(synset.temperature or 1.0)
+        if "random" in baselines and teacher is None:
+            raise ConfigError(
+                "--soft with the random baseline needs --teacher to give the "
+                "random subset the same kind of soft labels"
+            )
+
+    @torch.no_grad()
+    def relabel(x: torch.Tensor) -> torch.Tensor:
+        dev = next(teacher.parameters()).device
+        return torch.cat(
+            [teacher.eval()(x[i : i + 256].to(dev)).cpu() for i in range(0, len(x), 256)]
+        )
+
     results: dict[str, dict] = {}
     results["synthetic"] = evaluate_set(
-        images, labels, data, cfg, "synthetic", device=device, quiet=quiet
+        images,
+        labels,
+        data,
+        cfg,
+        "synthetic",
+        device=device,
+        quiet=quiet,
+        soft=soft_syn,
+        temperature=temperature,
     )
 
-    def rnd(run: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
+    def rnd(run: int) -> tuple[torch.Tensor, ...]:
+        x, y = random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
+        return (x, y, relabel(x)) if soft else (x, y)
 
     if "random" in baselines:
         if ipc > min(data.class_counts()):
             raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
         results["random"] = evaluate_set(
-            images, labels, data, cfg, f"random ipc={ipc}", device=device, quiet=quiet, resample=rnd
+            images,
+            labels,
+            data,
+            cfg,
+            f"random ipc={ipc}",
+            device=device,
+            quiet=quiet,
+            resample=rnd,
+            temperature=temperature,
         )
     if "full" in baselines:
         x_full = data.normalize(data.x_train)
@@ -132,10 +173,26 @@ def evaluate(
     if scores:
         noaug = dataclasses.replace(cfg, augment=False)
         results["synthetic_noaug"] = evaluate_set(
-            images, labels, data, noaug, "synthetic (no aug)", device=device, quiet=quiet
+            images,
+            labels,
+            data,
+            noaug,
+            "synthetic (no aug)",
+            device=device,
+            quiet=quiet,
+            soft=soft_syn,
+            temperature=temperature,
         )
         results["random_noaug"] = evaluate_set(
-            images, labels, data, noaug, "random (no aug)", device=device, quiet=quiet, resample=rnd
+            images,
+            labels,
+            data,
+            noaug,
+            "random (no aug)",
+            device=device,
+            quiet=quiet,
+            resample=rnd,
+            temperature=temperature,
         )
         f = {k: v["mean"] / 100.0 for k, v in results.items()}
         score_block = {
@@ -171,7 +228,7 @@ def evaluate(
         "protocol": {
             **dataclasses.asdict(cfg),
             "dsa_strategy": cfg.strategy(data),
-            "labels": "hard",
+            "labels": "hard" if not soft else f"soft (KD from stored logits, T={temperature:g})",
             "optimizer": "SGD",
             "lr_decay": "x0.1 at epochs/2",
             "reported": "mean ± std over runs of the final-epoch test accuracy (percent)",
@@ -191,7 +248,8 @@ def format_report(report: dict) -> str:
     p = report["protocol"]
     lines.append(
         f"{s['generator']} ipc={s['ipc']} ({s['n_images']} images) on {report['dataset']['name']}:"
-        f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']}"
+        f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']},"
+        f" {p['labels']} labels"
     )
     for name, r in report["results"].items():
         lines.append(

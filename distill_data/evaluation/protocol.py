@@ -94,11 +94,14 @@ def train_and_test(
     epochs: int | None = None,
     device: str | torch.device = "cpu",
     bar: tqdm | None = None,
+    soft: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> float:
     """Train one fresh model on ``(images, labels)`` (normalised) and return test accuracy.
 
-    All randomness (init, shuffling, DSA) comes from a generator seeded with
-    ``cfg.seed + run``, so a run is reproducible.
+    With ``soft`` (teacher logits per image), the model is trained by knowledge
+    distillation at ``temperature`` instead of with the hard labels. All randomness
+    (init, shuffling, DSA) comes from a generator seeded with ``cfg.seed + run``.
     """
     device = torch.device(device)
     epochs = epochs or cfg.epochs
@@ -119,6 +122,8 @@ def train_and_test(
         batch_size=cfg.batch_size,
         dsa=DSA(cfg.strategy(data)),
         bar=bar,
+        soft_targets=soft,
+        temperature=temperature,
     )
     return test_accuracy(model, data, device)
 
@@ -132,12 +137,15 @@ def evaluate_set(
     epochs: int | None = None,
     device: str | torch.device = "cpu",
     quiet: bool = False,
-    resample: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    resample: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
+    soft: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> dict:
     """Train ``cfg.runs`` fresh models and summarise final-epoch test accuracy (percent).
 
-    ``resample(run) -> (images, labels)``, when given, draws a new training set per run
-    (used for the random-subset baseline, whose spread includes the subset draw).
+    ``resample(run) -> (images, labels[, soft])``, when given, draws a new training set
+    per run (the random-subset baseline, whose spread includes the subset draw).
+    ``soft``: teacher logits → knowledge-distillation training at ``temperature``.
     """
     epochs = epochs or cfg.epochs
     accs = []
@@ -146,8 +154,9 @@ def evaluate_set(
         total=cfg.runs * epochs, desc=f"eval {name}", disable=quiet, dynamic_ncols=True
     ) as bar:
         for r in range(cfg.runs):
-            x, y = resample(r) if resample is not None else (images, labels)
-            accs.append(100.0 * train_and_test(x, y, data, cfg, r, epochs, device, bar))
+            x, y, s = (*resample(r), None)[:3] if resample is not None else (images, labels, soft)
+            acc = train_and_test(x, y, data, cfg, r, epochs, device, bar, s, temperature)
+            accs.append(100.0 * acc)
             bar.set_postfix(acc=f"{np.mean(accs):.2f}%", refresh=False)
     return {
         "accs": [round(a, 4) for a in accs],
@@ -156,5 +165,6 @@ def evaluate_set(
         "runs": cfg.runs,
         "epochs": epochs,
         "n_images": int(len(images)) if resample is None else int(len(x)),
+        "labels": "hard" if s is None else f"soft (KD, T={temperature:g})",
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -15,6 +15,17 @@ from tqdm.auto import tqdm
 from distill_data.augment import DSA
 
 
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -29,8 +40,12 @@ def fit(
     dsa: DSA | None = None,
     decay_at: float | None = 0.5,
     bar: tqdm | None = None,
+    soft_targets: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> nn.Module:
-    """Train ``model`` in place on normalised ``images`` with cross-entropy.
+    """Train ``model`` in place on normalised ``images`` with cross-entropy, or, with
+    ``soft_targets`` (teacher logits, one row per image), by knowledge distillation:
+    ``T² · KL(softmax(t/T) || softmax(s/T))`` (Hinton et al., 2015).
 
     SGD with momentum and weight decay; the learning rate is multiplied by 0.1 from
     epoch ``int(epochs * decay_at)`` on (the field's "×0.1 at half"); ``dsa`` augments
@@ -40,6 +55,7 @@ def fit(
     device = next(model.parameters()).device
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     x_all, y_all = images.to(device), labels.to(device)
+    soft = None if soft_targets is None else soft_targets.to(device)
     n = len(x_all)
     decay_epoch = None if decay_at is None else int(epochs * decay_at)
     for ep in range(epochs):
@@ -53,7 +69,11 @@ def fit(
             x, y = x_all[idx], y_all[idx]
             if dsa is not None and dsa.enabled:
                 x = dsa(x, generator=generator)
-            loss = F.cross_entropy(model(x), y)
+            out = model(x)
+            if soft is None:
+                loss = F.cross_entropy(out, y)
+            else:
+                loss = kd_loss(out, soft[idx], temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,445 @@
+"""Post-training quantization (PTQ) of BatchNorm CNNs, to score calibration sets.
+
+One config, one verb (torchao's ``quantize_(model, config)`` style)::
+
+    qmodel = quantize_model(teacher, calib_images, PTQConfig(w_bits=4, a_bits=8))
+
+The recipe is the standard simulated-quantization PTQ (Krishnamoorthi,
+arXiv:1806.08342, §3; Nagel et al., arXiv:2106.08295, §3):
+
+1. copy the network, switch to eval mode and fold every Conv2d → BatchNorm2d pair into
+   the convolution (``W' = W·γ/σ``, ``b' = (b − μ)·γ/σ + β``, σ = √(var + ε)), as an
+   integer-only deployment would;
+2. replace every Conv2d and Linear with a wrapper that fake-quantizes its weights
+   (per-channel symmetric) and its *input* activations (per-tensor affine);
+3. run the calibration images through the fp32 (folded) network while the activation
+   observers record, then freeze the activation ranges.
+
+The first conv and the last linear layer are kept at ``first_last_bits`` (8 by default)
+for weights and input activations, the usual convention in the PTQ literature (e.g.
+ZeroQ, Cai et al., CVPR 2020; BRECQ, Li et al., ICLR 2021), so that what is measured is
+the effect of the calibration set on the body of the network. Only the activation
+ranges depend on the calibration images, so the quantized accuracy scores how
+representative a calibration set (real, synthetic, noise) is of the real activations.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from distill_data.config import config_to_dict, require
+from distill_data.errors import ConfigError, DataError
+from distill_data.quant.quantizers import (
+    DEFAULT_MAX_SAMPLES,
+    MAX_BITS,
+    MIN_BITS,
+    OBSERVERS,
+    Observer,
+    act_fake_quant,
+    affine_qparams,
+    check_bits,
+    make_observer,
+    weight_fake_quant,
+)
+
+_BITS_RE = re.compile(r"^\s*w(\d+)\s*a(\d+)\s*$", re.IGNORECASE)
+
+
+def parse_bits(spec: str) -> tuple[int, int]:
+    """``"w4a8"`` → ``(4, 8)`` (weight bits, activation bits); both must be in 2–8.
+
+    Raises:
+        ConfigError: the string is not ``w<int>a<int>`` or a bit width is out of range.
+    """
+    m = _BITS_RE.match(spec) if isinstance(spec, str) else None
+    if m is None:
+        raise ConfigError(
+            f"bit setting must look like 'w4a8' (weight/activation bits), got {spec!r}"
+        )
+    return check_bits(int(m.group(1)), "weight bits"), check_bits(
+        int(m.group(2)), "activation bits"
+    )
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """Post-training quantization settings.
+
+    Attributes:
+        w_bits: weight bits (per-output-channel symmetric), 2–8.
+        a_bits: input-activation bits (per-tensor affine), 2–8.
+        observer: activation range: ``minmax``, ``percentile`` or ``mse``.
+        percentile: clipping percentile for ``observer="percentile"`` (Wu et al. 2020
+            recommend 99.9–99.999; 99.99 is the default here).
+        first_last_bits: bits of the first conv and last linear layer (weights and
+            input activations); None quantizes them like the rest.
+        fold_bn: fold BatchNorm into the preceding conv before quantizing (what an
+            integer deployment does); False keeps BN as a float op after the conv.
+        calib_batch: images per calibration forward pass (memory only; min/max and
+            percentile results do not depend on it).
+        max_samples: activation values kept per layer for the percentile / MSE
+            observers (uniform random subsample; bounds memory).
+        seed: seed of that subsampling (an explicit ``torch.Generator``).
+    """
+
+    w_bits: int = 8
+    a_bits: int = 8
+    observer: str = "minmax"
+    percentile: float = 99.99
+    first_last_bits: int | None = 8
+    fold_bn: bool = True
+    calib_batch: int = 64
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, "w_bits")
+        check_bits(self.a_bits, "a_bits")
+        if self.first_last_bits is not None:
+            check_bits(self.first_last_bits, "first_last_bits")
+        require(
+            self.observer in OBSERVERS,
+            f"unknown observer {self.observer!r}; choose from: {', '.join(OBSERVERS)}",
+        )
+        require(
+            0.0 < self.percentile <= 100.0,
+            f"percentile must be in (0, 100], got {self.percentile}",
+        )
+        require(
+            isinstance(self.calib_batch, int) and self.calib_batch >= 1,
+            f"calib_batch must be an integer >= 1, got {self.calib_batch!r}",
+        )
+        require(
+            isinstance(self.max_samples, int) and 1 <= self.max_samples <= 2**24,
+            f"max_samples must be an integer in [1, 2^24], got {self.max_samples!r}",
+        )
+
+    @property
+    def bits(self) -> str:
+        """The ``w<bits>a<bits>`` tag of this setting, e.g. ``"w4a8"``."""
+        return f"w{self.w_bits}a{self.a_bits}"
+
+
+# ---------------------------------------------------------------- quantized modules
+
+
+class ActQuant(nn.Module):
+    """Per-tensor affine fake quantizer of a layer's input, with a calibration phase.
+
+    While ``calibrating`` it records its input with ``observer`` and passes it through
+    unchanged; :meth:`freeze` turns the observed range into ``scale`` / ``zero_point``
+    buffers (which move with ``.to(device)`` and live in the state dict) and drops the
+    observer's stored samples.
+    """
+
+    def __init__(self, bits: int, observer: Observer) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, "activation bits")
+        self.observer: Observer | None = observer
+        self.calibrating = False
+        self.register_buffer("scale", torch.ones((), dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+        self.register_buffer("lo", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("hi", torch.zeros((), dtype=torch.float32))
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Fix the quantization range from the observations (RuntimeError if none)."""
+        if self.observer is None or not self.observer.seen:
+            raise RuntimeError("ActQuant.freeze: no calibration data was observed")
+        lo, hi = self.observer.range()
+        scale, zero_point = affine_qparams(lo, hi, self.bits)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.lo.copy_(lo)
+        self.hi.copy_(hi)
+        self.observer = None  # release stored samples
+        self.calibrating = False
+        self.frozen = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating:
+            if self.observer is None:
+                raise RuntimeError("ActQuant is calibrating but has no observer")
+            self.observer.observe(x)
+            return x
+        if not self.frozen:
+            raise RuntimeError("ActQuant used before calibration; run quantize_model")
+        return act_fake_quant(x, self.scale, self.zero_point, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, frozen={self.frozen}"
+
+
+class QuantConv2d(nn.Module):
+    """Conv2d with fake-quantized weights (per-channel symmetric, ``w_bits``) and
+    fake-quantized input (per-tensor affine, ``a_bits``). Wraps the float conv, whose
+    parameters it keeps in full precision (so the same wrapper can be fine-tuned)."""
+
+    def __init__(self, conv: nn.Conv2d, w_bits: int, a_bits: int, observer: Observer) -> None:
+        super().__init__()
+        self.conv = conv
+        self.w_bits = check_bits(w_bits, "weight bits")
+        self.a_bits = check_bits(a_bits, "activation bits")
+        self.act = ActQuant(a_bits, observer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(x)
+        if self.act.calibrating:  # observers see the fp32 network's activations
+            return self.conv(x)
+        w = weight_fake_quant(self.conv.weight, self.w_bits)
+        return self.conv._conv_forward(x, w, self.conv.bias)
+
+    def extra_repr(self) -> str:
+        return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+class QuantLinear(nn.Module):
+    """Linear layer with fake-quantized weights (per-output-row symmetric) and input
+    (per-tensor affine); see :class:`QuantConv2d`."""
+
+    def __init__(self, linear: nn.Linear, w_bits: int, a_bits: int, observer: Observer) -> None:
+        super().__init__()
+        self.linear = linear
+        self.w_bits = check_bits(w_bits, "weight bits")
+        self.a_bits = check_bits(a_bits, "activation bits")
+        self.act = ActQuant(a_bits, observer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(x)
+        if self.act.calibrating:
+            return self.linear(x)
+        w = weight_fake_quant(self.linear.weight, self.w_bits)
+        return F.linear(x, w, self.linear.bias)
+
+    def extra_repr(self) -> str:
+        return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+QUANT_LAYERS = (QuantConv2d, QuantLinear)
+
+
+# -------------------------------------------------------------------- BN folding
+
+
+def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
+    """A copy of ``model`` in eval mode with every Conv2d → BatchNorm2d pair folded.
+
+    Traces the model with ``torch.fx`` and folds with
+    ``torch.fx.experimental.optimization.fuse`` (eval-mode folding with the running
+    statistics; Jacob et al. 2018, §3.2). A BN whose conv output is also used elsewhere,
+    or that follows something other than a conv (or a Linear → BatchNorm1d pair, also
+    folded), stays a float op. The input model is not changed.
+
+    Raises:
+        ConfigError: the model cannot be traced by ``torch.fx`` (data-dependent Python
+            control flow, e.g. ``if x.sum() > 0``); quantize with ``fold_bn=False``.
+    """
+    return _fold_inplace(copy.deepcopy(model))
+
+
+def _fold_inplace(model: nn.Module) -> fx.GraphModule:
+    # imported here, quietly: it pulls in torch.utils.mkldnn, whose torch.jit use warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
+
+    gm = _trace(model.eval(), "fold BatchNorm (use fold_bn=False to quantize without folding)")
+    return fuse(gm, inplace=True, no_trace=True)
+
+
+def _trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+    if isinstance(model, fx.GraphModule):
+        return model
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises many types (TraceError, TypeError, ...)
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"torch.fx cannot trace {type(model).__name__} to {purpose}: {msg}"
+        ) from None
+
+
+def _layer_order(model: nn.Module) -> list[str]:
+    """Names of the Conv2d / Linear modules in execution order.
+
+    From the traced graph when the model can be traced; otherwise (fold_bn=False on an
+    untraceable model) in registration order, which is the execution order for
+    ``nn.Sequential``-style networks.
+    """
+    kinds = (nn.Conv2d, nn.Linear)
+    try:
+        gm = _trace(model, "order its layers")
+    except ConfigError:
+        return [n for n, m in model.named_modules() if isinstance(m, kinds)]
+    modules = dict(gm.named_modules())
+    order: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), kinds):
+            if node.target not in order:
+                order.append(node.target)
+    return order
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_images(x: Tensor, what: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise DataError(f"{what} must be a non-empty (N, C, H, W) tensor, got {shape}")
+    if not x.is_floating_point():
+        raise DataError(f"{what} must be normalised float images, got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"{what} contain NaN or infinite values")
+
+
+# ----------------------------------------------------------------------- the verbs
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
+    """The quantized wrappers of a model returned by :func:`quantize_model`, by name,
+    in registration order (to inspect their ``w_bits`` / ``a_bits`` / ranges)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
+
+
+def quantize_model(
+    model: nn.Module, calib_images: Tensor, cfg: PTQConfig | None = None
+) -> nn.Module:
+    """Fake-quantize a copy of ``model``, calibrating activation ranges on ``calib_images``.
+
+    Args:
+        model: a float network (typically a BatchNorm teacher); never modified.
+        calib_images: normalised calibration images ``(N, C, H, W)`` (real subset,
+            synthetic set, noise, ...); moved to the model's device batch by batch.
+        cfg: settings (defaults: W8A8, min/max, first/last layer at 8 bits, BN folded).
+
+    Returns:
+        The quantized copy in eval mode (an ``fx.GraphModule`` when BN was folded) whose
+        Conv2d / Linear layers are :class:`QuantConv2d` / :class:`QuantLinear` with
+        frozen activation ranges.
+
+    Raises:
+        ConfigError: bad settings, or ``fold_bn=True`` on a model fx cannot trace.
+        DataError: empty, non-float or non-finite calibration images.
+    """
+    cfg = cfg or PTQConfig()
+    _check_images(calib_images, "calibration images")
+    qmodel: nn.Module = copy.deepcopy(model).eval()
+    if cfg.fold_bn:
+        qmodel = _fold_inplace(qmodel)
+    order = _layer_order(qmodel)
+    if not order:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
+    first = next((n for n in order if isinstance(qmodel.get_submodule(n), nn.Conv2d)), order[0])
+    last = next(
+        (n for n in reversed(order) if isinstance(qmodel.get_submodule(n), nn.Linear)), order[-1]
+    )
+    for name in order:
+        layer = qmodel.get_submodule(name)
+        keep = cfg.first_last_bits is not None and name in (first, last)
+        w_bits = cfg.first_last_bits if keep else cfg.w_bits
+        a_bits = cfg.first_last_bits if keep else cfg.a_bits
+        observer = make_observer(cfg.observer, a_bits, cfg.percentile, cfg.max_samples, cfg.seed)
+        wrapper_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        _set_submodule(qmodel, name, wrapper_cls(layer, w_bits, a_bits, observer))
+
+    quantizers = [m for m in qmodel.modules() if isinstance(m, ActQuant)]
+    for q in quantizers:
+        q.calibrating = True
+    device = _device_of(qmodel)
+    with torch.no_grad():
+        for i in range(0, calib_images.shape[0], cfg.calib_batch):
+            qmodel(calib_images[i : i + cfg.calib_batch].to(device))
+    for q in quantizers:
+        if q.observer is not None and q.observer.seen:
+            q.freeze()
+        else:  # a registered layer the forward pass never used: nothing to calibrate
+            q.calibrating = False
+    return qmodel.eval()
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for i in range(0, x.shape[0], batch):
+            pred = model(x[i : i + batch].to(device)).argmax(1).cpu()
+            correct += int((pred == y[i : i + batch].cpu()).sum())
+    finally:
+        model.train(was_training)
+    return 100.0 * correct / x.shape[0]
+
+
+def evaluate_ptq(
+    model: nn.Module,
+    calib_images: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    cfg: PTQConfig | None = None,
+) -> dict:
+    """Top-1 accuracy of ``model`` in fp32 and after PTQ calibrated on ``calib_images``.
+
+    Args:
+        model: the float network (left as it was, training flag included).
+        calib_images: normalised calibration images.
+        test_x: normalised test images ``(N, C, H, W)``.
+        test_y: integer labels ``(N,)``.
+        cfg: PTQ settings.
+
+    Returns:
+        ``fp32_accuracy`` and ``quant_accuracy`` (percent), ``accuracy_drop``
+        (fp32 − quantized, points), ``bits`` (e.g. ``"w4a8"``), ``calib_images`` (count)
+        and every :class:`PTQConfig` field.
+    """
+    cfg = cfg or PTQConfig()
+    _check_images(test_x, "test images")
+    if test_y.dim() != 1 or test_y.shape[0] != test_x.shape[0]:
+        raise DataError(
+            f"test labels must be a vector of {test_x.shape[0]} labels, got shape "
+            f"{tuple(test_y.shape)}"
+        )
+    fp32 = _accuracy(model, test_x, test_y)
+    quant = _accuracy(quantize_model(model, calib_images, cfg), test_x, test_y)
+    return {
+        "fp32_accuracy": fp32,
+        "quant_accuracy": quant,
+        "accuracy_drop": fp32 - quant,
+        "bits": cfg.bits,
+        "calib_images": int(calib_images.shape[0]),
+        **config_to_dict(cfg),
+    }
+
+
+__all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
+    "ActQuant",
+    "PTQConfig",
+    "QuantConv2d",
+    "QuantLinear",
+    "evaluate_ptq",
+    "fold_batchnorm",
+    "parse_bits",
+    "quantize_model",
+    "quantized_layers",
+]
