@@ -10,7 +10,15 @@ Public API::
 """
 
 from distill_data._version import __version__
-from distill_data.api import build, evaluate, list_datasets, list_methods, load, teacher
+from distill_data.api import (
+    build,
+    evaluate,
+    list_datasets,
+    list_methods,
+    load,
+    quantize,
+    teacher,
+)
 from distill_data.errors import DistillDataError
 
 __all__ = [
@@ -21,5 +29,6 @@ __all__ = [
     "list_datasets",
     "list_methods",
     "load",
+    "quantize",
     "teacher",
 ]

@@ -12,7 +12,7 @@ from torch import nn
 
 from distill_data.augment import PerSampleDSA, strategy_for
 from distill_data.config import make_config, resolve_device
-from distill_data.data import DataSpec, RealDataset, list_datasets, load_dataset
+from distill_data.data import DataSpec, RealDataset, find_dataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
 from distill_data.errors import ConfigError, StoreError
 from distill_data.evaluation import EvalConfig
@@ -44,7 +44,7 @@ def build(
     ipc: int | None,
     out: str | os.PathLike,
     *,
-    teacher: str | os.PathLike | nn.Module | None = None,
+    teacher: str | os.PathLike | nn.Module | Sequence[str | os.PathLike | nn.Module] | None = None,
     count: int | None = None,
     iterations: int | None = None,
     seed: int = 0,
@@ -62,7 +62,8 @@ def build(
         method: a registered generator name (see :func:`list_methods`).
         ipc: images per class; or give ``count`` (a total) for methods that support it.
         teacher: a teacher file (``distill-data teacher``) or any ``nn.Module`` with
-            BatchNorm layers, for teacher-driven methods.
+            BatchNorm layers, for teacher-driven methods; a list for ensemble methods
+            (INFER), the first one also serving single-teacher methods.
 
     Everything is validated before any work starts (method, settings, dataset, teacher,
     IPC, output folder), so bad input never leaves a file behind. The store is written
@@ -82,12 +83,24 @@ def build(
     if count is not None and count < 1:
         raise ConfigError(f"count must be >= 1, got {count}")
     out_path = _check_out(out)
-    net, tmeta = None, {}
+    net, tmeta, nets = None, {}, []
+    teachers = (
+        []
+        if teacher is None
+        else (list(teacher) if isinstance(teacher, list | tuple) else [teacher])
+    )
     if cls.needs_teacher:
-        if teacher is None:
+        if not teachers:
             raise ConfigError(f"method {method!r} needs a trained network: --teacher T.pt")
-        net, tmeta = _load_teacher(teacher)
-    elif teacher is not None:
+        if len(teachers) < cls.min_teachers:
+            raise ConfigError(
+                f"method {method!r} needs at least {cls.min_teachers} teachers "
+                f"(repeat --teacher); got {len(teachers)}"
+            )
+        loaded = [_load_teacher(t) for t in teachers]
+        nets = [n for n, _ in loaded]
+        net, tmeta = loaded[0]
+    elif teachers:
         raise ConfigError(f"method {method!r} does not use a teacher; drop --teacher")
     if dataset is None:
         if cls.needs_real:
@@ -95,11 +108,20 @@ def build(
         data = _spec_from_teacher(tmeta, net)
     else:
         data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset)
-        if net is not None:
-            _check_teacher_fits(net, tmeta, data)
+        for n, (_, m) in zip(nets, loaded if nets else []):
+            _check_teacher_fits(n, m, data)
     if ipc is not None:
         cls.check_ipc(data, ipc)
-    gen = cls(cfg, data, ipc or 0, seed=seed, device=device, teacher=net, count=count)
+    gen = cls(
+        cfg,
+        data,
+        ipc or 0,
+        seed=seed,
+        device=device,
+        teacher=net,
+        count=count,
+        teachers=nets or None,
+    )
     return run_generator(gen, method, out_path, resume=resume, quiet=quiet, log=log)
 
 
@@ -236,4 +258,42 @@ def teacher(
     return train_teacher(data, cfg, out_path, device=device, quiet=quiet)
 
 
-__all__ = ["build", "evaluate", "list_datasets", "list_methods", "load", "teacher"]
+def quantize(
+    teacher: str | os.PathLike | nn.Module,
+    calib: str | Sequence[str],
+    dataset: str | RealDataset | None = None,
+    *,
+    bits: str | Sequence[str] = "w8a8",
+    compare: bool = False,
+    seed: int = 0,
+    **ptq: Any,
+) -> dict:
+    """Post-training quantization of ``teacher`` calibrated on ``calib``; a report.
+
+    ``calib``: a stored set, ``real:N`` or ``noise:N`` (or several). ``compare=True``
+    adds ``real:N`` and ``noise:N`` with N = the size of the first calibration set.
+    ``ptq`` keywords are :class:`~distill_data.quant.PTQConfig` fields (``observer``,
+    ``first_last_bits``, ...). ``dataset`` defaults to the one the teacher records.
+    """
+    from distill_data.quant import PTQConfig
+    from distill_data.quant.calibrate import calibration_images, compare_calibrations
+
+    net, meta = _load_teacher(teacher)
+    if dataset is None:
+        if not meta.get("dataset"):
+            raise ConfigError("the teacher does not name its dataset; pass --dataset")
+        dataset = find_dataset(meta["dataset"], meta.get("dataset_source", ""))
+    data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset)
+    _check_teacher_fits(net, meta, data)
+    calibs = [calib] if isinstance(calib, str) else list(calib)
+    if not calibs:
+        raise ConfigError("give a calibration set: --calib F.h5, real:N or noise:N")
+    if compare:
+        n = len(calibration_images(calibs[0], data, seed)[0])
+        calibs += [c for c in (f"real:{n}", f"noise:{n}") if c not in calibs]
+    bit_list = [bits] if isinstance(bits, str) else list(bits)
+    cfg = make_config(PTQConfig, ptq)
+    return compare_calibrations(net, data, calibs, bit_list, cfg, seed=seed)
+
+
+__all__ = ["build", "evaluate", "list_datasets", "list_methods", "load", "quantize", "teacher"]

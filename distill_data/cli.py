@@ -66,8 +66,10 @@ def cli() -> None:
 )
 @click.option(
     "--teacher",
-    default=None,
-    help="Trained network file (`distill-data teacher`) for teacher-driven methods.",
+    "teachers",
+    multiple=True,
+    help="Trained network file (`distill-data teacher`) for teacher-driven methods; "
+    "repeat it for ensemble methods (infer).",
 )
 @click.option("--out", "-o", required=True, help="Output HDF5 file (written atomically).")
 @click.option(
@@ -90,7 +92,7 @@ def cli() -> None:
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def build(
-    dataset, method, ipc, count, teacher, out, iterations, seed, resume, sets, device, quiet
+    dataset, method, ipc, count, teachers, out, iterations, seed, resume, sets, device, quiet
 ) -> None:
     """Build a synthetic set with METHOD and write it to OUT.
 
@@ -105,7 +107,7 @@ def build(
         method,
         ipc,
         out,
-        teacher=teacher,
+        teacher=list(teachers) or None,
         count=count,
         iterations=iterations,
         seed=seed,
@@ -280,6 +282,85 @@ def teacher(
     )
     if json_out:
         _write_json(json_out, {"kind": "distill-data teacher", **report})
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command()
+@click.option("--teacher", required=True, help="Teacher file to quantize (`distill-data teacher`).")
+@click.option(
+    "--calib",
+    "calibs",
+    multiple=True,
+    required=True,
+    help="Calibration data: a stored set F.h5, real:N or noise:N (repeatable).",
+)
+@click.option(
+    "--dataset",
+    "-d",
+    default=None,
+    help="Real dataset for test accuracy (default: the one the teacher records).",
+)
+@click.option(
+    "--bits",
+    "bits",
+    multiple=True,
+    default=("w8a8",),
+    show_default=True,
+    help="Weight/activation bit widths, e.g. w8a8, w4a8, w4a4 (repeatable; 2-8).",
+)
+@click.option(
+    "--observer",
+    type=click.Choice(["minmax", "percentile", "mse"]),
+    default="minmax",
+    show_default=True,
+    help="Activation range observer.",
+)
+@click.option(
+    "--first-last-bits",
+    default="8",
+    show_default=True,
+    help="Bits of the first and last layer (or 'none' to quantize them like the rest).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Also calibrate on real:N and noise:N, N = the size of the first set.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of real:N / noise:N draws and observer sampling.",
+)
+@click.option("--json", "json_out", default=None, help="Write the report here.")
+def quantize(
+    teacher, calibs, dataset, bits, observer, first_last_bits, compare, seed, json_out
+) -> None:
+    """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
+
+    Per-channel symmetric weights, per-tensor activations (min/max, percentile or MSE
+    ranges), BatchNorm folded, first and last layer at 8 bits by default. Prints fp32 and
+    quantized test accuracy for every calibration set and bit width.
+    """
+    from distill_data.quant.calibrate import format_comparison
+
+    if json_out and not Path(json_out).parent.exists():
+        raise DistillDataError(f"output folder {Path(json_out).parent} does not exist")
+    flb = None if first_last_bits.lower() == "none" else first_last_bits
+    report = api.quantize(
+        teacher,
+        list(calibs),
+        dataset,
+        bits=list(bits),
+        compare=compare,
+        seed=seed,
+        observer=observer,
+        first_last_bits=flb,
+    )
+    click.echo(format_comparison(report))
+    if json_out:
+        _write_json(json_out, report)
         click.echo(f"wrote {json_out}")
 
 

@@ -80,7 +80,7 @@ def test_weight_fake_quant_golden_4bit():
 def test_weight_fake_quant_golden_8bit():
     # q_max = 127; S = (1.4/127, clamp, 3.5/127)
     # ch0: -0.45/S = -40.82 -> -41, 0.33/S = 29.94 -> 30
-    # ch2: 1.0/S = 36.29 -> 36, 2.0/S = 57.14*... = 72.57 -> 73, 0.1/S = 3.63 -> 4
+    # ch2: 1.0/S = 36.29 -> 36, 2.0/S = 72.57 -> 73, 0.1/S = 3.63 -> 4
     expected = torch.tensor(
         [
             [127 * 1.4 / 127, -41 * 1.4 / 127, 30 * 1.4 / 127, 0.0],

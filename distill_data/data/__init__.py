@@ -19,6 +19,7 @@ __all__ = [
     "ImageSpace",
     "RealDataset",
     "detect_format",
+    "find_dataset",
     "list_datasets",
     "load_dataset",
     "load_path",
@@ -48,6 +49,16 @@ def load_dataset(spec: str | os.PathLike[str], *, progress: bool = True) -> Real
         f"unknown dataset {os.fspath(spec)!r}: not a built-in "
         f"({', '.join(DATASETS.names())}) and no such path"
     )
+
+
+def find_dataset(name: str, source: str = "") -> str:
+    """The spec to load a dataset recorded as ``name`` (a built-in or a path) with its
+    absolute ``source`` path: the name if it resolves, else the source if it exists."""
+    if name in DATASETS or os.path.exists(name) or not source:
+        return name
+    if os.path.exists(source):
+        return source
+    raise DataError(f"the data came from {source!r}, which no longer exists; pass --dataset")
 
 
 def list_datasets() -> list[tuple[str, str]]:

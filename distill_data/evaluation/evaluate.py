@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from distill_data.data import DATASETS, RealDataset, load_dataset
+from distill_data.data import RealDataset, find_dataset, load_dataset
 from distill_data.errors import ConfigError, DataError
 from distill_data.evaluation.protocol import EvalConfig, evaluate_set
 from distill_data.evaluation.report import machine_info, now_iso
@@ -43,13 +42,7 @@ def check_compatible(synset: SyntheticSet, data: RealDataset) -> None:
 
 def _dataset_of(synset: SyntheticSet) -> str:
     """The dataset a store names: a built-in, a path that exists, or its recorded source."""
-    name = synset.meta.dataset
-    source = synset.meta.extra.get("dataset_source") or ""
-    if name in DATASETS or Path(name).exists() or not source:
-        return name
-    if Path(source).exists():
-        return source
-    raise DataError(f"the store was built from {source!r}, which no longer exists; pass --dataset")
+    return find_dataset(synset.meta.dataset, synset.meta.extra.get("dataset_source") or "")
 
 
 def random_subset(data: RealDataset, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

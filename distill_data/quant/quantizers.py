@@ -88,9 +88,10 @@ def weight_fake_quant(w: Tensor, bits: int) -> Tensor:
     """Per-output-channel symmetric fake quantization of a weight tensor.
 
     ``q(w)_c = S_c · clamp(round(w_c / S_c), −(2^(b−1)−1), 2^(b−1)−1)`` with
-    ``S_c = max|w_c| / (2^(b−1)−1)`` and zero point 0 (Krishnamoorthi 2018, §2.1;
-    Nagel et al. 2021, symmetric uniform quantization). The largest-magnitude weight of
-    each channel is represented exactly; every other weight is off by at most ``S_c/2``.
+    ``S_c = max|w_c| / (2^(b−1)−1)`` and zero point 0 (Krishnamoorthi 2018, §2.2,
+    uniform symmetric quantizer; Nagel et al. 2021, symmetric uniform quantization).
+    The largest-magnitude weight of each channel is represented exactly; every other
+    weight is off by at most ``S_c/2``.
 
     Uses ``torch.fake_quantize_per_channel_affine`` (which wants float32 scales and
     int32 zero points); ``w``'s dtype is preserved, gradients pass straight through.
@@ -109,8 +110,9 @@ def affine_qparams(lo: float | Tensor, hi: float | Tensor, bits: int) -> tuple[T
 
     ``lo' = min(lo, 0)``, ``hi' = max(hi, 0)`` (0 must be exactly representable),
     ``S = max((hi' − lo') / (2^b − 1), ε)``, ``Z = clamp(round(−lo' / S), 0, 2^b − 1)``
-    (Jacob et al. 2018, §2.1; Krishnamoorthi 2018, eq. 3). Because ``Z`` is rounded,
-    the representable range is ``[lo', hi']`` shifted by less than ``S/2``.
+    (Jacob et al. 2018, §2.1; Krishnamoorthi 2018, §2.1, uniform affine quantizer).
+    Because ``Z`` is rounded, the representable range is ``[lo', hi']`` shifted by less
+    than ``S/2``.
 
     Returns:
         ``(scale, zero_point)``: 0-dim float32 and int32 tensors on ``lo``'s device.

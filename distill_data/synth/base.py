@@ -73,6 +73,8 @@ class Generator(abc.ABC):
     needs_teacher: ClassVar[bool] = False
     #: True when the method can make a total number of images (``--count``), not per class.
     supports_count: ClassVar[bool] = False
+    #: Teachers the method needs at least (ensemble methods: more than one).
+    min_teachers: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -83,6 +85,7 @@ class Generator(abc.ABC):
         device: str | torch.device = "cpu",
         teacher: nn.Module | None = None,
         count: int | None = None,
+        teachers: list[nn.Module] | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -90,6 +93,8 @@ class Generator(abc.ABC):
         #: images to make: ``count`` when given (ipc is then 0), else ipc per class
         self.n_images = count if count is not None else ipc * data.num_classes
         self.teacher = teacher
+        #: every teacher given (ensemble methods); ``teacher`` is the first
+        self.teachers = teachers or ([teacher] if teacher is not None else [])
         self.seed = seed
         self.device = torch.device(device)
         self.rng = torch.Generator().manual_seed(seed)
@@ -170,7 +175,7 @@ def _signature(gen: Generator, method: str) -> dict:
         "ipc": gen.ipc,
         "n_images": gen.n_images,
         "seed": gen.seed,
-        "teacher": teacher_fingerprint(gen.teacher),
+        "teacher": ",".join(teacher_fingerprint(t) for t in gen.teachers),
     }
 
 

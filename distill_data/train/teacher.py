@@ -106,6 +106,7 @@ def train_teacher(
     acc = accuracy(model, data, device)
     meta = {
         "dataset": data.name,
+        "dataset_source": data.source,
         "dataset_fingerprint": data.fingerprint,
         "input_shape": [data.channels, *data.im_size],
         "num_classes": data.num_classes,

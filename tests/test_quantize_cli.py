@@ -1,0 +1,76 @@
+"""`distill-data quantize`: calibration specs, --compare, bit widths, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import distill_data as dd
+from distill_data.errors import ConfigError
+
+
+@pytest.fixture
+def teacher_file(tmp_path, tiny_npz):
+    path = tmp_path / "teacher.pt"
+    dd.teacher(str(tiny_npz), path, model="convnet_bn", epochs=2, width=8, quiet=True)
+    return path
+
+
+def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
+    calib = tmp_path / "zq.h5"
+    dd.build(
+        None,
+        "zeroq",
+        None,
+        calib,
+        teacher=teacher_file,
+        count=6,
+        quiet=True,
+        options={"iterations": 3},
+    )
+    js = tmp_path / "q.json"
+    code, out, err = run_cli(
+        "quantize",
+        "--teacher",
+        str(teacher_file),
+        "--calib",
+        str(calib),
+        "--compare",
+        "--bits",
+        "w8a8",
+        "--bits",
+        "w4a4",
+        "--json",
+        str(js),
+    )
+    assert code == 0, err
+    report = json.loads(js.read_text())
+    rows = report["results"]
+    assert [(r["bits"], r["calib"]) for r in rows] == [
+        (b, c) for b in ("w8a8", "w4a4") for c in (str(calib), "real:6", "noise:6")
+    ]
+    assert all(0 <= r["quant_accuracy"] <= 100 for r in rows)
+    assert len({r["fp32_accuracy"] for r in rows}) == 1  # the same float teacher throughout
+    assert all(r["calib_images"] == 6 for r in rows)
+    assert "w4a4" in out and "noise:6" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--calib", "real:x"], "must be an integer"),
+        (["--calib", "noise:4", "--bits", "w9a8"], "from 2 to 8"),
+        (["--calib", "noise:4", "--bits", "8bit"], "w"),
+        (["--calib", "missing.h5"], "no such file"),
+    ],
+)
+def test_quantize_errors(teacher_file, run_cli, args, message):
+    code, _, err = run_cli("quantize", "--teacher", str(teacher_file), *args)
+    assert code == 2
+    assert err.startswith("error:") and err.count("\n") == 1 and message in err
+
+
+def test_quantize_api_refuses_wrong_dataset(teacher_file):
+    with pytest.raises(ConfigError, match="takes 1x10x10"):
+        dd.quantize(teacher_file, "noise:4", "digits")
