@@ -273,3 +273,64 @@ def test_eval_with_soft_labels(teacher_file, tiny_npz, tmp_path):
     dd.build(str(tiny_npz), "random", 2, coreset, quiet=True)
     with pytest.raises(ConfigError, match="no soft labels"):
         dd.evaluate(coreset, str(tiny_npz), soft=True, **kw)
+
+
+def test_infer_accounting_real_images_and_ensemble_labels(teacher_file, tiny_npz, tmp_path):
+    from distill_data.data import load_dataset
+
+    second = tmp_path / "t2.pt"
+    dd.teacher(str(tiny_npz), second, model="resnet", epochs=1, width=4, quiet=True)
+    out = tmp_path / "inf.h5"
+    dd.build(
+        str(tiny_npz),
+        "infer",
+        3,
+        out,
+        teacher=[teacher_file, second],
+        quiet=True,
+        options={"iterations": 3},
+    )
+    s = read_store(out)
+    # ipc budget 3, M = 2 teachers, K = 3 classes: ipc_init = floor(3 / (1 + 2/3)) = 1,
+    # stored per class: ipc_init * (M + 1) = 3 images
+    assert s.meta.extra["ipc_init"] == 1 and s.meta.extra["images_per_class"] == 3
+    assert s.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    data = load_dataset(tiny_npz)
+    real = data.normalize(data.x_train)
+    # the first image of each class is an untouched real training image
+    for c in range(3):
+        first = s.images[3 * c]
+        assert any(torch.equal(first, r) for r in real[data.y_train == c])
+    # compensated image = clip(real + u) with one u shared by all classes of the group
+    lo = (0 - s.meta.mean[0]) / s.meta.std[0]
+    hi = (1 - s.meta.mean[0]) / s.meta.std[0]
+
+    def inside(x):
+        return (x > lo + 1e-5) & (x < hi - 1e-5)
+
+    mask = inside(s.images[1]) & inside(s.images[4])
+    assert mask.float().mean() > 0.3
+    u0, u1 = s.images[1] - s.images[0], s.images[4] - s.images[3]
+    torch.testing.assert_close(u0[mask], u1[mask], atol=1e-5, rtol=0)
+    assert float(u0[mask].abs().max()) > 0  # the compensator was learned
+    nets = [dd.train.load_teacher(p)[0] for p in (teacher_file, second)]
+    with torch.no_grad():
+        want = torch.stack([n(s.images) for n in nets]).mean(0)
+    torch.testing.assert_close(s.soft_labels, want)
+    assert s.temperature == 30.0
+
+
+def test_infer_errors(teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "x.h5"
+    with pytest.raises(ConfigError, match="needs real data"):
+        dd.build(None, "infer", 2, out, teacher=teacher_file)
+    with pytest.raises(ConfigError, match="too small"):
+        dd.build(
+            str(tiny_npz),
+            "infer",
+            1,
+            out,
+            teacher=[teacher_file, teacher_file],
+            options={"iterations": 1},
+        )
+    assert not out.exists()
