@@ -82,9 +82,8 @@ def stage_ptq(observer: str) -> None:
     rep = dd.quantize(WORK / "teacher_resnet.pt", calibs, DATASET, bits=BITS, observer=observer)
     for r in rep["results"]:
         r["calib"] = Path(r["calib"]).name if r["calib"].endswith(".h5") else r["calib"]
-        print(
-            f"{r['bits']} {r['calib']:<22} {r['quant_accuracy']:.2f} (fp32 {r['fp32_accuracy']:.2f})"
-        )
+        acc, fp = r["quant_accuracy"], r["fp32_accuracy"]
+        print(f"{r['bits']} {r['calib']:<22} {acc:.2f} (fp32 {fp:.2f})")
     write_result(f"ptq_{DATASET}_resnet_{observer}", {"benchmark": "ptq-calibration", **rep})
 
 
