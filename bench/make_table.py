@@ -134,10 +134,74 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
     return out
 
 
+def teacher_tables(results: list[dict]) -> list[str]:
+    out: list[str] = []
+    teachers = [r for r in results if r.get("benchmark") == "teacher"]
+    if teachers:
+        out += [
+            "",
+            "**Teachers** (`distill-data teacher`, trained on `mnist5k`)",
+            "",
+            "| model | epochs | test accuracy % | train s |",
+            "|---|---|---|---|",
+        ]
+        for r in teachers:
+            out.append(
+                f"| {r['config']['model']} (width {r['config']['width'] or 'default'}) | "
+                f"{r['config']['epochs']} | {r['test_accuracy']:.2f} | "
+                f"{r['train_seconds']:.0f} |"
+            )
+    calib = {r["method"]: r for r in results if r.get("benchmark") == "calibration-set"}
+    for r in (r for r in results if r.get("benchmark") == "ptq-calibration"):
+        calibs = list(dict.fromkeys(row["calib"] for row in r["results"]))
+        bits = list(dict.fromkeys(row["bits"] for row in r["results"]))
+        acc = {(row["bits"], row["calib"]): row["quant_accuracy"] for row in r["results"]}
+        fp32 = r["results"][0]["fp32_accuracy"]
+        out += [
+            "",
+            f"**Data-free calibration: PTQ of the ResNet teacher** (`mnist5k` test "
+            f"accuracy %, fp32 {fp32:.2f}; per-channel symmetric weights, per-tensor "
+            f"activations, observer `{r['ptq']['observer']}`, BN folded, first/last layer "
+            f"{r['ptq']['first_last_bits']}-bit; 256 calibration images each)",
+            "",
+            "| bits | " + " | ".join(calibs) + " |",
+            "|---" * (len(calibs) + 1) + "|",
+        ]
+        for b in bits:
+            out.append(f"| {b} | " + " | ".join(f"{acc[(b, c)]:.2f}" for c in calibs) + " |")
+        notes = []
+        for m, c in calib.items():
+            notes.append(
+                f"{m}: {c['seconds_per_image']:.2f} s/image, peak RSS "
+                f"{c['peak_rss_mib_process']:.0f} MiB, settings {c['config']}"
+            )
+        if notes:
+            out += ["", "Generation: " + "; ".join(notes) + "."]
+    soft = [r for r in results if r.get("benchmark") == "soft-label"]
+    if soft:
+        out += [
+            "",
+            "**Soft-label condensation** (`mnist5k`; knowledge distillation from the "
+            "stored logits; the random baseline is relabelled by the same teacher)",
+            "",
+            "| method | IPC | stored images | build s | accuracy | random + soft labels |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sorted(soft, key=lambda r: (r["ipc"], r["method"])):
+            s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
+            out.append(
+                f"| {r['method']} | {r['ipc']} | {r['stored_images']} | "
+                f"{r['build_seconds']:.0f} | {s_['mean']:.2f} ± {s_['std']:.2f} | "
+                f"{rnd['mean']:.2f} ± {rnd['std']:.2f} |"
+            )
+    return out
+
+
 def render() -> str:
     results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
     lines = coreset_table(results) + matching_speed_table(results)
     lines += matching_accuracy_table(results)
+    lines += teacher_tables(results)
     return "\n".join(lines) if lines else "_No benchmark results yet._"
 
 
