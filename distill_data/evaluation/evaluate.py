@@ -87,7 +87,7 @@ def evaluate(
     if data is None:
         data = _dataset_of(synset)
     if isinstance(data, str):
-        data = load_dataset(data)
+        data = load_dataset(data, progress=not quiet)
     check_compatible(synset, data)
     if synset.meta.dataset_fingerprint != data.fingerprint and not quiet:
         print(
