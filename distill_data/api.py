@@ -107,7 +107,11 @@ def build(
             raise ConfigError(f"method {method!r} needs real data: --dataset")
         data = _spec_from_teacher(tmeta, net)
     else:
-        data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset, progress=not quiet)
+        data = (
+            dataset
+            if isinstance(dataset, RealDataset)
+            else load_dataset(dataset, progress=not quiet)
+        )
         for n, (_, m) in zip(nets, loaded if nets else []):
             _check_teacher_fits(n, m, data)
     if ipc is not None:
@@ -254,7 +258,9 @@ def teacher(
     cfg = make_config(TeacherConfig, settings)
     device = resolve_device(device)
     out_path = _check_out(out)
-    data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset, progress=not quiet)
+    data = (
+        dataset if isinstance(dataset, RealDataset) else load_dataset(dataset, progress=not quiet)
+    )
     return train_teacher(data, cfg, out_path, device=device, quiet=quiet)
 
 
