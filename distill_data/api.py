@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,12 +30,19 @@ def list_methods() -> list[tuple[str, str]]:
     return [(n, GENERATORS.help(n)) for n in GENERATORS.names()]
 
 
+def _check_seed(seed: int) -> None:
+    if not 0 <= int(seed) < 2**62:
+        raise ConfigError(f"seed must be in [0, 2**62), got {seed}")
+
+
 def _check_out(out: str | os.PathLike) -> Path:
     p = Path(out)
     if p.is_dir():
         raise ConfigError(f"--out {p} is a folder; give a file name such as {p / 'set.h5'}")
     if not p.parent.exists():
         raise ConfigError(f"output folder {p.parent} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK):
+        raise ConfigError(f"output folder {p.parent} is not writable")
     return p
 
 
@@ -70,6 +78,7 @@ def build(
     atomically; long builds checkpoint next to ``out`` and continue with ``resume``.
     """
     cls = GENERATORS.get(method)
+    _check_seed(seed)
     device = resolve_device(device)
     opts = dict(options or {})
     if iterations is not None:
@@ -140,6 +149,10 @@ def _load_teacher(teacher: str | os.PathLike | nn.Module) -> tuple[nn.Module, di
     return load_teacher(teacher)
 
 
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def _spec_from_teacher(meta: dict, net: nn.Module) -> DataSpec:
     need = ("input_shape", "mean", "std", "classes")
     missing = [k for k in need if k not in meta]
@@ -157,10 +170,12 @@ def _spec_from_teacher(meta: dict, net: nn.Module) -> DataSpec:
         meta.get("dataset_fingerprint", ""),
         c,
         (h, w),
+        meta.get("dataset_source", ""),
     )
 
 
 def _check_teacher_fits(net: nn.Module, meta: dict, data: RealDataset) -> None:
+    """Refuse a teacher whose input shape, class count or normalisation differ from data's."""
     want = [data.channels, *data.im_size]
     shape = meta.get("input_shape")
     if shape is not None and list(shape) != want:
@@ -180,6 +195,15 @@ def _check_teacher_fits(net: nn.Module, meta: dict, data: RealDataset) -> None:
         raise ConfigError(
             f"the teacher predicts {out.shape[-1]} classes but {data.name} has {data.num_classes}"
         )
+    for key in ("mean", "std"):
+        if key in meta and not all(
+            math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4)
+            for a, b in zip(meta[key], getattr(data, key))
+        ):
+            raise ConfigError(
+                f"the teacher was trained with normalisation {key}={_fmt(meta[key])} but "
+                f"{data.name} has {key}={_fmt(getattr(data, key))}; use the data it was trained on"
+            )
 
 
 def load(
@@ -226,8 +250,23 @@ def evaluate(
         path = str(store)
         store = read_store(store)
     cfg = make_config(EvalConfig, protocol)
+    _check_seed(cfg.seed)
     if dataset is None and not store.meta.dataset:
         raise StoreError("the store does not name its dataset; pass dataset=")
+    net = None
+    if teacher is not None:
+        if not soft:
+            raise ConfigError(
+                "--teacher is only used with --soft (it relabels the random "
+                "baseline); drop it or add --soft"
+            )
+        net, tmeta = _load_teacher(teacher)
+        if dataset is None:
+            dataset = find_dataset(store.meta.dataset, store.meta.extra.get("dataset_source", ""))
+        if not isinstance(dataset, RealDataset):
+            dataset = load_dataset(dataset, progress=not quiet)
+        _check_teacher_fits(net, tmeta, dataset)
+        net = net.to(device)
     return _evaluate(
         store,
         dataset,
@@ -238,7 +277,7 @@ def evaluate(
         quiet=quiet,
         store_path=path,
         soft=soft,
-        teacher=None if teacher is None else _load_teacher(teacher)[0].to(device),
+        teacher=net,
     )
 
 
@@ -256,6 +295,7 @@ def teacher(
     ``epochs``, ``lr``, ...). The file loads with ``torch.load(..., weights_only=True)``.
     """
     cfg = make_config(TeacherConfig, settings)
+    _check_seed(cfg.seed)
     device = resolve_device(device)
     out_path = _check_out(out)
     data = (
@@ -298,7 +338,8 @@ def quantize(
         n = len(calibration_images(calibs[0], data, seed)[0])
         calibs += [c for c in (f"real:{n}", f"noise:{n}") if c not in calibs]
     bit_list = [bits] if isinstance(bits, str) else list(bits)
-    cfg = make_config(PTQConfig, ptq)
+    _check_seed(seed)
+    cfg = make_config(PTQConfig, {"seed": seed, **ptq})
     return compare_calibrations(net, data, calibs, bit_list, cfg, seed=seed)
 
 

@@ -179,7 +179,11 @@ def build(
     help="With --soft and --baseline random: the teacher that relabels the random subset.",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Base seed; run r uses seed + r."
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Base seed; run r is seeded with seed*1000 + r.",
 )
 @click.option(
     "--device", default="cpu", show_default=True, help="torch device for training, e.g. cuda."
@@ -406,7 +410,11 @@ def inspect(store, as_json) -> None:
 @click.argument("store")
 @click.option("--out", "-o", required=True, help="PNG file to write.")
 @click.option(
-    "--max-per-class", type=int, default=10, show_default=True, help="Columns per class row."
+    "--max-per-class",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Columns per class row.",
 )
 def show(store, out, max_per_class) -> None:
     """Write a picture grid of STORE (one row per class) to a PNG."""
@@ -456,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         _err("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        _err("interrupted; rerun with --resume to continue from the last checkpoint")
+        _err("interrupted (an interrupted build continues with --resume)")
         sys.exit(130)
     except OSError as e:
         _err(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))

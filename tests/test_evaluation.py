@@ -184,7 +184,7 @@ def test_incompatible_dataset(store, make_npz, kwargs) -> None:
 def test_compatible_dataset_with_other_content_renormalises(store, make_npz, capsys) -> None:
     other = load_dataset(make_npz("other.npz", seed=5))
     report = distill_data.evaluate(store, other, quiet=False, **{**TINY, "runs": 1})
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # notes go to stderr, keeping stdout for the report
     assert "note: store was built from data with fingerprint" in out
     assert report["dataset"]["fingerprint"] == other.fingerprint
     assert report["dataset"]["fingerprint"] != report["store"]["dataset_fingerprint"]

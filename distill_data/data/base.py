@@ -120,7 +120,8 @@ class RealDataset(ImageSpace):
 
 def is_digit_name(name: str) -> bool:
     """True for dataset names of digit data, where a horizontal flip changes the class."""
-    return name in {"mnist5k", "digits"} or "mnist" in name.lower()
+    low = name.lower()
+    return name in {"mnist5k", "digits"} or ("mnist" in low and "fashion" not in low)
 
 
 def fingerprint_arrays(*arrays: np.ndarray | torch.Tensor) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -92,7 +93,8 @@ def evaluate(
     if synset.meta.dataset_fingerprint != data.fingerprint and not quiet:
         print(
             f"note: store was built from data with fingerprint {synset.meta.dataset_fingerprint},"
-            f" evaluating on {data.name} ({data.fingerprint})"
+            f" evaluating on {data.name} ({data.fingerprint})",
+            file=sys.stderr,
         )
     baselines = set(baselines) | ({"random", "full"} if scores else set())
     images = _to_data_space(synset, data)
@@ -102,6 +104,12 @@ def evaluate(
 
     temperature = 1.0
     soft_syn = None
+    if soft and scores:
+        raise ConfigError(
+            "DD-Ranking scores are defined on hard-label training; run --scores without --soft"
+        )
+    if "random" in baselines and ipc > min(data.class_counts()):
+        raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
     if soft:
         if synset.soft_labels is None:
             raise ConfigError("the store has no soft labels; evaluate without --soft")
@@ -137,8 +145,6 @@ def evaluate(
         return (x, y, relabel(x)) if soft else (x, y)
 
     if "random" in baselines:
-        if ipc > min(data.class_counts()):
-            raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
         results["random"] = evaluate_set(
             images,
             labels,

@@ -38,7 +38,7 @@ class EvalConfig:
         augment: DSA during training.
         dsa_strategy: override the strategy; default: the field's, without flip for digits.
         width: network width override (None: the architecture's default).
-        seed: base seed; run r uses seed + r.
+        seed: base seed; run r draws from a generator seeded with seed·1000 + r.
     """
 
     model: str = "convnet"
@@ -105,7 +105,7 @@ def train_and_test(
     """
     device = torch.device(device)
     epochs = epochs or cfg.epochs
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
+    g = torch.Generator().manual_seed((cfg.seed * 1000 + run) % 2**63)
     opts = {} if cfg.width is None else {"width": cfg.width}
     model = build_model(
         cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts

@@ -110,7 +110,8 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.M
     cfg = dict(payload["config"])
     channels, num_classes = cfg.pop("channels"), cfg.pop("num_classes")
     im_size = tuple(cfg.pop("im_size"))
-    model = build_model(payload["arch"], channels, num_classes, im_size, **cfg)
+    with torch.random.fork_rng(devices=[]):  # weights come from the file, not the RNG
+        model = build_model(payload["arch"], channels, num_classes, im_size, **cfg)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

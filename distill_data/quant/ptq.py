@@ -358,7 +358,8 @@ def quantize_model(
         a_bits = cfg.first_last_bits if keep else cfg.a_bits
         observer = make_observer(cfg.observer, a_bits, cfg.percentile, cfg.max_samples, cfg.seed)
         wrapper_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        _set_submodule(qmodel, name, wrapper_cls(layer, w_bits, a_bits, observer))
+        wrapper = wrapper_cls(layer, w_bits, a_bits, observer).to(layer.weight.device)
+        _set_submodule(qmodel, name, wrapper)
 
     quantizers = [m for m in qmodel.modules() if isinstance(m, ActQuant)]
     for q in quantizers:

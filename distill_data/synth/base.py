@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,6 +76,15 @@ class Generator(abc.ABC):
     supports_count: ClassVar[bool] = False
     #: Teachers the method needs at least (ensemble methods: more than one).
     min_teachers: ClassVar[int] = 1
+    #: Settings that may differ on ``--resume`` (they do not change the steps already
+    #: taken): more ``iterations`` continue the run; the rest only cap memory or layout.
+    resume_free: ClassVar[tuple[str, ...]] = (
+        "iterations",
+        "checkpoint_every",
+        "real_chunk",
+        "channels_last",
+        "cache_dir",
+    )
 
     def __init__(
         self,
@@ -165,12 +175,11 @@ def teacher_fingerprint(model: nn.Module | None) -> str:
 
 
 def _signature(gen: Generator, method: str) -> dict:
-    cfg_d = config_to_dict(gen.config)
-    cfg_d.pop("iterations", None)  # more iterations on resume is allowed
-    cfg_d.pop("checkpoint_every", None)
+    cfg_d = {k: v for k, v in config_to_dict(gen.config).items() if k not in gen.resume_free}
     return {
         "method": method,
         "config": json.dumps(cfg_d, sort_keys=True),
+        "dataset": gen.data.name,  # the name decides e.g. whether flips are used
         "dataset_fingerprint": gen.data.fingerprint,
         "ipc": gen.ipc,
         "n_images": gen.n_images,
@@ -210,6 +219,11 @@ def run_generator(
         gen.load_state_dict(payload["state"])
         gen.rng.set_state(payload["rng"])
         start = int(payload["iteration"])
+        if start > gen.total_steps():
+            raise ConfigError(
+                f"checkpoint {ckpt} is at step {start}, past the {gen.total_steps()} steps "
+                "asked for; raise --iterations or rerun without --resume"
+            )
         if log:
             log(f"resuming {method} from iteration {start} ({ckpt})")
     elif resume and log:
@@ -240,6 +254,11 @@ def run_generator(
         try:
             for it in bar:
                 loss = gen.step(it)
+                if not math.isfinite(loss):
+                    raise ConfigError(
+                        f"{method} diverged: the loss is {loss} at iteration {it}; lower the "
+                        "learning rate (--set ...) and rerun without --resume"
+                    )
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                 if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total:
                     checkpoint(it + 1)

@@ -126,7 +126,9 @@ class Genie(BatchedInversion):
 
     def start_batch(self, b: int) -> None:
         cfg, d = self.config, self.data
-        self.gen_net = init_params_(GenieGenerator(cfg.latent, d.channels, d.im_size), self.rng)
+        with torch.random.fork_rng(devices=[]):
+            gen_net = GenieGenerator(cfg.latent, d.channels, d.im_size)
+        self.gen_net = init_params_(gen_net, self.rng)
         self.gen_net = self.gen_net.to(self.device).train()
         z = torch.randn((self.sizes[b], cfg.latent), generator=self.rng)
         self.z = z.to(self.device).requires_grad_(True)

@@ -93,7 +93,7 @@ class INFER(BatchedInversion):
     def groups(self) -> int:
         """ipc_init = floor(ipc / (1 + M / K)): real images per class actually stored."""
         m, k = len(self.teachers), self.data.num_classes
-        return int(self.ipc / (1 + m / k))
+        return self.ipc * k // (k + m)  # exact integer form of floor(ipc / (1 + M/K))
 
     def plan(self) -> list[int]:
         self._check_groups()

@@ -26,6 +26,8 @@ class BatchedInversion(Generator):
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[Any]
     per_iteration_schedulers: ClassVar[bool] = True
+    # ``iterations`` is per batch here: changing it on resume would remap finished steps
+    resume_free = ("checkpoint_every",)
 
     def setup(self) -> None:
         self.teacher = self.teacher.to(self.device).eval()

@@ -78,6 +78,14 @@ class MatchingConfig(GeneratorConfig):
         )
 
 
+def net_options(cfg: MatchingConfig) -> dict[str, Any]:
+    """Constructor options of the matching network (ResNet's depth means 6n+2 layers, so
+    the ConvNet depth setting does not apply to it)."""
+    if cfg.model == "resnet":
+        return {"width": cfg.width}
+    return {"width": cfg.width, "depth": cfg.depth}
+
+
 def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-class mean of ``feats`` (N, ...) → (K, ...), by index operations (no loop)."""
     flat = feats.reshape(len(feats), -1)
@@ -128,9 +136,7 @@ class MatchingGenerator(Generator):
     def make_net(self) -> nn.Module:
         """A freshly initialised matching network, drawn from ``self.rng``, frozen."""
         d, cfg = self.data, self.config
-        opts: dict[str, Any] = {"width": cfg.width, "depth": cfg.depth}
-        if cfg.model == "resnet":
-            opts = {"width": cfg.width}
+        opts = net_options(cfg)
         net = build_model(
             cfg.model, d.channels, d.num_classes, d.im_size, generator=self.rng, **opts
         )

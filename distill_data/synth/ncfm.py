@@ -54,7 +54,12 @@ from distill_data.data.builtin import cache_dir
 from distill_data.errors import StoreError
 from distill_data.models import build_model, init_params_, load_model, save_model
 from distill_data.synth.base import GENERATORS
-from distill_data.synth.matching import MatchingConfig, MatchingGenerator, class_means
+from distill_data.synth.matching import (
+    MatchingConfig,
+    MatchingGenerator,
+    class_means,
+    net_options,
+)
 from distill_data.train import fit
 
 FREQUENCIES = ("sampler", "gaussian")
@@ -168,12 +173,7 @@ def _shell(cfg: NCFMConfig, data: RealDataset) -> nn.Module:
     """The architecture, for weights loaded right after; leaves the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
         return build_model(
-            cfg.model,
-            data.channels,
-            data.num_classes,
-            data.im_size,
-            width=cfg.width,
-            depth=cfg.depth,
+            cfg.model, data.channels, data.num_classes, data.im_size, **net_options(cfg)
         )
 
 
@@ -213,8 +213,7 @@ def feature_pool(
             data.num_classes,
             data.im_size,
             generator=g,
-            width=cfg.width,
-            depth=cfg.depth,
+            **net_options(cfg),
         ).to(device)
         init = {k: v.detach().clone() for k, v in net.state_dict().items()}
         with tqdm(
@@ -263,7 +262,9 @@ class NCFM(MatchingGenerator):
         self.sampler = None
         if cfg.frequencies == "sampler":
             hidden = cfg.sampler_hidden or self.feat_dim
-            self.sampler = init_params_(SamplingNet(self.feat_dim, hidden), self.rng)
+            with torch.random.fork_rng(devices=[]):
+                sampler = SamplingNet(self.feat_dim, hidden)
+            self.sampler = init_params_(sampler, self.rng)
             self.sampler = self.sampler.to(self.device).train()
         super().setup()
 

@@ -1,0 +1,129 @@
+"""Guards against silent misuse: resume mismatches, divergence, mismatched teachers,
+out-of-range seeds, options that would be ignored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import distill_data as dd
+from distill_data.errors import ConfigError
+from distill_data.store import checkpoint_path_for
+from distill_data.synth.zeroq import ZeroQ
+
+
+@pytest.fixture
+def teacher_file(tmp_path, tiny_npz):
+    path = tmp_path / "teacher.pt"
+    dd.teacher(str(tiny_npz), path, model="convnet_bn", epochs=1, width=8, quiet=True)
+    return path
+
+
+def test_batched_resume_refuses_other_iterations(teacher_file, tmp_path, monkeypatch):
+    out = tmp_path / "z.h5"
+    opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}
+    real_step = ZeroQ.step
+
+    def dying(self, it):
+        if it == 5:
+            raise KeyboardInterrupt
+        return real_step(self, it)
+
+    monkeypatch.setattr(ZeroQ, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        dd.build(None, "zeroq", None, out, teacher=teacher_file, count=6, options=opts, quiet=True)
+    monkeypatch.setattr(ZeroQ, "step", real_step)
+    assert checkpoint_path_for(out).exists()
+    with pytest.raises(ConfigError, match="different config"):
+        dd.build(
+            None,
+            "zeroq",
+            None,
+            out,
+            teacher=teacher_file,
+            count=6,
+            quiet=True,
+            options={**opts, "iterations": 2},
+            resume=True,
+        )
+    assert not out.exists()
+
+
+def test_divergence_is_reported_not_stored(tiny_npz, tmp_path):
+    out = tmp_path / "d.h5"
+    # an MLP has no normalisation to absorb exploding pixels
+    opts = {"model": "mlp", "width": 8, "batch_real": 4, "lr_img": 1e38, "momentum": 0.0}
+    with pytest.raises(ConfigError, match="diverged"):
+        dd.build(str(tiny_npz), "dm", 2, out, iterations=20, options=opts, quiet=True)
+    assert not out.exists()
+
+
+def test_teacher_with_other_normalisation_is_refused(teacher_file, tmp_path, make_npz):
+    other = make_npz("bright.npz", seed=7)
+    with np.load(other) as f:  # same shapes and classes, brighter pixels
+        arrays = {k: f[k] for k in f.files}
+    arrays["x_train"] = np.clip(arrays["x_train"].astype(int) // 4 + 180, 0, 255).astype(np.uint8)
+    np.savez(other, **arrays)
+    with pytest.raises(ConfigError, match="normalisation mean"):
+        dd.build(str(other), "sre2l", 1, tmp_path / "s.h5", teacher=teacher_file)
+
+
+def test_infer_group_count_is_exact_integer_arithmetic():
+    from distill_data.synth.infer import INFER
+
+    class Spec:
+        num_classes = 10
+
+    gen = INFER.__new__(INFER)
+    gen.data, gen.teachers = Spec(), [object()]
+    for ipc, want in [(55, 50), (33, 30), (10, 9), (1, 0)]:
+        gen.ipc = ipc
+        assert gen.groups == want  # floor(ipc / (1 + 1/10)) without float rounding
+
+
+@pytest.mark.parametrize("seed", [-1, 2**62])
+def test_seed_out_of_range(tiny_npz, tmp_path, seed):
+    with pytest.raises(ConfigError, match="seed"):
+        dd.build(str(tiny_npz), "random", 1, tmp_path / "r.h5", seed=seed)
+
+
+def test_eval_teacher_without_soft_is_refused(teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "r.h5"
+    dd.build(str(tiny_npz), "random", 1, out, quiet=True)
+    with pytest.raises(ConfigError, match="only used with --soft"):
+        dd.evaluate(out, teacher=teacher_file, runs=1, epochs=1, quiet=True)
+    with pytest.raises(ConfigError, match="hard-label"):
+        dd.evaluate(out, soft=True, scores=True, runs=1, epochs=1, quiet=True)
+
+
+def test_generator_networks_leave_the_global_rng_alone(teacher_file, tiny_npz, tmp_path):
+    before = torch.get_rng_state()
+    dd.build(
+        None,
+        "genie",
+        None,
+        tmp_path / "g.h5",
+        teacher=teacher_file,
+        count=4,
+        quiet=True,
+        options={"iterations": 1, "batch_size": 4, "latent": 8},
+    )
+    dd.build(
+        str(tiny_npz),
+        "ncfm",
+        1,
+        tmp_path / "n.h5",
+        quiet=True,
+        options={
+            "iterations": 1,
+            "width": 8,
+            "depth": 2,
+            "batch_real": 2,
+            "pool_size": 1,
+            "pretrain_epochs": 1,
+            "sampler_freqs": 4,
+            "sampler_hidden": 8,
+        },
+    )
+    assert torch.equal(before, torch.get_rng_state())
