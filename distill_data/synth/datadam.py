@@ -45,7 +45,14 @@ from distill_data.synth.matching import MatchingConfig, MatchingGenerator, class
 def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
     """A(f) = Σ_c |f_c|^p per image, flattened and L2-normalised: (N,C,H,W) → (N,H·W)."""
     f = f.to(torch.promote_types(f.dtype, torch.float32))  # fp32 under autocast; fp64 stays
-    a = f.abs().pow(p).sum(1) if p != 1 else f.abs().sum(1)
+    if p == 1:
+        a = f.abs().sum(1)
+    elif p == 4:  # repeated squaring: same values, ~2x faster than abs().pow(4) on CPU
+        a = f.square().square().sum(1)
+    elif p == 2:
+        a = f.square().sum(1)
+    else:
+        a = f.abs().pow(p).sum(1)
     return F.normalize(a.flatten(1), p=2, dim=1)
 
 
