@@ -171,9 +171,15 @@ def teacher_tables(results: list[dict]) -> list[str]:
             out.append(f"| {b} | " + " | ".join(f"{acc[(b, c)]:.2f}" for c in calibs) + " |")
         notes = []
         for m, c in calib.items():
+            speed = (
+                f"{c['seconds_per_image']:.2f} s/image"
+                if c.get("seconds_per_image")
+                else "time not valid (process was paused)"
+            )
+            it = c["config"].get("iterations")
             notes.append(
-                f"{m}: {c['seconds_per_image']:.2f} s/image, peak RSS "
-                f"{c['peak_rss_mib_process']:.0f} MiB, settings {c['config']}"
+                f"{m} ({it} iterations per batch): {speed}, peak RSS "
+                f"{c['peak_rss_mib_process']:.0f} MiB"
             )
         if notes:
             out += ["", "Generation: " + "; ".join(notes) + "."]
