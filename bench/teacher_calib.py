@@ -77,14 +77,14 @@ def stage_calib() -> None:
         )
 
 
-def stage_ptq(observer: str) -> None:
-    calibs = [str(WORK / f"calib_{m}_256.h5") for m in CALIB] + ["real:256", "noise:256"]
-    rep = dd.quantize(WORK / "teacher_resnet.pt", calibs, DATASET, bits=BITS, observer=observer)
+def stage_ptq(observer: str, methods: list[str], bits: list[str], tag: str = "") -> None:
+    calibs = [str(WORK / f"calib_{m}_256.h5") for m in methods] + ["real:256", "noise:256"]
+    rep = dd.quantize(WORK / "teacher_resnet.pt", calibs, DATASET, bits=bits, observer=observer)
     for r in rep["results"]:
         r["calib"] = Path(r["calib"]).name if r["calib"].endswith(".h5") else r["calib"]
         acc, fp = r["quant_accuracy"], r["fp32_accuracy"]
         print(f"{r['bits']} {r['calib']:<22} {acc:.2f} (fp32 {fp:.2f})")
-    write_result(f"ptq_{DATASET}_resnet_{observer}", {"benchmark": "ptq-calibration", **rep})
+    write_result(f"ptq_{DATASET}_resnet_{observer}{tag}", {"benchmark": "ptq-calibration", **rep})
 
 
 def stage_softlabel(ipcs: list[int], runs: int, epochs: int) -> None:
@@ -133,6 +133,14 @@ def main() -> None:
     ap.add_argument("--stage", nargs="+", default=["teacher", "calib", "ptq", "softlabel"])
     ap.add_argument("--ipc", type=int, nargs="+", default=[10])
     ap.add_argument("--observer", default="minmax")
+    ap.add_argument(
+        "--calib-methods",
+        nargs="+",
+        default=list(CALIB),
+        help="which calibration sets the ptq stage compares",
+    )
+    ap.add_argument("--bits", nargs="+", default=BITS)
+    ap.add_argument("--tag", default="", help="suffix of the ptq result file")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     args = ap.parse_args()
@@ -142,7 +150,7 @@ def main() -> None:
     if "calib" in args.stage:
         stage_calib()
     if "ptq" in args.stage:
-        stage_ptq(args.observer)
+        stage_ptq(args.observer, args.calib_methods, args.bits, args.tag)
     if "softlabel" in args.stage:
         stage_softlabel(args.ipc, args.runs, args.epochs)
 
