@@ -121,3 +121,13 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def teacher_file(tmp_path: Path, tiny_npz: Path) -> Path:
+    """A small trained BatchNorm teacher for the tiny dataset (convnet_bn, width 8)."""
+    import distill_data
+
+    path = tmp_path / "teacher.pt"
+    distill_data.teacher(str(tiny_npz), path, model="convnet_bn", epochs=2, width=8, quiet=True)
+    return path

@@ -83,13 +83,6 @@ def test_input_prior_zero_for_standardised_images():
     assert float(input_prior(x * 3 + 1)) > 1.0
 
 
-@pytest.fixture
-def teacher_file(tmp_path, tiny_npz):
-    path = tmp_path / "teacher.pt"
-    dd.teacher(str(tiny_npz), path, model="convnet_bn", epochs=2, width=8, quiet=True)
-    return path
-
-
 def test_zeroq_data_free_build_reduces_bn_loss(teacher_file, tmp_path):
     out = tmp_path / "zq.h5"
     synset = dd.build(

@@ -13,13 +13,6 @@ from distill_data.store import checkpoint_path_for
 from distill_data.synth.zeroq import ZeroQ
 
 
-@pytest.fixture
-def teacher_file(tmp_path, tiny_npz):
-    path = tmp_path / "teacher.pt"
-    dd.teacher(str(tiny_npz), path, model="convnet_bn", epochs=1, width=8, quiet=True)
-    return path
-
-
 def test_batched_resume_refuses_other_iterations(teacher_file, tmp_path, monkeypatch):
     out = tmp_path / "z.h5"
     opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}

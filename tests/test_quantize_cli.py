@@ -10,13 +10,6 @@ import distill_data as dd
 from distill_data.errors import ConfigError
 
 
-@pytest.fixture
-def teacher_file(tmp_path, tiny_npz):
-    path = tmp_path / "teacher.pt"
-    dd.teacher(str(tiny_npz), path, model="convnet_bn", epochs=2, width=8, quiet=True)
-    return path
-
-
 def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
     calib = tmp_path / "zq.h5"
     dd.build(
