@@ -131,3 +131,24 @@ def teacher_file(tmp_path: Path, tiny_npz: Path) -> Path:
     path = tmp_path / "teacher.pt"
     distill_data.teacher(str(tiny_npz), path, model="convnet_bn", epochs=2, width=8, quiet=True)
     return path
+
+
+@pytest.fixture
+def interrupt_build(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``interrupt_build(GenCls, i, build)``: run ``build()`` with ``GenCls.step`` raising
+    KeyboardInterrupt at step ``i`` (as Ctrl-C would), expect the interrupt, then restore."""
+
+    def run(cls: type, at: int, build: Callable[[], object]) -> None:
+        real_step = cls.step
+
+        def dying(self, it):
+            if it == at:
+                raise KeyboardInterrupt
+            return real_step(self, it)
+
+        monkeypatch.setattr(cls, "step", dying)
+        with pytest.raises(KeyboardInterrupt):
+            build()
+        monkeypatch.setattr(cls, "step", real_step)
+
+    return run

@@ -112,23 +112,19 @@ def test_zeroq_data_free_build_reduces_bn_loss(teacher_file, tmp_path):
     assert optimised < 0.75 * float(gen.loss(noise).detach())
 
 
-def test_zeroq_resume_across_batches_is_identical(teacher_file, tmp_path, monkeypatch):
+def test_zeroq_resume_across_batches_is_identical(teacher_file, tmp_path, interrupt_build):
     opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}
     full = tmp_path / "full.h5"
     dd.build(None, "zeroq", None, full, teacher=teacher_file, count=7, options=opts, quiet=True)
     out = tmp_path / "part.h5"
-    real_step = ZeroQ.step
-
-    def dying(self, it):
-        if it == 6:  # inside the second batch
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(ZeroQ, "step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        dd.build(None, "zeroq", None, out, teacher=teacher_file, count=7, options=opts, quiet=True)
+    interrupt_build(
+        ZeroQ,
+        6,
+        lambda: dd.build(
+            None, "zeroq", None, out, teacher=teacher_file, count=7, options=opts, quiet=True
+        ),
+    )  # inside the second batch
     assert checkpoint_path_for(out).exists() and not out.exists()
-    monkeypatch.setattr(ZeroQ, "step", real_step)
     dd.build(
         None,
         "zeroq",
@@ -178,24 +174,20 @@ def test_genie_generator_shapes(size):
     assert g(torch.randn(4, 16)).shape == (4, 3, *size)
 
 
-def test_genie_build_and_resume(teacher_file, tmp_path, monkeypatch):
+def test_genie_build_and_resume(teacher_file, tmp_path, interrupt_build):
     from distill_data.synth.genie import Genie
 
     opts = {"iterations": 3, "batch_size": 3, "latent": 8, "checkpoint_every": 1, "decay_every": 2}
     full = tmp_path / "g.h5"
     dd.build(None, "genie", None, full, teacher=teacher_file, count=6, options=opts, quiet=True)
     out = tmp_path / "g2.h5"
-    real_step = Genie.step
-
-    def dying(self, it):
-        if it == 4:
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(Genie, "step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        dd.build(None, "genie", None, out, teacher=teacher_file, count=6, options=opts, quiet=True)
-    monkeypatch.setattr(Genie, "step", real_step)
+    interrupt_build(
+        Genie,
+        4,
+        lambda: dd.build(
+            None, "genie", None, out, teacher=teacher_file, count=6, options=opts, quiet=True
+        ),
+    )
     dd.build(
         None,
         "genie",

@@ -13,20 +13,16 @@ from distill_data.store import checkpoint_path_for
 from distill_data.synth.zeroq import ZeroQ
 
 
-def test_batched_resume_refuses_other_iterations(teacher_file, tmp_path, monkeypatch):
+def test_batched_resume_refuses_other_iterations(teacher_file, tmp_path, interrupt_build):
     out = tmp_path / "z.h5"
     opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}
-    real_step = ZeroQ.step
-
-    def dying(self, it):
-        if it == 5:
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(ZeroQ, "step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        dd.build(None, "zeroq", None, out, teacher=teacher_file, count=6, options=opts, quiet=True)
-    monkeypatch.setattr(ZeroQ, "step", real_step)
+    interrupt_build(
+        ZeroQ,
+        5,
+        lambda: dd.build(
+            None, "zeroq", None, out, teacher=teacher_file, count=6, options=opts, quiet=True
+        ),
+    )
     assert checkpoint_path_for(out).exists()
     with pytest.raises(ConfigError, match="different config"):
         dd.build(

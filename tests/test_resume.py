@@ -35,27 +35,21 @@ def npz(tmp_path):
     return str(path)
 
 
-def test_interrupted_build_resumes_to_identical_result(npz, tmp_path, monkeypatch):
+def test_interrupted_build_resumes_to_identical_result(npz, tmp_path, interrupt_build):
     full = tmp_path / "full.h5"
     dd.build(npz, "dm", 2, full, iterations=7, seed=3, options=TINY, quiet=True)
 
     out = tmp_path / "part.h5"
-    real_step = DistributionMatching.step
-
-    def dying_step(self, it):
-        if it == 5:
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(DistributionMatching, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        dd.build(npz, "dm", 2, out, iterations=7, seed=3, options=TINY, quiet=True)
+    interrupt_build(
+        DistributionMatching,
+        5,
+        lambda: dd.build(npz, "dm", 2, out, iterations=7, seed=3, options=TINY, quiet=True),
+    )
     assert not out.exists()  # nothing half-written
     ckpt = checkpoint_path_for(out)
     assert ckpt.exists()
     assert torch.load(ckpt, weights_only=True)["iteration"] == 4
 
-    monkeypatch.setattr(DistributionMatching, "step", real_step)
     dd.build(npz, "dm", 2, out, iterations=7, seed=3, options=TINY, quiet=True, resume=True)
     a, b = read_store(full), read_store(out)
     assert torch.equal(a.images, b.images)
@@ -64,19 +58,13 @@ def test_interrupted_build_resumes_to_identical_result(npz, tmp_path, monkeypatc
     assert not ckpt.exists()  # cleaned up after a successful write
 
 
-def test_resume_refuses_checkpoint_with_other_settings(npz, tmp_path, monkeypatch):
+def test_resume_refuses_checkpoint_with_other_settings(npz, tmp_path, interrupt_build):
     out = tmp_path / "s.h5"
-    real_step = DistributionMatching.step
-
-    def dying_step(self, it):
-        if it == 3:
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(DistributionMatching, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        dd.build(npz, "dm", 2, out, iterations=6, seed=1, options=TINY, quiet=True)
-    monkeypatch.setattr(DistributionMatching, "step", real_step)
+    interrupt_build(
+        DistributionMatching,
+        3,
+        lambda: dd.build(npz, "dm", 2, out, iterations=6, seed=1, options=TINY, quiet=True),
+    )
     with pytest.raises(ConfigError, match="different seed"):
         dd.build(npz, "dm", 2, out, iterations=6, seed=2, options=TINY, quiet=True, resume=True)
 
