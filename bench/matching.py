@@ -8,22 +8,31 @@ time excluded).
     python bench/matching.py --method dm --ipc 10 --evals 0 100
     python bench/matching.py --method datadam --ipc 10 --evals 50 200 1000
     python bench/matching.py --method dm --ipc 10 --evals 100 --set precision=bf16 --tag bf16
+    python bench/matching.py --method random --ipc 10 --evals 0 --device cuda --tag gpu
+
+Coreset methods (random, herding, kcenter) are not iterative: give ``--evals 0``. The
+``random`` row draws a fresh subset per evaluation model, like ``eval --baseline random``.
+``--device cuda`` runs build and evaluation on the GPU (accuracy only: speed targets are
+measured on CPU by ``bench/matching_speed.py``); the device is recorded in the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import peak_rss_mib, write_result  # noqa: E402
+import torch  # noqa: E402
+from common import RESULTS, peak_rss_mib, write_result  # noqa: E402
 
 from distill_data.config import config_to_dict, make_config, parse_set_options  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
 from distill_data.evaluation import EvalConfig, evaluate_set  # noqa: E402
+from distill_data.evaluation.evaluate import random_subset  # noqa: E402
 from distill_data.synth import GENERATORS  # noqa: E402
 
 DATASET = "mnist5k"
@@ -45,15 +54,36 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--tag", default="")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--note", default="", help="recorded in the result (e.g. shared GPU)")
+    ap.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="exit if the result file already holds every requested point",
+    )
     args = ap.parse_args()
 
+    if args.skip_done and (done := result_path(args)).is_file():
+        have = {p["iterations"] for p in json.loads(done.read_text())["curve"]}
+        if set(args.evals) <= have:
+            print(f"{done.name}: already done")
+            return
     data = load_dataset(DATASET)
     cls = GENERATORS.get(args.method)
+    if not cls.iterative and args.evals != [0]:
+        ap.error(f"{args.method} is not iterative: use --evals 0")
     opts = parse_set_options(args.sets)
-    opts["iterations"] = max(args.evals)
+    if cls.iterative:
+        opts["iterations"] = max(args.evals)
     cfg = make_config(cls.Config, opts)
     ecfg = EvalConfig(runs=args.runs, epochs=args.epochs, seed=0)
-    gen = cls(cfg, data, args.ipc, seed=args.seed)
+    gen = cls(cfg, data, args.ipc, seed=args.seed, device=args.device)
+    resample = None
+    if args.method == "random":  # the baseline's protocol: a fresh subset per model
+
+        def resample(run: int):
+            return random_subset(data, args.ipc, seed=10_000 + ecfg.seed * 1000 + run)
+
     gen.quiet = False
     t0 = time.perf_counter()
     gen.setup()
@@ -72,15 +102,32 @@ def main() -> None:
             if it % 10 == 0:
                 print(f"{args.method} ipc={args.ipc} it={it} {dt:.2f}s/it", flush=True)
         images, labels, _ = gen.result()
-        res = evaluate_set(images, labels, data, ecfg, f"{args.method}@{it}", quiet=True)
+        res = evaluate_set(
+            images,
+            labels,
+            data,
+            ecfg,
+            f"{args.method}@{it}",
+            device=args.device,
+            quiet=True,
+            resample=resample,
+        )
         print(
             f"  after {it} iterations ({build_s:.0f} s): {res['mean']:.2f} ± {res['std']:.2f}",
             flush=True,
         )
         points.append({"iterations": it, "build_seconds": round(build_s, 1), "accuracy": res})
+        # written after every point, so a run stopped early keeps the points it reached
+        save(args, cfg, ecfg, data, step_s, points)
 
+
+def result_path(args) -> Path:
     tag = f"_{args.tag}" if args.tag else ""
-    name = f"matching_{DATASET}_{args.method.replace('+', '-')}_ipc{args.ipc}{tag}"
+    return RESULTS / f"matching_{DATASET}_{args.method.replace('+', '-')}_ipc{args.ipc}{tag}.json"
+
+
+def save(args, cfg, ecfg, data, step_s: list[float], points: list[dict]) -> None:
+    name = result_path(args).stem
     sorted_steps = sorted(step_s)
     write_result(
         name,
@@ -90,10 +137,18 @@ def main() -> None:
             "method": args.method,
             "ipc": args.ipc,
             "seed": args.seed,
+            "device": args.device,
             "config": config_to_dict(cfg),
             "eval": {**ecfg.__dict__, "dsa_strategy": ecfg.strategy(data)},
+            "iterations_planned": max(args.evals),
             "s_per_iter_median": sorted_steps[len(sorted_steps) // 2] if step_s else None,
             "peak_rss_mib_process": peak_rss_mib(),
+            **(
+                {"peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+                if args.device.startswith("cuda")
+                else {}
+            ),
+            **({"note": args.note} if args.note else {}),
             "curve": points,
         },
     )

@@ -38,17 +38,18 @@ CALIB = {
 }
 
 
-def stage_teacher() -> None:
+def stage_teacher(device: str) -> None:
     for name, cfg in (("resnet", TEACHER), ("convnet_bn", TEACHER2)):
         out = WORK / f"teacher_{name}.pt"
-        rep = dd.teacher(DATASET, out, quiet=True, **cfg)
+        rep = dd.teacher(DATASET, out, quiet=True, device=device, **cfg)
         print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
         write_result(f"teacher_{DATASET}_{name}", {"benchmark": "teacher", **rep})
 
 
-def stage_calib() -> None:
-    for method, opts in CALIB.items():
-        out = WORK / f"calib_{method}_256.h5"
+def stage_calib(methods: list[str], device: str, tag: str = "") -> None:
+    for method in methods:
+        opts = CALIB[method]
+        out = WORK / f"calib_{method}_256{tag}.h5"
         t0 = time.perf_counter()
         dd.build(
             None,
@@ -58,17 +59,19 @@ def stage_calib() -> None:
             teacher=WORK / "teacher_resnet.pt",
             count=256,
             options=opts,
+            device=device,
             quiet=True,
         )
         secs = time.perf_counter() - t0
         meta = read_store(out).meta
         print(f"{method}: 256 images in {secs:.0f} s")
         write_result(
-            f"calib_{DATASET}_{method}_256",
+            f"calib_{DATASET}_{method}_256{tag}",
             {
                 "benchmark": "calibration-set",
                 "method": method,
                 "count": 256,
+                "device": device,
                 "config": meta.config,
                 "seconds": round(secs, 1),
                 "seconds_per_image": round(secs / 256, 3),
@@ -78,7 +81,7 @@ def stage_calib() -> None:
 
 
 def stage_ptq(observer: str, methods: list[str], bits: list[str], tag: str = "") -> None:
-    calibs = [str(WORK / f"calib_{m}_256.h5") for m in methods] + ["real:256", "noise:256"]
+    calibs = [str(WORK / f"calib_{m}.h5") for m in methods] + ["real:256", "noise:256"]
     rep = dd.quantize(WORK / "teacher_resnet.pt", calibs, DATASET, bits=bits, observer=observer)
     for r in rep["results"]:
         r["calib"] = Path(r["calib"]).name if r["calib"].endswith(".h5") else r["calib"]
@@ -87,16 +90,21 @@ def stage_ptq(observer: str, methods: list[str], bits: list[str], tag: str = "")
     write_result(f"ptq_{DATASET}_resnet_{observer}{tag}", {"benchmark": "ptq-calibration", **rep})
 
 
-def stage_softlabel(ipcs: list[int], runs: int, epochs: int) -> None:
-    teachers = {
-        "sre2l": [WORK / "teacher_resnet.pt"],
-        "infer": [WORK / "teacher_resnet.pt", WORK / "teacher_convnet_bn.pt"],
-    }
+SOFT_TEACHERS = {
+    "sre2l": ["teacher_resnet.pt"],
+    "infer": ["teacher_resnet.pt", "teacher_convnet_bn.pt"],
+}
+
+
+def stage_softlabel(
+    ipcs: list[int], methods: list[str], runs: int, epochs: int, device: str, tag: str
+) -> None:
     for ipc in ipcs:
-        for method, ts in teachers.items():
+        for method in methods:
+            ts = [WORK / t for t in SOFT_TEACHERS[method]]
             out = WORK / f"{method}_ipc{ipc}.h5"
             t0 = time.perf_counter()
-            synset = dd.build(DATASET, method, ipc, out, teacher=ts, quiet=True)
+            synset = dd.build(DATASET, method, ipc, out, teacher=ts, device=device, quiet=True)
             secs = time.perf_counter() - t0
             rep = dd.evaluate(
                 out,
@@ -106,6 +114,7 @@ def stage_softlabel(ipcs: list[int], runs: int, epochs: int) -> None:
                 baselines=["random"],
                 runs=runs,
                 epochs=epochs,
+                device=device,
                 quiet=True,
             )
             s, r = rep["results"]["synthetic"], rep["results"]["random"]
@@ -114,11 +123,12 @@ def stage_softlabel(ipcs: list[int], runs: int, epochs: int) -> None:
                 f"{r['mean']:.2f} ± {r['std']:.2f} ({secs:.0f} s to build)"
             )
             write_result(
-                f"softlabel_{DATASET}_{method}_ipc{ipc}",
+                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}",
                 {
                     "benchmark": "soft-label",
                     "method": method,
                     "ipc": ipc,
+                    "device": device,
                     "stored_images": len(synset),
                     "build_seconds": round(secs, 1),
                     "seconds_per_image": round(secs / len(synset), 3),
@@ -137,22 +147,32 @@ def main() -> None:
         "--calib-methods",
         nargs="+",
         default=list(CALIB),
-        help="which calibration sets the ptq stage compares",
+        help="generators the calib stage runs (zeroq, genie)",
     )
+    ap.add_argument(
+        "--ptq-sets",
+        nargs="+",
+        default=[f"{m}_256" for m in CALIB],
+        help="stored sets (bench/.work/calib_NAME.h5) the ptq stage compares with real and noise",
+    )
+    ap.add_argument("--soft-methods", nargs="+", default=list(SOFT_TEACHERS))
+    ap.add_argument("--genie-iterations", type=int, default=CALIB["genie"]["iterations"])
     ap.add_argument("--bits", nargs="+", default=BITS)
-    ap.add_argument("--tag", default="", help="suffix of the ptq result file")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     args = ap.parse_args()
     WORK.mkdir(exist_ok=True)
+    CALIB["genie"]["iterations"] = args.genie_iterations
     if "teacher" in args.stage:
-        stage_teacher()
+        stage_teacher(args.device)
     if "calib" in args.stage:
-        stage_calib()
+        stage_calib(args.calib_methods, args.device, args.tag)
     if "ptq" in args.stage:
-        stage_ptq(args.observer, args.calib_methods, args.bits, args.tag)
+        stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag)
     if "softlabel" in args.stage:
-        stage_softlabel(args.ipc, args.runs, args.epochs)
+        stage_softlabel(args.ipc, args.soft_methods, args.runs, args.epochs, args.device, args.tag)
 
 
 if __name__ == "__main__":

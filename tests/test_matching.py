@@ -664,3 +664,30 @@ def test_same_seed_same_images_and_resume(method: str, data1, pool_cache) -> Non
     resumed.rng.set_state(rng)
     _run(resumed, range(1, 3))
     assert torch.equal(resumed.result()[0], a.result()[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_match_on_cuda_equals_cpu(method: str, data1, pool_cache, monkeypatch) -> None:
+    """The same batches and network give the same loss and pixel gradient on a GPU."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convs, as on CPU
+    opts = tiny_opts(method, pool_cache, dsa=True)
+    cpu = make_gen(method, data1, **opts)
+    gpu = make_gen(method, data1, **opts)
+    gpu.device = torch.device("cuda")
+    net = cpu.make_net()
+    real, real_y, syn, syn_y = cpu.sample_batches()
+    if method == "ncfm":
+        t = torch.randn(12, cpu.feat_dim, generator=torch.Generator().manual_seed(0))
+        cpu.frequencies = lambda: t
+        gpu.frequencies = lambda: t.cuda()
+    leaf = syn.detach().clone().requires_grad_(True)
+    loss = cpu.match(net, real, real_y, leaf, syn_y)
+    (grad,) = torch.autograd.grad(loss, leaf)
+    leaf_g = syn.detach().cuda().requires_grad_(True)
+    loss_g = gpu.match(copy.deepcopy(net).cuda(), real.cuda(), real_y.cuda(), leaf_g, syn_y.cuda())
+    (grad_g,) = torch.autograd.grad(loss_g, leaf_g)
+    assert loss_g.device.type == "cuda"
+    assert float(loss_g) == pytest.approx(float(loss), rel=1e-4)
+    scale = float(grad.abs().max())
+    torch.testing.assert_close(grad_g.cpu(), grad, rtol=1e-3, atol=1e-4 * scale)

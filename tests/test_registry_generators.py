@@ -172,3 +172,23 @@ def test_generator_seed_determinism(name: str, data, teacher, tmp_path) -> None:
     assert torch.equal(a, b), f"{name}: the same seed gave different images"
     if name == "random" or cls.iterative:
         assert not torch.equal(a, stored(1, "c")), f"{name}: seeds 0 and 1 gave the same images"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", METHODS)
+def test_generator_runs_on_cuda(name: str, data, teacher) -> None:
+    """Every generator builds on a GPU: the work happens there, the result comes back."""
+    cls = GENERATORS.get(name)
+    cfg = make_config(cls.Config, tiny_options(cls))
+    gen = cls(cfg, data, IPC, seed=0, device="cuda", **extra_args(cls, teacher))
+    gen.setup()
+    if cls.iterative:
+        for it in range(gen.total_steps()):
+            assert math.isfinite(float(gen.step(it)))
+    images, labels, soft = gen.result()
+    assert images.device.type == "cpu" and labels.device.type == "cpu"
+    assert tuple(images.shape) == (data.num_classes * IPC, data.channels, *data.im_size)
+    assert bool(torch.isfinite(images).all())
+    check_labels(cls, labels, data.num_classes)
+    if soft is not None:
+        assert soft.device.type == "cpu" and bool(torch.isfinite(soft).all())
