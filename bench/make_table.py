@@ -76,28 +76,31 @@ def matching_speed_table(results: list[dict]) -> list[str]:
     )
     if not runs:
         return []
-    latest: dict[tuple[str, str], tuple[dict, dict]] = {}
-    for r in runs:  # a newer run of the same method and precision replaces the older row
+    latest: dict[tuple[str, str, str], tuple[dict, dict]] = {}
+    for r in runs:  # a newer run of the same method, precision, allocator replaces the older
         for row in r["rows"]:
-            latest[(row["method"], row["precision"])] = (row, r)
+            latest[(row["method"], row["precision"], row.get("allocator", "default"))] = (row, r)
     out = [
         "",
         "**Matching generators: seconds per iteration** (`mnist5k`, IPC 10, paper defaults, "
         "ConvNet-128×3; median over timed iterations; compute floor = one no-grad forward "
         "of the iteration's real images + forward/backward of its synthetic images through "
-        "the same network, measured in the same process; peak RSS of that process)",
+        "the same network, measured in the same process; peak RSS of that process; "
+        "allocator `tuned` = what the CLI does, see `distill_data/runtime.py`)",
         "",
-        "| method | precision | real / syn images per it | s/it | compute floor s | ratio "
-        "| peak RSS MiB | official code s/it (issue #3) | measured |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | precision | allocator | real / syn images per it | s/it | compute floor s "
+        "| ratio | peak RSS MiB | official code s/it (issue #3) | × official | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (method, _), (row, r) in latest.items():
+    for (method, _, alloc), (row, r) in sorted(latest.items()):
         off = r.get("official_reference", {}).get(method, {}).get("s_per_iter")
+        ratio = f"{row['s_per_iter_median'] / off:.2f}" if off else "—"
         out.append(
-            f"| {method} | {row['precision']} | {row['real_images_per_iter']} / "
+            f"| {method} | {row['precision']} | {alloc} | {row['real_images_per_iter']} / "
             f"{row['syn_images_per_iter']} | {row['s_per_iter_median']:.2f} | "
             f"{row['compute_floor_s_median']:.2f} | {row['ratio_to_floor']:.2f} | "
-            f"{row['peak_rss_mib']:.0f} | {off if off is not None else '—'} | {r['date'][:16]} |"
+            f"{row['peak_rss_mib']:.0f} | {off if off is not None else '—'} | "
+            f"{ratio} | {r['date'][:16]} |"
         )
     m = runs[-1]["machine"]
     out += [

@@ -13,6 +13,7 @@ plus one forward/backward of its synthetic images through the same network.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -32,9 +33,14 @@ EXTRA = {"ncfm": {"pool_size": 1, "pretrain_epochs": 1}}
 EXTRA["ncfm+fyi"] = EXTRA["ncfm"]
 
 
-def one(method: str, steps: int, precision: str) -> dict:
+def one(method: str, steps: int, precision: str, allocator: str) -> dict:
     """Runs inside the child process."""
     import torch
+
+    from distill_data.runtime import tune_allocator
+
+    if allocator == "tuned" and not tune_allocator():
+        raise SystemExit("could not tune the allocator here (glibc only)")
 
     from distill_data.config import make_config
     from distill_data.data import load_dataset
@@ -71,6 +77,7 @@ def one(method: str, steps: int, precision: str) -> dict:
     return {
         "method": method,
         "precision": precision,
+        "allocator": allocator,
         "config": cfg.__dict__,
         "steps_timed": steps,
         "s_per_iter_median": statistics.median(times),
@@ -87,37 +94,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="*", default=["dm", "datadam", "ncfm", "dm+fyi"])
     ap.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
+    ap.add_argument(
+        "--allocators",
+        nargs="*",
+        default=["tuned"],
+        help="tuned: glibc keeps freed blocks (what the CLI does); default: glibc as is",
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--allocator", default="tuned", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one(args.one, args.steps, args.precision)), flush=True)
+        res = one(args.one, args.steps, args.precision, args.allocator)
+        print("RESULT " + json.dumps(res), flush=True)
         return
     rows = []
-    for method in args.methods:
-        for precision in args.precisions:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--one",
-                method,
-                "--precision",
-                precision,
-                "--steps",
-                str(args.steps),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-            if out.returncode != 0:
-                raise SystemExit(out.stderr[-2000:])
-            res = json.loads(out.stdout.split("RESULT ", 1)[1])
-            print(
-                f"{method:10s} {precision}: {res['s_per_iter_median']:.3f} s/it, floor "
-                f"{res['compute_floor_s_median']:.3f} s ({res['ratio_to_floor']:.2f}x), "
-                f"peak {res['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
-            rows.append(res)
+    for method, precision, allocator in itertools.product(
+        args.methods, args.precisions, args.allocators
+    ):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            method,
+            "--precision",
+            precision,
+            "--steps",
+            str(args.steps),
+            "--allocator",
+            allocator,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        if out.returncode != 0:
+            raise SystemExit(out.stderr[-2000:])
+        res = json.loads(out.stdout.split("RESULT ", 1)[1])
+        print(
+            f"{method:10s} {precision} {allocator:7s}: {res['s_per_iter_median']:.3f} s/it, floor "
+            f"{res['compute_floor_s_median']:.3f} s ({res['ratio_to_floor']:.2f}x), "
+            f"peak {res['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
+        rows.append(res)
     name = "matching_speed_" + "_".join(m.replace("+", "-") for m in args.methods)
     write_result(
         name,

@@ -7,6 +7,7 @@ Public API::
     ds = dd.load("mnist_herding.h5")          # a torch Dataset
     report = dd.evaluate("mnist_herding.h5", runs=3, epochs=300)
     dd.list_methods(); dd.list_datasets()
+    dd.tune_allocator()   # optional: faster CPU runs (glibc keeps freed pages for reuse)
 """
 
 from distill_data._version import __version__
@@ -20,6 +21,7 @@ from distill_data.api import (
     teacher,
 )
 from distill_data.errors import DistillDataError
+from distill_data.runtime import tune_allocator
 
 __all__ = [
     "DistillDataError",
@@ -31,4 +33,5 @@ __all__ = [
     "load",
     "quantize",
     "teacher",
+    "tune_allocator",
 ]

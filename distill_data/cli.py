@@ -15,6 +15,7 @@ from distill_data import api
 from distill_data._version import __version__
 from distill_data.config import parse_set_options
 from distill_data.errors import DistillDataError
+from distill_data.runtime import tune_allocator
 
 
 def _err(msg: str) -> None:
@@ -448,6 +449,7 @@ def datasets() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit code 2 for every user error."""
+    tune_allocator()  # see distill_data.runtime: large CPU tensors reuse heap pages
     try:
         cli.main(args=argv, prog_name="distill-data", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # pragma: no cover - click>=8.2

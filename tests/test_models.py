@@ -197,3 +197,21 @@ def test_bad_model_option(name: str, options: dict) -> None:
 def test_unknown_option_for_every_model(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         build_model(name, 1, 3, (8, 8), not_an_option=1)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 5, 7, 9), (1, 2, 3, 3), (2, 3, 2, 2)])
+def test_fast_avgpool_equals_native(shape) -> None:
+    from distill_data.models.convnet import AvgPool2x2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.avg_pool2d(x, 2, 2)
+    out = AvgPool2x2()(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (g_out,) = torch.autograd.grad(out, x, gy)
+    (g_ref,) = torch.autograd.grad(ref, x, gy)
+    torch.testing.assert_close(g_out, g_ref)
+    cl = x.detach().float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(AvgPool2x2()(cl), torch.nn.functional.avg_pool2d(cl, 2, 2))

@@ -12,6 +12,8 @@ poolings, so 8×8 inputs work.
 from __future__ import annotations
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from distill_data.errors import ConfigError
@@ -29,6 +31,37 @@ def _norm(kind: str, width: int, hw: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ConfigError(f"unknown norm {kind!r}; choose from: {', '.join(NORMS)}")
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2, 2)``; on CPU for contiguous NCHW, by adding phases (faster)."""
+    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+        return F.avg_pool2d(x, 2, 2)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    rows = x[..., 0::2, :] + x[..., 1::2, :]
+    return (rows[..., 0::2] + rows[..., 1::2]) * 0.25
+
+
+# torch.fx (BatchNorm folding for PTQ) records the call instead of tracing the branch
+torch.fx.wrap("avg_pool_2x2")
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)`` with a faster CPU path for contiguous NCHW tensors.
+
+    PyTorch's CPU kernel for NCHW average pooling is ~4× slower than adding the two row
+    phases and then the two column phases of the (even-cropped) map, forward and
+    backward; in a matching iteration pooling was ~17 % of the time. Same values up to
+    float rounding (the four terms are summed pairwise), same floor-mode output size;
+    channels-last and non-CPU tensors take the native kernel, which is fast there.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool_2x2(x)
 
 
 class ConvNet(nn.Module):
@@ -67,7 +100,7 @@ class ConvNet(nn.Module):
                 nn.Conv2d(in_ch, width, 3, padding=pad0 if d == 0 else 1),
                 _norm(norm, width, h),
                 nn.ReLU(inplace=True),
-                nn.AvgPool2d(2, 2),
+                AvgPool2x2(),
             ]
             in_ch = width
             h, w = h // 2, w // 2
