@@ -33,6 +33,7 @@ from distill_data.config import config_to_dict, make_config, parse_set_options  
 from distill_data.data import load_dataset  # noqa: E402
 from distill_data.evaluation import EvalConfig, evaluate_set  # noqa: E402
 from distill_data.evaluation.evaluate import random_subset  # noqa: E402
+from distill_data.runtime import allocator_tuned, tune_allocator  # noqa: E402
 from distill_data.synth import GENERATORS  # noqa: E402
 
 DATASET = "mnist5k"
@@ -62,6 +63,7 @@ def main() -> None:
         help="exit if the result file already holds every requested point",
     )
     args = ap.parse_args()
+    tune_allocator()  # as the CLI does (distill_data/runtime.py)
 
     if args.skip_done and (done := result_path(args)).is_file():
         have = {p["iterations"] for p in json.loads(done.read_text())["curve"]}
@@ -138,6 +140,7 @@ def save(args, cfg, ecfg, data, step_s: list[float], points: list[dict]) -> None
             "ipc": args.ipc,
             "seed": args.seed,
             "device": args.device,
+            "allocator_tuned": allocator_tuned(),
             "config": config_to_dict(cfg),
             "eval": {**ecfg.__dict__, "dsa_strategy": ecfg.strategy(data)},
             "iterations_planned": max(args.evals),

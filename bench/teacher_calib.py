@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, peak_rss_mib, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
+from distill_data.runtime import tune_allocator  # noqa: E402
 from distill_data.store import read_store  # noqa: E402
 
 DATASET = "mnist5k"
@@ -163,6 +164,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     args = ap.parse_args()
+    tune_allocator()  # as the CLI does (distill_data/runtime.py)
     WORK.mkdir(exist_ok=True)
     CALIB["genie"]["iterations"] = args.genie_iterations
     if "teacher" in args.stage:
