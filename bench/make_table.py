@@ -196,8 +196,9 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
         out += [
             "",
             "**Accuracy against iterations** (same protocol; build seconds to the last "
-            "point in brackets, evaluation excluded — GPU rows ran 6 jobs on one shared "
-            "GPU, so their seconds are not speed figures; speed is the table above)",
+            "point in brackets, evaluation excluded; these runs shared their machine with "
+            "other benchmarks (6 jobs on one GPU), so the seconds are not speed figures: "
+            "speed is the table above)",
             "",
             "| method | settings | device | IPC | "
             + " | ".join(f"{i} it" for i in its)

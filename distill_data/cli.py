@@ -45,6 +45,13 @@ def cli() -> None:
       distill-data build --dataset mnist5k --method herding --ipc 10 --out set.h5
       distill-data show set.h5 --out set.png     # picture grid
       distill-data eval set.h5 --runs 3 --epochs 300 --baseline random --json report.json
+
+    \b
+    Environment:
+      DISTILL_DATA_CACHE   where built-in datasets and NCFM's network pool are cached
+                           (default ~/.cache/distill-data)
+      DISTILL_DATA_MALLOC  0 = leave glibc's allocator alone (default: keep freed memory
+                           for reuse, much faster CPU builds; see README "Speed on CPU")
     """
 
 
