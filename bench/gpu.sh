@@ -59,11 +59,15 @@ job baselines \
   "$M --method dm --ipc 10 --evals 100 1000 --set precision=bf16 --tag gpu_bf16" \
   "$M --method datadam --ipc 10 --evals 100 1000 --set precision=bf16 --tag gpu_bf16"
 T="$PY bench/teacher_calib.py --device cuda"
-soft() {  # soft METHOD IPC: the soft-label row, unless its result exists
-  echo "[ -f bench/results/softlabel_mnist5k_$1_ipc$2_gpu.json ] || $T --stage softlabel --soft-methods $1 --ipc $2 --tag _gpu"
+soft() {  # soft METHOD IPC RELABEL: the soft-label row, unless its result exists
+  local suffix=""
+  [ "$3" = online ] && suffix=_online
+  echo "[ -f bench/results/softlabel_mnist5k_$1_ipc$2_gpu$suffix.json ] || $T --stage softlabel --soft-methods $1 --ipc $2 --tag _gpu --relabel $3"
 }
 job teacher \
-  "$(soft sre2l 10)" "$(soft infer 10)" "$(soft sre2l 50)" "$(soft infer 50)" \
+  "$(soft sre2l 10 online)" "$(soft infer 10 online)" \
+  "$(soft sre2l 50 stored)" "$(soft infer 50 stored)" \
+  "$(soft sre2l 50 online)" "$(soft infer 50 online)" \
   "$T --stage calib --calib-methods genie --genie-iterations 4000 --tag _gpu4000" \
   "for o in minmax percentile mse; do $T --stage ptq --observer \$o --ptq-sets zeroq_256 genie_256_gpu4000 --tag _genie4000; done"
 

@@ -310,15 +310,16 @@ def teacher_tables(results: list[dict]) -> list[str]:
             "compensators and expands them to K·ipc_init·(M+1) images, the paper's "
             "accounting)",
             "",
-            "| method | IPC | stored images | device | build s | accuracy | "
+            "| method | IPC | stored images | device | build s | soft labels | accuracy | "
             "random + soft labels | eval |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in sorted(soft, key=lambda r: (r["ipc"], r["method"])):
+        for r in sorted(soft, key=lambda r: (r["ipc"], r["method"], r.get("relabel", ""))):
             s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
             out.append(
                 f"| {r['method']} | {r['ipc']} | {r['stored_images']} | {_device(r)} | "
-                f"{r['build_seconds']:.0f} | {s_['mean']:.2f} ± {s_['std']:.2f} | "
+                f"{r['build_seconds']:.0f} | {r.get('relabel', 'stored')} | "
+                f"{s_['mean']:.2f} ± {s_['std']:.2f} | "
                 f"{rnd['mean']:.2f} ± {rnd['std']:.2f} | {s_['runs']} × {s_['epochs']} ep, "
                 f"{s_['labels']} |"
             )

@@ -7,10 +7,12 @@ condensation.
     W8A8, W6A6, W4A8 and W4A4 (test accuracy on the 1,000 real test images).
 (b) SRe2L and INFER sets at IPC 10 (and 50 with --ipc 10 50), evaluated with soft labels
     (knowledge distillation from the stored logits), against a random real subset at
-    the same IPC relabelled by the same teacher(s).
+    the same IPC relabelled by the same teacher(s); ``--relabel online`` has the teacher
+    label every augmented batch instead (SRe2L's own protocol) for both.
 
     python bench/teacher_calib.py --stage teacher calib ptq
     python bench/teacher_calib.py --stage softlabel --ipc 10
+    python bench/teacher_calib.py --stage softlabel --ipc 10 --relabel online
 """
 
 from __future__ import annotations
@@ -98,12 +100,18 @@ SOFT_TEACHERS = {
 
 
 def stage_softlabel(
-    ipcs: list[int], methods: list[str], runs: int, epochs: int, device: str, tag: str
+    ipcs: list[int],
+    methods: list[str],
+    runs: int,
+    epochs: int,
+    device: str,
+    tag: str,
+    relabel: str = "stored",
 ) -> None:
     for ipc in ipcs:
         for method in methods:
             ts = [WORK / t for t in SOFT_TEACHERS[method]]
-            out = WORK / f"{method}_ipc{ipc}.h5"
+            out = WORK / f"{method}_ipc{ipc}{tag}.h5"
             t0 = time.perf_counter()
             synset = dd.build(DATASET, method, ipc, out, teacher=ts, device=device, quiet=True)
             secs = time.perf_counter() - t0
@@ -113,6 +121,7 @@ def stage_softlabel(
                 soft=True,
                 teacher=ts[0],
                 baselines=["random"],
+                relabel=relabel,
                 runs=runs,
                 epochs=epochs,
                 device=device,
@@ -124,11 +133,13 @@ def stage_softlabel(
                 f"{r['mean']:.2f} ± {r['std']:.2f} ({secs:.0f} s to build)"
             )
             write_result(
-                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}",
+                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}"
+                + ("_online" if relabel == "online" else ""),
                 {
                     "benchmark": "soft-label",
                     "method": method,
                     "ipc": ipc,
+                    "relabel": relabel,
                     "device": device,
                     "stored_images": len(synset),
                     "build_seconds": round(secs, 1),
@@ -157,6 +168,12 @@ def main() -> None:
         help="stored sets (bench/.work/calib_NAME.h5) the ptq stage compares with real and noise",
     )
     ap.add_argument("--soft-methods", nargs="+", default=list(SOFT_TEACHERS))
+    ap.add_argument(
+        "--relabel",
+        choices=["stored", "online"],
+        default="stored",
+        help="soft-label evaluation: the stored logits, or the teacher on every batch",
+    )
     ap.add_argument("--genie-iterations", type=int, default=CALIB["genie"]["iterations"])
     ap.add_argument("--bits", nargs="+", default=BITS)
     ap.add_argument("--device", default="cpu")
@@ -174,7 +191,15 @@ def main() -> None:
     if "ptq" in args.stage:
         stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag)
     if "softlabel" in args.stage:
-        stage_softlabel(args.ipc, args.soft_methods, args.runs, args.epochs, args.device, args.tag)
+        stage_softlabel(
+            args.ipc,
+            args.soft_methods,
+            args.runs,
+            args.epochs,
+            args.device,
+            args.tag,
+            args.relabel,
+        )
 
 
 if __name__ == "__main__":

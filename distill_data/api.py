@@ -233,6 +233,7 @@ def evaluate(
     scores: bool = False,
     soft: bool = False,
     teacher: str | os.PathLike | nn.Module | None = None,
+    relabel: str = "stored",
     device: str | torch.device = "cpu",
     quiet: bool = False,
     **protocol: Any,
@@ -242,7 +243,8 @@ def evaluate(
     ``protocol`` keywords are :class:`~distill_data.evaluation.EvalConfig` fields
     (``model``, ``runs``, ``epochs``, ``augment``, ...). ``soft=True`` trains by
     knowledge distillation from the store's soft labels; ``teacher`` then relabels the
-    random-subset baseline the same way.
+    random-subset baseline the same way. ``relabel="online"`` (with ``soft`` and
+    ``teacher``) distils from the teacher's logits on every augmented batch instead.
     """
     device = resolve_device(device)
     path = None
@@ -278,6 +280,7 @@ def evaluate(
         store_path=path,
         soft=soft,
         teacher=net,
+        relabel=relabel,
     )
 
 

@@ -187,6 +187,14 @@ def build(
     help="With --soft and --baseline random: the teacher that relabels the random subset.",
 )
 @click.option(
+    "--relabel",
+    type=click.Choice(["stored", "online"]),
+    default="stored",
+    show_default=True,
+    help="With --soft: stored = the store's logits, one per image; online = --teacher "
+    "labels every augmented batch (SRe2L/FKD's protocol), for the set and the baseline.",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -210,6 +218,7 @@ def eval_cmd(
     no_augment,
     soft,
     teacher,
+    relabel,
     seed,
     device,
     json_out,
@@ -227,6 +236,7 @@ def eval_cmd(
         scores=scores,
         soft=soft,
         teacher=teacher,
+        relabel=relabel,
         device=device,
         quiet=quiet,
         model=model,

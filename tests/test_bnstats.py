@@ -319,3 +319,77 @@ def test_infer_errors(teacher_file, tiny_npz, tmp_path):
             options={"iterations": 1},
         )
     assert not out.exists()
+
+
+def test_online_relabel_without_augmentation_equals_stored_logits(teacher_file, tiny_npz):
+    """Without DSA the teacher sees exactly the stored images, so distilling from its
+    logits batch by batch must train the very same weights as the stored logits."""
+    from distill_data.evaluation import EvalConfig
+    from distill_data.evaluation.protocol import train_and_test
+
+    data = dd.data.load_dataset(tiny_npz)
+    net = dd.train.load_teacher(teacher_file)[0].eval()
+    x = data.normalize(data.x_train[:6])
+    y = data.y_train[:6]
+    with torch.no_grad():
+        logits = net(x)
+    cfg = EvalConfig(runs=1, epochs=3, width=8, augment=False, batch_size=4)
+    stored = train_and_test(x, y, data, cfg, 0, soft=logits, temperature=3.0)
+    online = train_and_test(x, y, data, cfg, 0, temperature=3.0, teacher=net)
+    assert online == stored
+
+
+def test_online_relabel_asks_the_teacher_for_every_augmented_batch(tiny_npz):
+    """With DSA on, each batch the student sees is the one the teacher labels."""
+    from distill_data.train.fit import fit
+
+    data = dd.data.load_dataset(tiny_npz)
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return torch.zeros(len(x), data.num_classes)
+
+    student = build_model("convnet", 1, 3, data.im_size, width=8, depth=1)
+    fed: list[torch.Tensor] = []
+    student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
+    x = data.normalize(data.x_train[:6])
+    fit(
+        student,
+        x,
+        data.y_train[:6],
+        epochs=2,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=4,
+        dsa=dd.augment.DSA("color_crop_cutout_scale_rotate"),
+        teacher=Spy(),
+    )
+    assert len(seen) == len(fed) == 4  # 2 epochs x 2 batches
+    for a, b in zip(seen, fed):
+        assert torch.equal(a, b)
+    assert not any(torch.equal(s, x[: len(s)]) for s in seen)  # augmented, not raw
+
+
+def test_eval_online_relabel_report_and_errors(teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "s.h5"
+    dd.build(
+        str(tiny_npz), "sre2l", 2, out, teacher=teacher_file, quiet=True, options={"iterations": 2}
+    )
+    kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
+    rep = dd.evaluate(
+        out,
+        str(tiny_npz),
+        soft=True,
+        teacher=teacher_file,
+        relabel="online",
+        baselines=["random"],
+        **kw,
+    )
+    for part in ("synthetic", "random"):
+        assert rep["results"][part]["labels"].startswith("soft (KD from the teacher on each")
+    assert rep["protocol"]["relabel"] == "online"
+    with pytest.raises(ConfigError, match="needs --soft and --teacher"):
+        dd.evaluate(out, str(tiny_npz), soft=True, relabel="online", **kw)
+    with pytest.raises(ConfigError, match="unknown relabel"):
+        dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, relabel="bogus", **kw)

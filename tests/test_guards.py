@@ -116,3 +116,15 @@ def test_generator_networks_leave_the_global_rng_alone(teacher_file, tiny_npz, t
         },
     )
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_cli_online_relabel_without_teacher_is_one_line(run_cli, teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "s.h5"
+    dd.build(
+        str(tiny_npz), "sre2l", 1, out, teacher=teacher_file, quiet=True, options={"iterations": 1}
+    )
+    code, stdout, stderr = run_cli(
+        "eval", out, "--dataset", tiny_npz, "--soft", "--relabel", "online", "--runs", "1"
+    )
+    assert code == 2
+    assert stderr.strip().count("\n") == 0 and "needs --soft and --teacher" in stderr

@@ -66,6 +66,7 @@ def evaluate(
     store_path: str | None = None,
     soft: bool = False,
     teacher: torch.nn.Module | None = None,
+    relabel: str = "stored",
 ) -> dict:
     """Train-from-scratch evaluation of ``synset``; returns a JSON-ready report.
 
@@ -80,6 +81,10 @@ def evaluate(
         soft: train by knowledge distillation from the store's soft labels (teacher
             logits) at the store's temperature, instead of with hard labels.
         teacher: relabels the random-subset baseline when ``soft`` (same soft labels).
+        relabel: with ``soft``: ``stored`` trains on the store's logits (one vector per
+            image, whatever the augmentation); ``online`` asks ``teacher`` for the logits
+            of every augmented batch (SRe2L/FKD's protocol), for the synthetic set and
+            the random baseline alike. Either way at the store's temperature.
     """
     cfg = config or EvalConfig()
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -110,10 +115,17 @@ def evaluate(
         )
     if "random" in baselines and ipc > min(data.class_counts()):
         raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
+    if relabel not in ("stored", "online"):
+        raise ConfigError(f"unknown relabel mode {relabel!r}; choose stored or online")
+    if relabel == "online" and not (soft and teacher is not None):
+        raise ConfigError("--relabel online needs --soft and --teacher (the teacher relabels)")
+    online = teacher if relabel == "online" else None
     if soft:
         if synset.soft_labels is None:
             raise ConfigError("the store has no soft labels; evaluate without --soft")
         soft_syn, temperature = synset.soft_labels, float(synset.temperature or 1.0)
+        if online is not None:
+            soft_syn = None
         if "random" in baselines and teacher is None:
             raise ConfigError(
                 "--soft with the random baseline needs --teacher to give the "
@@ -121,7 +133,7 @@ def evaluate(
             )
 
     @torch.no_grad()
-    def relabel(x: torch.Tensor) -> torch.Tensor:
+    def relabel_set(x: torch.Tensor) -> torch.Tensor:
         dev = next(teacher.parameters()).device
         return torch.cat(
             [teacher.eval()(x[i : i + 256].to(dev)).cpu() for i in range(0, len(x), 256)]
@@ -138,11 +150,12 @@ def evaluate(
         quiet=quiet,
         soft=soft_syn,
         temperature=temperature,
+        teacher=online,
     )
 
     def rnd(run: int) -> tuple[torch.Tensor, ...]:
         x, y = random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
-        return (x, y, relabel(x)) if soft else (x, y)
+        return (x, y, relabel_set(x)) if soft and online is None else (x, y)
 
     if "random" in baselines:
         results["random"] = evaluate_set(
@@ -155,6 +168,7 @@ def evaluate(
             quiet=quiet,
             resample=rnd,
             temperature=temperature,
+            teacher=online,
         )
     if "full" in baselines:
         x_full = data.normalize(data.x_train)
@@ -227,7 +241,14 @@ def evaluate(
         "protocol": {
             **dataclasses.asdict(cfg),
             "dsa_strategy": cfg.strategy(data),
-            "labels": "hard" if not soft else f"soft (KD from stored logits, T={temperature:g})",
+            "labels": (
+                "hard"
+                if not soft
+                else f"soft (KD from stored logits, T={temperature:g})"
+                if online is None
+                else f"soft (KD from the teacher on each augmented batch, T={temperature:g})"
+            ),
+            "relabel": relabel if soft else None,
             "optimizer": "SGD",
             "lr_decay": "x0.1 at epochs/2",
             "reported": "mean ± std over runs of the final-epoch test accuracy (percent)",

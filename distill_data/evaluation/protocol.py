@@ -96,11 +96,13 @@ def train_and_test(
     bar: tqdm | None = None,
     soft: torch.Tensor | None = None,
     temperature: float = 1.0,
+    teacher: torch.nn.Module | None = None,
 ) -> float:
     """Train one fresh model on ``(images, labels)`` (normalised) and return test accuracy.
 
     With ``soft`` (teacher logits per image), the model is trained by knowledge
-    distillation at ``temperature`` instead of with the hard labels. All randomness
+    distillation at ``temperature`` instead of with the hard labels; with ``teacher``,
+    by distillation from the teacher's logits on every augmented batch (online). All randomness
     (init, shuffling, DSA) comes from a generator seeded with ``cfg.seed + run``.
     """
     device = torch.device(device)
@@ -124,6 +126,7 @@ def train_and_test(
         bar=bar,
         soft_targets=soft,
         temperature=temperature,
+        teacher=teacher,
     )
     return test_accuracy(model, data, device)
 
@@ -140,12 +143,14 @@ def evaluate_set(
     resample: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
     soft: torch.Tensor | None = None,
     temperature: float = 1.0,
+    teacher: torch.nn.Module | None = None,
 ) -> dict:
     """Train ``cfg.runs`` fresh models and summarise final-epoch test accuracy (percent).
 
     ``resample(run) -> (images, labels[, soft])``, when given, draws a new training set
     per run (the random-subset baseline, whose spread includes the subset draw).
-    ``soft``: teacher logits → knowledge-distillation training at ``temperature``.
+    ``soft``: teacher logits → knowledge-distillation training at ``temperature``;
+    ``teacher``: distillation from the teacher's logits on each augmented batch instead.
     """
     epochs = epochs or cfg.epochs
     accs = []
@@ -155,7 +160,7 @@ def evaluate_set(
     ) as bar:
         for r in range(cfg.runs):
             x, y, s = (*resample(r), None)[:3] if resample is not None else (images, labels, soft)
-            acc = train_and_test(x, y, data, cfg, r, epochs, device, bar, s, temperature)
+            acc = train_and_test(x, y, data, cfg, r, epochs, device, bar, s, temperature, teacher)
             accs.append(100.0 * acc)
             bar.set_postfix(acc=f"{np.mean(accs):.2f}%", refresh=False)
     return {
@@ -165,6 +170,12 @@ def evaluate_set(
         "runs": cfg.runs,
         "epochs": epochs,
         "n_images": int(len(images)) if resample is None else int(len(x)),
-        "labels": "hard" if s is None else f"soft (KD, T={temperature:g})",
+        "labels": (
+            f"soft (KD from the teacher on each augmented batch, T={temperature:g})"
+            if teacher is not None
+            else "hard"
+            if s is None
+            else f"soft (KD, T={temperature:g})"
+        ),
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -42,10 +42,13 @@ def fit(
     bar: tqdm | None = None,
     soft_targets: torch.Tensor | None = None,
     temperature: float = 1.0,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on normalised ``images`` with cross-entropy, or, with
     ``soft_targets`` (teacher logits, one row per image), by knowledge distillation:
-    ``T² · KL(softmax(t/T) || softmax(s/T))`` (Hinton et al., 2015).
+    ``T² · KL(softmax(t/T) || softmax(s/T))`` (Hinton et al., 2015). With ``teacher``
+    the targets are instead the teacher's logits on each augmented batch, computed as
+    the batch is drawn (online relabelling, as SRe2L's and FKD's training does).
 
     SGD with momentum and weight decay; the learning rate is multiplied by 0.1 from
     epoch ``int(epochs * decay_at)`` on (the field's "×0.1 at half"); ``dsa`` augments
@@ -53,6 +56,8 @@ def fit(
     given) advances by one per epoch.
     """
     device = next(model.parameters()).device
+    if teacher is not None:
+        teacher.eval()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     x_all, y_all = images.to(device), labels.to(device)
     soft = None if soft_targets is None else soft_targets.to(device)
@@ -70,7 +75,11 @@ def fit(
             if dsa is not None and dsa.enabled:
                 x = dsa(x, generator=generator)
             out = model(x)
-            if soft is None:
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = kd_loss(out, target, temperature)
+            elif soft is None:
                 loss = F.cross_entropy(out, y)
             else:
                 loss = kd_loss(out, soft[idx], temperature)
