@@ -238,11 +238,18 @@ def test_kd_loss_golden_and_zero():
     assert float(kd_loss(s, t, 2.0)) == pytest.approx(want, rel=1e-6)
 
 
-def test_eval_with_soft_labels(teacher_file, tiny_npz, tmp_path):
+@pytest.fixture
+def sre2l_store(teacher_file, tiny_npz, tmp_path):
+    """A tiny SRe2L store (IPC 2, two iterations) with the teacher's soft labels."""
     out = tmp_path / "s.h5"
     dd.build(
         str(tiny_npz), "sre2l", 2, out, teacher=teacher_file, quiet=True, options={"iterations": 2}
     )
+    return out
+
+
+def test_eval_with_soft_labels(sre2l_store, teacher_file, tiny_npz, tmp_path):
+    out = sre2l_store
     kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
     rep = dd.evaluate(
         out, str(tiny_npz), soft=True, teacher=teacher_file, baselines=["random"], **kw
@@ -371,11 +378,8 @@ def test_online_relabel_asks_the_teacher_for_every_augmented_batch(tiny_npz):
     assert not any(torch.equal(s, x[: len(s)]) for s in seen)  # augmented, not raw
 
 
-def test_eval_online_relabel_report_and_errors(teacher_file, tiny_npz, tmp_path):
-    out = tmp_path / "s.h5"
-    dd.build(
-        str(tiny_npz), "sre2l", 2, out, teacher=teacher_file, quiet=True, options={"iterations": 2}
-    )
+def test_eval_online_relabel_report_and_errors(sre2l_store, teacher_file, tiny_npz):
+    out = sre2l_store
     kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
     rep = dd.evaluate(
         out,
