@@ -32,7 +32,7 @@ from common import RESULTS, peak_rss_mib, write_result  # noqa: E402
 from distill_data.config import config_to_dict, make_config, parse_set_options  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
 from distill_data.evaluation import EvalConfig, evaluate_set  # noqa: E402
-from distill_data.evaluation.evaluate import random_subset  # noqa: E402
+from distill_data.evaluation.evaluate import random_baseline_subset  # noqa: E402
 from distill_data.runtime import allocator_tuned, tune_allocator  # noqa: E402
 from distill_data.synth import GENERATORS  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> None:
     if args.method == "random":  # the baseline's protocol: a fresh subset per model
 
         def resample(run: int):
-            return random_subset(data, args.ipc, seed=10_000 + ecfg.seed * 1000 + run)
+            return random_baseline_subset(data, args.ipc, ecfg, run)
 
     gen.quiet = False
     t0 = time.perf_counter()

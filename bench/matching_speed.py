@@ -49,8 +49,6 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
     data = load_dataset(DATASET)
     cls = GENERATORS.get(method)
     opts = {**EXTRA.get(method, {}), "precision": precision}
-    if precision == "bf16":
-        opts["channels_last"] = False
     cfg = make_config(cls.Config, opts)
     gen = cls(cfg, data, IPC, seed=0)
     gen.setup()

@@ -49,9 +49,9 @@ def stage_teacher(device: str) -> None:
         write_result(f"teacher_{DATASET}_{name}", {"benchmark": "teacher", **rep})
 
 
-def stage_calib(methods: list[str], device: str, tag: str = "") -> None:
+def stage_calib(methods: list[str], device: str, tag: str = "", **overrides: dict) -> None:
     for method in methods:
-        opts = CALIB[method]
+        opts = {**CALIB[method], **overrides.get(method, {})}
         out = WORK / f"calib_{method}_256{tag}.h5"
         t0 = time.perf_counter()
         dd.build(
@@ -183,11 +183,11 @@ def main() -> None:
     args = ap.parse_args()
     tune_allocator()  # as the CLI does (distill_data/runtime.py)
     WORK.mkdir(exist_ok=True)
-    CALIB["genie"]["iterations"] = args.genie_iterations
     if "teacher" in args.stage:
         stage_teacher(args.device)
     if "calib" in args.stage:
-        stage_calib(args.calib_methods, args.device, args.tag)
+        genie = {"iterations": args.genie_iterations}
+        stage_calib(args.calib_methods, args.device, args.tag, genie=genie)
     if "ptq" in args.stage:
         stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag)
     if "softlabel" in args.stage:

@@ -255,8 +255,8 @@ def test_eval_with_soft_labels(sre2l_store, teacher_file, tiny_npz, tmp_path):
         out, str(tiny_npz), soft=True, teacher=teacher_file, baselines=["random"], **kw
     )
     assert rep["protocol"]["labels"].startswith("soft")
-    assert rep["results"]["synthetic"]["labels"] == "soft (KD, T=3)"
-    assert rep["results"]["random"]["labels"] == "soft (KD, T=3)"
+    assert rep["results"]["synthetic"]["labels"] == "soft (KD from stored logits, T=3)"
+    assert rep["results"]["random"]["labels"] == "soft (KD from stored logits, T=3)"
     hard = dd.evaluate(out, str(tiny_npz), **kw)
     assert hard["protocol"]["labels"] == "hard"
     with pytest.raises(ConfigError, match="needs --teacher"):

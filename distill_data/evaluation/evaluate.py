@@ -10,7 +10,7 @@ import torch
 
 from distill_data.data import RealDataset, find_dataset, load_dataset
 from distill_data.errors import ConfigError, DataError
-from distill_data.evaluation.protocol import EvalConfig, evaluate_set
+from distill_data.evaluation.protocol import EvalConfig, evaluate_set, label_mode
 from distill_data.evaluation.report import machine_info, now_iso
 from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
 from distill_data.store import SyntheticSet
@@ -53,6 +53,14 @@ def random_subset(data: RealDataset, ipc: int, seed: int) -> tuple[torch.Tensor,
         [i[torch.randperm(len(i), generator=g)[:ipc]] for i in data.indices_per_class()]
     )
     return data.normalize(data.x_train[idx]), data.y_train[idx].clone()
+
+
+def random_baseline_subset(
+    data: RealDataset, ipc: int, cfg: EvalConfig, run: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random baseline's training set for evaluation run ``run``: a fresh draw per
+    run, seeded apart from the runs' model seeds."""
+    return random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
 
 
 def evaluate(
@@ -154,7 +162,7 @@ def evaluate(
     )
 
     def rnd(run: int) -> tuple[torch.Tensor, ...]:
-        x, y = random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
+        x, y = random_baseline_subset(data, ipc, cfg, run)
         return (x, y, relabel_set(x)) if soft and online is None else (x, y)
 
     if "random" in baselines:
@@ -241,13 +249,7 @@ def evaluate(
         "protocol": {
             **dataclasses.asdict(cfg),
             "dsa_strategy": cfg.strategy(data),
-            "labels": (
-                "hard"
-                if not soft
-                else f"soft (KD from stored logits, T={temperature:g})"
-                if online is None
-                else f"soft (KD from the teacher on each augmented batch, T={temperature:g})"
-            ),
+            "labels": label_mode(soft, online is not None, temperature),
             "relabel": relabel if soft else None,
             "optimizer": "SGD",
             "lr_decay": "x0.1 at epochs/2",

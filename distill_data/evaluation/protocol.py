@@ -131,6 +131,15 @@ def train_and_test(
     return test_accuracy(model, data, device)
 
 
+def label_mode(soft: bool, online: bool, temperature: float) -> str:
+    """How the evaluation models were supervised, as reports say it."""
+    if not soft:
+        return "hard"
+    if online:
+        return f"soft (KD from the teacher on each augmented batch, T={temperature:g})"
+    return f"soft (KD from stored logits, T={temperature:g})"
+
+
 def evaluate_set(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -170,12 +179,8 @@ def evaluate_set(
         "runs": cfg.runs,
         "epochs": epochs,
         "n_images": int(len(images)) if resample is None else int(len(x)),
-        "labels": (
-            f"soft (KD from the teacher on each augmented batch, T={temperature:g})"
-            if teacher is not None
-            else "hard"
-            if s is None
-            else f"soft (KD, T={temperature:g})"
+        "labels": label_mode(
+            teacher is not None or s is not None, teacher is not None, temperature
         ),
         "seconds": round(time.perf_counter() - t0, 2),
     }

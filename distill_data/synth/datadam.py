@@ -48,11 +48,8 @@ def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
     if p == 1:
         a = f.abs().sum(1)
     elif p == 4:  # repeated squaring: same values, ~2x faster than abs().pow(4) on CPU
-        if f.requires_grad and torch.is_grad_enabled():
-            a = f.square().square().sum(1)
-        else:  # real images: one temporary squared in place instead of two
-            s = f.square()
-            a = s.square_().sum(1)
+        sq = f.square()  # without autograd (real images) squared again in place: one temporary
+        a = (sq.square() if sq.requires_grad else sq.square_()).sum(1)
     elif p == 2:
         a = f.square().sum(1)
     else:
