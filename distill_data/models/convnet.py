@@ -11,6 +11,8 @@ poolings, so 8×8 inputs work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -119,14 +121,26 @@ class ConvNet(nn.Module):
             maps.append(x)
         return maps
 
-    def block_activations(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def block_activations(
+        self,
+        x: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        skip_last: bool = False,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One pass returning each block's activation (after norm and ReLU, before
-        pooling; what DataDAM attends to) and the embedding (flattened last map)."""
+        pooling; what DataDAM attends to) and the embedding (flattened last map).
+
+        ``reduce`` is applied to each activation as soon as it is computed (so without
+        autograd the full-size map is freed before the next block); ``skip_last`` leaves
+        out the last block's activation (its pooled map is the embedding anyway).
+        """
         acts = []
-        for i in range(0, len(self.features), 4):
-            conv, norm, act, pool = self.features[i : i + 4]
+        n = len(self.features) // 4
+        for b in range(n):
+            conv, norm, act, pool = self.features[4 * b : 4 * b + 4]
             x = act(norm(conv(x)))
-            acts.append(x)
+            if not (skip_last and b == n - 1):
+                acts.append(reduce(x) if reduce is not None else x)
             x = pool(x)
         return acts, x.flatten(1)
 
