@@ -29,7 +29,6 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import hflip, warp_affine
 
 from distill_data.errors import ConfigError, DataError
 
@@ -232,6 +231,14 @@ class AugParams:
         values = {k: v[index.to(v.device)] for k, v in self.values.items()}
         return AugParams(ops=self.ops, values=values, n=int(index.numel()))
 
+    def head(self, n: int) -> AugParams:
+        """The parameters of the first ``n`` rows (views; no index tensor, so nothing is
+        copied between host and device): how a class's draw for ``max(real, syn)`` rows
+        is cut for its real and its synthetic batch."""
+        if not 0 <= n <= self.n:
+            raise ConfigError(f"AugParams.head: n must be in [0, {self.n}], got {n}")
+        return AugParams(ops=self.ops, values={k: v[:n] for k, v in self.values.items()}, n=n)
+
     def to(self, device: torch.device | str | None) -> AugParams:
         """The same parameters with every value on ``device``."""
         values = {k: v.to(device) for k, v in self.values.items()}
@@ -247,14 +254,14 @@ def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Mirror the samples where ``flip`` is true left-right (kornia ``hflip``).
+    """Mirror the samples where ``flip`` is true left-right.
 
     Args:
         x: Images ``(n, C, H, W)``.
         flip: Bool ``(n,)``.
     """
     mask = flip.to(device=x.device, dtype=torch.bool).view(-1, 1, 1, 1)
-    return torch.where(mask, hflip(x), x)
+    return torch.where(mask, x.flip(-1), x)
 
 
 def apply_brightness(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -346,34 +353,25 @@ def apply_cutout(
 
 
 def _warp_normalised(x: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
-    """Warp by a normalised-coordinate linear map, as ``F.affine_grid(theta)`` would.
+    """Warp by a normalised-coordinate linear map: ``F.affine_grid(theta)`` then
+    ``F.grid_sample`` (bilinear, zero padding, ``align_corners=True``), as the official
+    code does.
 
-    ``linear`` ``(n, 2, 2)`` maps normalised *output* coordinates (``align_corners=True``,
-    x then y) to normalised *input* coordinates, i.e. it is the official ``theta``
-    without translation. kornia's :func:`warp_affine` takes the source-to-destination
-    pixel matrix, which is ``D^-1 linear^-1 D`` about the image centre with
-    ``D = diag(2 / (W - 1), 2 / (H - 1))``. Runs in float32 with autocast off, so
-    bfloat16/float16 autocast does not round the sampling grid.
+    ``linear`` ``(n, 2, 2)`` maps normalised *output* coordinates (x then y) to
+    normalised *input* coordinates, i.e. it is the official ``theta`` without
+    translation. Runs in float32 with autocast off, so bfloat16/float16 autocast does
+    not round the sampling grid. No host round trip: nothing here synchronises a GPU
+    (kornia's ``warp_affine``, used before, inverted a pixel-space matrix and built
+    constants on the host on every call).
     """
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     out_dtype = x.dtype
-    device_type = x.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
+    with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.float() if x.dtype in _LOW_PRECISION else x
         lin = linear.to(device=xf.device, dtype=xf.dtype)
-        a, b = lin[:, 0, 0], lin[:, 0, 1]
-        c, d = lin[:, 1, 0], lin[:, 1, 1]
-        det = a * d - b * c
-        inv = torch.stack([d, -b, -c, a], -1).view(-1, 2, 2) / det.view(-1, 1, 1)
-        nx, ny = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)  # pixel -> normalised scale
-        ratio = torch.tensor([[1.0, ny / nx], [nx / ny, 1.0]], dtype=xf.dtype, device=xf.device)
-        pix = inv * ratio
-        centre = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=xf.dtype, device=xf.device)
-        trans = centre - pix @ centre
-        matrix = torch.cat([pix, trans.view(n, 2, 1)], dim=-1)
-        out = warp_affine(
-            xf, matrix, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True
-        )
+        theta = torch.cat([lin, lin.new_zeros(n, 2, 1)], dim=-1)
+        grid = F.affine_grid(theta, [n, c, h, w], align_corners=True)
+        out = F.grid_sample(xf, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.to(out_dtype)
 
 

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from distill_data.augment import DSA, strategy_for
+from distill_data.augment import DSA, AugParams, strategy_for
 from distill_data.config import require
 from distill_data.models import MODELS, build_model
+from distill_data.runtime import to_device
 from distill_data.synth.base import Generator, GeneratorConfig
 
 INITS = ("real", "noise")
@@ -94,7 +95,10 @@ def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 → fp32, fp64 stays
     sums = torch.zeros(num_classes, flat.shape[1], dtype=flat.dtype, device=flat.device)
     sums = sums.index_add(0, labels, flat)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(flat.dtype)
+    # counts by index_add, not bincount: CUDA's bincount reads the maximum back to the host
+    ones = torch.ones(len(labels), dtype=flat.dtype, device=flat.device)
+    counts = torch.zeros(num_classes, dtype=flat.dtype, device=flat.device)
+    counts = counts.index_add(0, labels, ones).clamp_min(1)
     return (sums / counts[:, None]).reshape(num_classes, *feats.shape[1:])
 
 
@@ -146,7 +150,13 @@ class MatchingGenerator(Generator):
 
     def prepare_net(self, net: nn.Module) -> nn.Module:
         """Move to the device in train mode, channels-last if asked, parameters frozen."""
-        net = net.to(self.device).train()
+        if self.device.type == "cpu":
+            net = net.train()
+        else:  # a fresh net per iteration: one host-to-device copy, not one per tensor
+            tensors = [*net.parameters(), *net.buffers()]
+            for t, moved in zip(tensors, to_device([t.detach() for t in tensors], self.device)):
+                t.data = moved
+            net = net.train()
         if self.config.channels_last:
             net = net.to(memory_format=torch.channels_last)
         for p in net.parameters():
@@ -163,42 +173,43 @@ class MatchingGenerator(Generator):
         """Real and synthetic batches of all classes with one siamese DSA draw per class.
 
         Returns ``(real_x, real_y, syn_x, syn_y)``; rows are grouped by class.
+
+        All random draws come from ``self.rng`` on the host, class by class (real pick,
+        then each DSA draw); then everything one iteration needs on the device goes over
+        in one copy per dtype (:func:`distill_data.runtime.to_device`), so on a GPU the
+        host never waits for the device inside an iteration.
         """
         cfg = self.config
         h, w = self.data.im_size
-        real_parts, real_labels, syn_parts = [], [], []
-        for c, idx in enumerate(self.real_by_class):
+        dsas = [d for d in (self.flip, self.dsa) if d is not None and d.enabled]
+        n_syn = self.ipc * (2 if cfg.fyi else 1)
+        picks, draws = [], []
+        for idx in self.real_by_class:
             pick = idx[torch.randperm(len(idx), generator=self.rng)[: cfg.batch_real]]
-            real = self.real[pick.to(self.device)]
+            picks.append(pick)
+            n = max(len(pick), n_syn)
+            draws.append([d.sample(n, h, w, generator=self.rng) for d in dsas])
+        real_y = torch.arange(len(picks)).repeat_interleave(torch.tensor([len(p) for p in picks]))
+        syn_y = torch.arange(len(picks)).repeat_interleave(n_syn)
+        host = [torch.cat(picks), real_y, syn_y]
+        host += [v for per_class in draws for prm in per_class for v in prm.values.values()]
+        moved = iter(to_device(host, self.device))
+        pick_all, real_y, syn_y = next(moved), next(moved), next(moved)
+        real_all = self.real[pick_all]
+        real_parts, syn_parts, start = [], [], 0
+        for c, per_class in enumerate(draws):
+            real = real_all[start : start + len(picks[c])]
+            start += len(picks[c])
             syn = self.images[c * self.ipc : (c + 1) * self.ipc]
-            if self.config.fyi:
+            if cfg.fyi:
                 syn = torch.cat([syn, syn.flip(-1)])
-            for dsa in (self.flip, self.dsa):
-                if dsa is not None and dsa.enabled:
-                    real, syn = self._siamese(dsa, real, syn, h, w)
+            for dsa, prm in zip(dsas, per_class):
+                prm = AugParams(prm.ops, {k: next(moved) for k in prm.values}, prm.n)
+                real = dsa.apply(real, prm.head(len(real)))
+                syn = dsa.apply(syn, prm.head(len(syn)))
             real_parts.append(real)
-            real_labels.append(torch.full((len(real),), c, dtype=torch.long))
             syn_parts.append(syn)
-        syn_x = torch.cat(syn_parts)
-        syn_y = torch.arange(len(syn_parts)).repeat_interleave(
-            torch.tensor([len(s) for s in syn_parts])
-        )
-        return (
-            torch.cat(real_parts),
-            torch.cat(real_labels).to(self.device),
-            syn_x,
-            syn_y.to(self.device),
-        )
-
-    def _siamese(
-        self, dsa: DSA, real: torch.Tensor, syn: torch.Tensor, h: int, w: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DSA draw; row i of the real and of the synthetic batch share transform i
-        (the official code's shared-seed semantics)."""
-        params = dsa.sample(max(len(real), len(syn)), h, w, generator=self.rng, device=self.device)
-        real = dsa.apply(real, params.select(torch.arange(len(real))))
-        syn = dsa.apply(syn, params.select(torch.arange(len(syn))))
-        return real, syn
+        return torch.cat(real_parts), real_y, torch.cat(syn_parts), syn_y
 
     @torch.no_grad()
     def embed_real(self, fn: Any, real: torch.Tensor) -> Any:
