@@ -3,8 +3,10 @@
 Each configuration runs in its own child process (so peak RSS is its own): set up the
 generator on mnist5k at IPC 10 with its defaults, run 2 warm-up iterations, then time
 ``--steps`` iterations (median reported). The compute floor is measured in the same
-process on the same kind of batches: one no-grad forward of the iteration's real images
-plus one forward/backward of its synthetic images through the same network.
+process on the same kind of batches, one floor pass after each timed iteration (so slow
+drift of the machine reaches both medians alike): one no-grad forward of a fresh
+iteration's real images plus one forward/backward of its synthetic images through a
+fresh network.
 
     python bench/matching_speed.py                  # dm, datadam, ncfm, dm+fyi; fp32 + bf16
     python bench/matching_speed.py --methods dm --steps 100
@@ -33,9 +35,25 @@ EXTRA = {"ncfm": {"pool_size": 1, "pretrain_epochs": 1}}
 EXTRA["ncfm+fyi"] = EXTRA["ncfm"]
 
 
+def floor_pass(gen) -> tuple[float, int, int]:
+    """Seconds of the compute floor on one fresh net and one fresh batch: a no-grad
+    forward of the real images plus a forward/backward of the synthetic images."""
+    import torch
+
+    net = gen.make_net()
+    real, _, syn, _ = gen.sample_batches()
+    syn = syn.detach().requires_grad_(True)
+    with gen.autocast():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            gen.embed_real(net.embed, real)
+        out = net.embed(syn).float().sum()
+    out.backward()
+    return time.perf_counter() - t0, len(real), len(syn)
+
+
 def one(method: str, steps: int, precision: str, allocator: str) -> dict:
     """Runs inside the child process."""
-    import torch
 
     from distill_data.runtime import tune_allocator
 
@@ -54,24 +72,15 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
     gen.setup()
     for it in range(2):
         gen.step(it)
-    times = []
+    # Iterations and floor passes alternate, so that drift in the machine's speed (the
+    # other core's load, frequency) reaches both medians alike.
+    times, floor = [], []
     for it in range(steps):
         t0 = time.perf_counter()
         gen.step(it)
         times.append(time.perf_counter() - t0)
-
-    floor = []
-    for _ in range(max(3, steps // 4)):
-        net = gen.make_net()
-        real, _, syn, _ = gen.sample_batches()
-        syn = syn.detach().requires_grad_(True)
-        with gen.autocast():
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                gen.embed_real(net.embed, real)
-            out = net.embed(syn).float().sum()
-        out.backward()
-        floor.append(time.perf_counter() - t0)
+        seconds, n_real, n_syn = floor_pass(gen)
+        floor.append(seconds)
     return {
         "method": method,
         "precision": precision,
@@ -81,10 +90,11 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
         "s_per_iter_median": statistics.median(times),
         "s_per_iter_all": [round(t, 4) for t in times],
         "compute_floor_s_median": statistics.median(floor),
+        "compute_floor_s_all": [round(t, 4) for t in floor],
         "ratio_to_floor": statistics.median(times) / statistics.median(floor),
         "peak_rss_mib": peak_rss_mib(),
-        "real_images_per_iter": int(len(real)),
-        "syn_images_per_iter": int(len(syn)),
+        "real_images_per_iter": n_real,
+        "syn_images_per_iter": n_syn,
     }
 
 
