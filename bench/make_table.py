@@ -91,7 +91,8 @@ def matching_speed_table(results: list[dict]) -> list[str]:
         "**Matching generators: seconds per iteration** (`mnist5k`, IPC 10, paper defaults, "
         "ConvNet-128×3; median over timed iterations; compute floor = one no-grad forward "
         "of the iteration's real images + forward/backward of its synthetic images through "
-        "the same network, measured in the same process; peak RSS of that process; "
+        "a fresh network, one floor pass after each timed iteration in the same process; "
+        "peak RSS of that process; "
         "allocator `tuned` = what the CLI does, see `distill_data/runtime.py`)",
         "",
         "| method | precision | allocator | real / syn images per it | s/it | compute floor s "

@@ -145,6 +145,8 @@ def main() -> None:
         )
         rows.append(res)
     name = "matching_speed_" + "_".join(m.replace("+", "-") for m in args.methods)
+    if args.allocators != ["tuned"]:
+        name += "_alloc-" + "-".join(args.allocators)
     write_result(
         name,
         {
