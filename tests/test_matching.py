@@ -714,7 +714,7 @@ def test_match_on_cuda_equals_cpu(method: str, data1, pool_cache, monkeypatch) -
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("method", ["dm", "datadam", "dm+fyi"])
+@pytest.mark.parametrize("method", ["dm", "datadam", "ncfm", "dm+fyi"])
 def test_iteration_on_cuda_never_waits_for_the_gpu(method: str, data1, pool_cache) -> None:
     """Inside an iteration (fresh net, batches with DSA, loss, backward, pixel step) no
     operation synchronises host and GPU; only reading the loss value at the end does.

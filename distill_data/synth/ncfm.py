@@ -53,6 +53,7 @@ from distill_data.data import RealDataset
 from distill_data.data.builtin import cache_dir
 from distill_data.errors import StoreError
 from distill_data.models import build_model, init_params_, load_model, save_model
+from distill_data.runtime import to_device
 from distill_data.synth.base import GENERATORS
 from distill_data.synth.matching import (
     MatchingConfig,
@@ -256,7 +257,12 @@ class NCFM(MatchingGenerator):
 
     def setup(self) -> None:
         cfg, d = self.config, self.data
-        self.pool = feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet)
+        pool = feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet)
+        # on the device once: blending then never crosses between host and device
+        self.pool = [
+            tuple({k: v.to(self.device) for k, v in sd.items()} for sd in pair) for pair in pool
+        ]
+        self._shells: list[nn.Module] | None = None
         probe = _shell(cfg, d)
         self.feat_dim = int(probe.embed_dim)
         self.sampler = None
@@ -291,20 +297,21 @@ class NCFM(MatchingGenerator):
             k: (lam * init[k] + (1 - lam) * v) if v.is_floating_point() else v
             for k, v in trained.items()
         }
-        nets = []
-        for state in (blended, trained):
-            net = _shell(cfg, d)
+        if self._shells is None:  # two frozen networks on the device, refilled per call
+            self._shells = [self.prepare_net(_shell(cfg, d)) for _ in range(2)]
+        nets = self._shells
+        for net, state in zip(nets, (blended, trained)):
             net.load_state_dict(state)
-            nets.append(self.prepare_net(net))
         self._calib_net = nets[1]
         return nets[0]
 
     def frequencies(self) -> torch.Tensor:
         cfg = self.config
         if self.sampler is None:
-            return torch.randn((cfg.num_freqs, self.feat_dim), generator=self.rng).to(self.device)
+            t = torch.randn((cfg.num_freqs, self.feat_dim), generator=self.rng)
+            return to_device([t], self.device)[0]
         noise = torch.randn((cfg.sampler_freqs, self.feat_dim), generator=self.rng)
-        return self.sampler(noise.to(self.device))
+        return self.sampler(to_device([noise], self.device)[0])
 
     def match(self, net, real, real_y, syn, syn_y) -> torch.Tensor:
         cfg = self.config
