@@ -10,6 +10,10 @@
 # writes bench/results/*.json when it finishes; everything stops after LIMIT seconds.
 #
 #   bash bench/gpu.sh OUT [LIMIT_S]
+#
+# The device has torch but not faiss-cpu or mlxtend: carry their wheels and the cached
+# datasets (DISTILL_DATA_CACHE), e.g. pip install --no-index --no-deps --target /tmp/site
+# .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD DISTILL_DATA_CACHE=$PWD/.gpucache.
 set -u
 OUT=${1:?usage: bench/gpu.sh OUT [LIMIT_S]}
 LIMIT=${2:-420}
@@ -34,6 +38,12 @@ job() {  # job NAME CMD...: run the commands one after another, in the backgroun
     done
   ) >"$OUT/$name.log" 2>&1 &
 }
+
+# Speed first, one job alone on the GPU (the shared jobs' seconds are not speed figures).
+# Skipped when its result exists; ~1 min.
+speed=bench/results/matching_speed_dm_datadam_ncfm_cuda.json
+[ -f "$speed" ] || timeout 240 $PY bench/matching_speed.py --device cuda \
+  --methods dm datadam ncfm --precisions fp32 bf16 --steps 20 >"$OUT/speed_cuda.log" 2>&1
 
 $PY -m pytest -p no:cacheprovider tests -k cuda >"$OUT/pytest_cuda.log" 2>&1 &
 

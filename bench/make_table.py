@@ -82,10 +82,11 @@ def matching_speed_table(results: list[dict]) -> list[str]:
     )
     if not runs:
         return []
-    latest: dict[tuple[str, str, str], tuple[dict, dict]] = {}
-    for r in runs:  # a newer run of the same method, precision, allocator replaces the older
+    latest: dict[tuple[str, str, str, str], tuple[dict, dict]] = {}
+    for r in runs:  # a newer run of the same method, precision, allocator, device wins
         for row in r["rows"]:
-            latest[(row["method"], row["precision"], row.get("allocator", "default"))] = (row, r)
+            key = (row["method"], row.get("device", "cpu"), row["precision"], row["allocator"])
+            latest[key] = (row, r)
     out = [
         "",
         "**Matching generators: seconds per iteration** (`mnist5k`, IPC 10, paper defaults, "
@@ -95,18 +96,22 @@ def matching_speed_table(results: list[dict]) -> list[str]:
         "peak RSS of that process; "
         "allocator `tuned` = what the CLI does, see `distill_data/runtime.py`)",
         "",
-        "| method | precision | allocator | real / syn images per it | s/it | compute floor s "
-        "| ratio | peak RSS MiB | official code s/it (issue #3) | × official | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | device | precision | allocator | real / syn images per it | s/it "
+        "| compute floor s | ratio | peak RSS MiB | peak GPU MiB "
+        "| official code s/it (issue #3, CPU) | × official | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (method, _, alloc), (row, r) in sorted(latest.items()):
+    for (method, device, _, alloc), (row, r) in sorted(latest.items()):
         off = r.get("official_reference", {}).get(method, {}).get("s_per_iter")
+        off = off if device == "cpu" else None  # the official figures are CPU figures
         ratio = f"{row['s_per_iter_median'] / off:.2f}" if off else "—"
+        gpu = row.get("peak_gpu_mib")
         out.append(
-            f"| {method} | {row['precision']} | {alloc} | {row['real_images_per_iter']} / "
-            f"{row['syn_images_per_iter']} | {row['s_per_iter_median']:.2f} | "
-            f"{row['compute_floor_s_median']:.2f} | {row['ratio_to_floor']:.2f} | "
-            f"{row['peak_rss_mib']:.0f} | {off if off is not None else '—'} | "
+            f"| {method} | {device} | {row['precision']} | {alloc} | "
+            f"{row['real_images_per_iter']} / {row['syn_images_per_iter']} | "
+            f"{row['s_per_iter_median']:.3f} | {row['compute_floor_s_median']:.3f} | "
+            f"{row['ratio_to_floor']:.2f} | {row['peak_rss_mib']:.0f} | "
+            f"{'—' if gpu is None else f'{gpu:.0f}'} | {off if off is not None else '—'} | "
             f"{ratio} | {r['date'][:16]} |"
         )
     m = runs[-1]["machine"]

@@ -35,6 +35,14 @@ EXTRA = {"ncfm": {"pool_size": 1, "pretrain_epochs": 1}}
 EXTRA["ncfm+fyi"] = EXTRA["ncfm"]
 
 
+def _sync(gen) -> None:
+    """Wait for the device, so a GPU timing covers the work and not only its launch."""
+    if gen.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(gen.device)
+
+
 def floor_pass(gen) -> tuple[float, int, int]:
     """Seconds of the compute floor on one fresh net and one fresh batch: a no-grad
     forward of the real images plus a forward/backward of the synthetic images."""
@@ -43,17 +51,20 @@ def floor_pass(gen) -> tuple[float, int, int]:
     net = gen.make_net()
     real, _, syn, _ = gen.sample_batches()
     syn = syn.detach().requires_grad_(True)
+    _sync(gen)
     with gen.autocast():
         t0 = time.perf_counter()
         with torch.no_grad():
             gen.embed_real(net.embed, real)
         out = net.embed(syn).float().sum()
     out.backward()
+    _sync(gen)
     return time.perf_counter() - t0, len(real), len(syn)
 
 
-def one(method: str, steps: int, precision: str, allocator: str) -> dict:
+def one(method: str, steps: int, precision: str, allocator: str, device: str) -> dict:
     """Runs inside the child process."""
+    import torch
 
     from distill_data.runtime import tune_allocator
 
@@ -68,7 +79,7 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
     cls = GENERATORS.get(method)
     opts = {**EXTRA.get(method, {}), "precision": precision}
     cfg = make_config(cls.Config, opts)
-    gen = cls(cfg, data, IPC, seed=0)
+    gen = cls(cfg, data, IPC, seed=0, device=device)
     gen.setup()
     for it in range(2):
         gen.step(it)
@@ -76,8 +87,9 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
     # other core's load, frequency) reaches both medians alike.
     times, floor = [], []
     for it in range(steps):
+        _sync(gen)
         t0 = time.perf_counter()
-        gen.step(it)
+        gen.step(it)  # ends by reading the loss value, which waits for the device
         times.append(time.perf_counter() - t0)
         seconds, n_real, n_syn = floor_pass(gen)
         floor.append(seconds)
@@ -85,6 +97,7 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
         "method": method,
         "precision": precision,
         "allocator": allocator,
+        "device": device,
         "config": cfg.__dict__,
         "steps_timed": steps,
         "s_per_iter_median": statistics.median(times),
@@ -93,6 +106,11 @@ def one(method: str, steps: int, precision: str, allocator: str) -> dict:
         "compute_floor_s_all": [round(t, 4) for t in floor],
         "ratio_to_floor": statistics.median(times) / statistics.median(floor),
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": (
+            torch.cuda.max_memory_allocated(gen.device) / 2**20
+            if gen.device.type == "cuda"
+            else None
+        ),
         "real_images_per_iter": n_real,
         "syn_images_per_iter": n_syn,
     }
@@ -112,9 +130,10 @@ def main() -> None:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--allocator", default="tuned", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (one job alone on the GPU)")
     args = ap.parse_args()
     if args.one:
-        res = one(args.one, args.steps, args.precision, args.allocator)
+        res = one(args.one, args.steps, args.precision, args.allocator, args.device)
         print("RESULT " + json.dumps(res), flush=True)
         return
     rows = []
@@ -132,6 +151,8 @@ def main() -> None:
             str(args.steps),
             "--allocator",
             allocator,
+            "--device",
+            args.device,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if out.returncode != 0:
@@ -147,6 +168,8 @@ def main() -> None:
     name = "matching_speed_" + "_".join(m.replace("+", "-") for m in args.methods)
     if args.allocators != ["tuned"]:
         name += "_alloc-" + "-".join(args.allocators)
+    if args.device != "cpu":
+        name += "_" + args.device
     write_result(
         name,
         {
