@@ -60,6 +60,9 @@ def allocator_tuned() -> bool:
     return _applied
 
 
+_ALIGN = 64
+
+
 def to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Move CPU ``tensors`` to ``device`` with one copy per dtype instead of one per tensor.
 
@@ -74,18 +77,22 @@ def to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[tor
     out: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
-        if t.device == device or device.type == "cpu":
+        if device.type == "cpu" or t.device.type != "cpu":  # nothing to pack
             out[i] = t.to(device)
         else:
             groups.setdefault(t.dtype, []).append(i)
     for idx in groups.values():
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
-        if device.type == "cuda":
-            flat = flat.pin_memory()
+        # each tensor starts on a 64-element boundary of the buffer (aligned for
+        # vectorised kernels and cuDNN, as a tensor of its own would be)
+        sizes = [tensors[i].numel() for i in idx]
+        starts = [0]
+        for n in sizes[:-1]:
+            starts.append(starts[-1] + -(-n // _ALIGN) * _ALIGN)
+        total = starts[-1] + sizes[-1]
+        flat = torch.empty(total, dtype=tensors[idx[0]].dtype, pin_memory=device.type == "cuda")
+        for i, start, n in zip(idx, starts, sizes):
+            flat[start : start + n].copy_(tensors[i].reshape(-1))
         moved = flat.to(device, non_blocking=True)
-        start = 0
-        for i in idx:
-            n = tensors[i].numel()
+        for i, start, n in zip(idx, starts, sizes):
             out[i] = moved[start : start + n].view(tensors[i].shape)
-            start += n
     return out  # type: ignore[return-value]
