@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_data.errors import ConfigError, DataError
+from distill_data.runtime import to_device
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -241,8 +242,10 @@ class AugParams:
 
     def to(self, device: torch.device | str | None) -> AugParams:
         """The same parameters with every value on ``device``."""
-        values = {k: v.to(device) for k, v in self.values.items()}
-        return AugParams(ops=self.ops, values=values, n=self.n)
+        if device is None:
+            return AugParams(ops=self.ops, values=dict(self.values), n=self.n)
+        moved = to_device(list(self.values.values()), torch.device(device))
+        return AugParams(ops=self.ops, values=dict(zip(self.values, moved)), n=self.n)
 
 
 # ----------------------------------------------------------------------------- pure ops
@@ -528,7 +531,8 @@ class DSA:
                 values.update(self._draw(op, draws, height, width, generator, gen_device))
         if self.batchmode:
             values = {k: v.expand(n, *v.shape[1:]).clone() for k, v in values.items()}
-        values = {k: v.to(device) for k, v in values.items()} if device is not None else values
+        if device is not None:  # one non-blocking copy per dtype (no per-value GPU wait)
+            values = dict(zip(values, to_device(list(values.values()), torch.device(device))))
         return AugParams(ops=tuple(ops), values=values, n=n)
 
     def _draw(
