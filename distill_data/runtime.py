@@ -63,7 +63,7 @@ def allocator_tuned() -> bool:
 _ALIGN = 64
 
 
-def to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def to_device(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
     """Move CPU ``tensors`` to ``device`` with one copy per dtype instead of one per tensor.
 
     A plain ``.to("cuda")`` of a pageable CPU tensor waits for the GPU's queue to drain

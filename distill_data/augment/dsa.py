@@ -244,7 +244,7 @@ class AugParams:
         """The same parameters with every value on ``device``."""
         if device is None:
             return AugParams(ops=self.ops, values=dict(self.values), n=self.n)
-        moved = to_device(list(self.values.values()), torch.device(device))
+        moved = to_device(list(self.values.values()), device)
         return AugParams(ops=self.ops, values=dict(zip(self.values, moved)), n=self.n)
 
 
@@ -532,7 +532,7 @@ class DSA:
         if self.batchmode:
             values = {k: v.expand(n, *v.shape[1:]).clone() for k, v in values.items()}
         if device is not None:  # one non-blocking copy per dtype (no per-value GPU wait)
-            values = dict(zip(values, to_device(list(values.values()), torch.device(device))))
+            values = dict(zip(values, to_device(list(values.values()), device)))
         return AugParams(ops=tuple(ops), values=values, n=n)
 
     def _draw(

@@ -131,9 +131,8 @@ def evaluate(
     if soft:
         if synset.soft_labels is None:
             raise ConfigError("the store has no soft labels; evaluate without --soft")
-        soft_syn, temperature = synset.soft_labels, float(synset.temperature or 1.0)
-        if online is not None:
-            soft_syn = None
+        temperature = float(synset.temperature or 1.0)
+        soft_syn = synset.soft_labels if online is None else None  # online: teacher per batch
         if "random" in baselines and teacher is None:
             raise ConfigError(
                 "--soft with the random baseline needs --teacher to give the "

@@ -150,13 +150,11 @@ class MatchingGenerator(Generator):
 
     def prepare_net(self, net: nn.Module) -> nn.Module:
         """Move to the device in train mode, channels-last if asked, parameters frozen."""
-        if self.device.type == "cpu":
-            net = net.train()
-        else:  # a fresh net per iteration: one host-to-device copy, not one per tensor
+        if self.device.type != "cpu":  # a fresh net per iteration: one copy, not one per tensor
             tensors = [*net.parameters(), *net.buffers()]
             for t, moved in zip(tensors, to_device([t.detach() for t in tensors], self.device)):
                 t.data = moved
-            net = net.train()
+        net = net.train()
         if self.config.channels_last:
             net = net.to(memory_format=torch.channels_last)
         for p in net.parameters():
@@ -236,10 +234,7 @@ class MatchingGenerator(Generator):
     _net_has_bn = False
 
     def step(self, iteration: int) -> float:
-        net = self.make_net()
-        self._net_has_bn = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()
-        )
+        net = self.make_net()  # prepare_net has set _net_has_bn for it
         real, real_y, syn, syn_y = self.sample_batches()
         if self.config.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)

@@ -307,11 +307,10 @@ class NCFM(MatchingGenerator):
 
     def frequencies(self) -> torch.Tensor:
         cfg = self.config
-        if self.sampler is None:
-            t = torch.randn((cfg.num_freqs, self.feat_dim), generator=self.rng)
-            return to_device([t], self.device)[0]
-        noise = torch.randn((cfg.sampler_freqs, self.feat_dim), generator=self.rng)
-        return self.sampler(to_device([noise], self.device)[0])
+        n = cfg.num_freqs if self.sampler is None else cfg.sampler_freqs
+        noise = torch.randn((n, self.feat_dim), generator=self.rng)
+        noise = to_device([noise], self.device)[0]
+        return noise if self.sampler is None else self.sampler(noise)
 
     def match(self, net, real, real_y, syn, syn_y) -> torch.Tensor:
         cfg = self.config
