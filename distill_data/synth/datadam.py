@@ -26,6 +26,9 @@ Paper vs official code (DataDistillation/DataDAM), and what we chose:
 - Network: the code's ConvNet uses BatchNorm; the papers' protocol (and ours) uses the
   instance-norm ConvNet. ``--set model=convnet_bn`` gives the code's.
 - Real images per class: 64 (code default); SGD on pixels lr 1, momentum 0.5.
+- DSA: one transform per class and iteration for all its real and synthetic images
+  (``siamese=batch``: the code seeds ``DiffAugment``, which turns on ``batchmode``);
+  ``--set siamese=sample`` draws one per image.
 """
 
 from __future__ import annotations

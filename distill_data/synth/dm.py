@@ -6,7 +6,9 @@ Objective (paper Eq. 4, with the DSA transform A_ω shared by both sides):
     min_S  E_{θ ~ P_θ, ω}  Σ_c || mean_{x ∈ T_c} ψ_θ(A_ω(x)) − mean_{s ∈ S_c} ψ_θ(A_ω(s)) ||²
 
 where ψ_θ is the embedding (output before the classifier) of a ConvNet freshly
-initialised at every iteration. Defaults follow the paper and the official code: SGD
+initialised at every iteration. One ω per class and iteration transforms every real
+and synthetic image of the class (``siamese=batch``, the official code's ``batchmode``);
+``--set siamese=sample`` draws one ω per image instead. Defaults follow the paper and the official code: SGD
 on pixels with lr 1 and momentum 0.5, 256 real images per class per iteration, init
 from real images, DSA, 20,000 iterations.
 """

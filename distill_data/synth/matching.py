@@ -25,6 +25,7 @@ from distill_data.synth.base import Generator, GeneratorConfig
 
 INITS = ("real", "noise")
 PRECISIONS = ("fp32", "bf16")
+SIAMESE = ("batch", "sample")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ class MatchingConfig(GeneratorConfig):
         init: ``real`` (random real images of the class) or ``noise`` (standard normal).
         dsa: siamese augmentation of real and synthetic batches.
         dsa_strategy: DSA strategy; default: the field's, without flip for digits.
+        siamese: how one class's DSA draw covers its batches. ``batch`` (default, the
+            official DM/DataDAM code: ``DiffAugment(..., seed=s)`` turns on
+            ``batchmode``, so every real and synthetic image of the class gets the
+            same transform); ``sample``: one transform per image, synthetic row i
+            sharing real row i's (the real batch's mean then averages over many
+            transforms, the synthetic one over ``ipc``).
         real_chunk: most real images per no-grad forward pass (0: all classes at once);
             a memory cap that does not change the result (ignored for networks with
             BatchNorm, whose train-mode statistics depend on the batch). 256 was the
@@ -60,6 +67,7 @@ class MatchingConfig(GeneratorConfig):
     init: str = "real"
     dsa: bool = True
     dsa_strategy: str | None = None
+    siamese: str = "batch"
     real_chunk: int = 256
     precision: str = "fp32"
     channels_last: bool = False
@@ -75,6 +83,10 @@ class MatchingConfig(GeneratorConfig):
         require(self.width >= 1 and self.depth >= 1, "width and depth must be >= 1")
         require(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         require(self.real_chunk >= 0, "real_chunk must be >= 0")
+        require(
+            self.siamese in SIAMESE,
+            f"siamese must be one of {', '.join(SIAMESE)}, got {self.siamese!r}",
+        )
         require(
             self.precision in PRECISIONS,
             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
@@ -126,10 +138,11 @@ class MatchingGenerator(Generator):
         strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else strategy_for(d.is_digits)
         strategy = strategy if cfg.dsa else "none"
         # FYI (official code): flip leaves the DSA pool and is always applied first.
-        self.flip = DSA("flip") if cfg.fyi and cfg.dsa else None
+        batchmode = cfg.siamese == "batch"
+        self.flip = DSA("flip", batchmode=batchmode) if cfg.fyi and cfg.dsa else None
         if cfg.fyi:
             strategy = "_".join(g for g in strategy.split("_") if g != "flip") or "none"
-        self.dsa = DSA(strategy)
+        self.dsa = DSA(strategy, batchmode=batchmode)
         # Real training images, normalised once, on the device (grad never needed).
         self.real = d.normalize(d.x_train).to(self.device)
         self.real_by_class = d.indices_per_class()
