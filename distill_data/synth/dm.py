@@ -8,9 +8,9 @@ Objective (paper Eq. 4, with the DSA transform A_ω shared by both sides):
 where ψ_θ is the embedding (output before the classifier) of a ConvNet freshly
 initialised at every iteration. One ω per class and iteration transforms every real
 and synthetic image of the class (``siamese=batch``, the official code's ``batchmode``);
-``--set siamese=sample`` draws one ω per image instead. Defaults follow the paper and the official code: SGD
-on pixels with lr 1 and momentum 0.5, 256 real images per class per iteration, init
-from real images, DSA, 20,000 iterations.
+``--set siamese=sample`` draws one ω per image instead. Defaults follow the paper and
+the official code: SGD on pixels with lr 1 and momentum 0.5, 256 real images per class
+per iteration, init from real images, DSA, 20,000 iterations.
 """
 
 from __future__ import annotations
