@@ -30,6 +30,8 @@ Choices where paper and official code (gszfwsb/NCFM) differ, or the code is unus
 - Pool: the code trains 20 ConvNets for 60 epochs (our defaults); networks are trained
   once per (dataset, architecture, epochs, seed) and cached on disk. CPU users will
   want ``--set pool_size=2 --set pretrain_epochs=2``.
+- Augmentation: the code applies IDC's ``DiffAug(batch=True)`` to ``cat([real, syn])``
+  of a class, one transform for both; that is our default ``siamese=batch``.
 - Init: the code's default is IDC-style multi-formation ("mix"); we initialise from
   real images (``init=real``) like every matching generator here; real batches are
   drawn at random each iteration (the code always takes the first ``batch_real``).
