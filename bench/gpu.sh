@@ -47,8 +47,10 @@ speed=bench/results/matching_speed_dm_datadam_ncfm_cuda.json
 
 $PY -m pytest -p no:cacheprovider tests -k cuda >"$OUT/pytest_cuda.log" 2>&1 &
 
-# Commands whose result file already holds every point are skipped (--skip-done), so
-# the script can be run again on a later lease to finish what an earlier one did not.
+# Commands whose result file already holds every point at the same settings are skipped
+# (--skip-done), so the script can be run again on a later lease to finish what an
+# earlier one did not; results of other settings (the grid from before siamese=batch
+# became the default, say) are redone.
 M="$M --skip-done --note '$NOTE'"
 curve="--evals 0 50 100 200 1000"
 for method in dm datadam dm+fyi; do

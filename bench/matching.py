@@ -65,12 +65,6 @@ def main() -> None:
     args = ap.parse_args()
     tune_allocator()  # as the CLI does (distill_data/runtime.py)
 
-    if args.skip_done and (done := result_path(args)).is_file():
-        have = {p["iterations"] for p in json.loads(done.read_text())["curve"]}
-        if set(args.evals) <= have:
-            print(f"{done.name}: already done")
-            return
-    data = load_dataset(DATASET)
     cls = GENERATORS.get(args.method)
     if not cls.iterative and args.evals != [0]:
         ap.error(f"{args.method} is not iterative: use --evals 0")
@@ -78,6 +72,14 @@ def main() -> None:
     if cls.iterative:
         opts["iterations"] = max(args.evals)
     cfg = make_config(cls.Config, opts)
+    if args.skip_done and (done := result_path(args)).is_file():
+        old = json.loads(done.read_text())
+        have = {p["iterations"] for p in old["curve"]}
+        # a result of other settings (e.g. from before a default changed) is redone
+        if set(args.evals) <= have and old["config"] == config_to_dict(cfg):
+            print(f"{done.name}: already done")
+            return
+    data = load_dataset(DATASET)
     ecfg = EvalConfig(runs=args.runs, epochs=args.epochs, seed=0)
     gen = cls(cfg, data, args.ipc, seed=args.seed, device=args.device)
     resample = None
