@@ -27,6 +27,10 @@ Choices where paper and official code (gszfwsb/NCFM) differ, or the code is unus
   ``lr_scale_adam`` = 0.1; ``--set lr_img=0.001`` gives the effective official value.
 - Calibration: the code takes a separate optimiser step after matching; we add the term
   to the same loss (one step per iteration).
+- Steps per iteration: the code steps the pixel optimiser once per class (K AdamW steps
+  per iteration, each on one class's loss, so Adam's moments and the weight decay move
+  every class K times); we take one step on the loss summed over classes, as DM and
+  DataDAM do, which is what batching all classes in one forward pass gives.
 - Pool: the code trains 20 ConvNets for 60 epochs (our defaults); networks are trained
   once per (dataset, architecture, epochs, seed) and cached on disk. CPU users will
   want ``--set pool_size=2 --set pretrain_epochs=2``.
