@@ -372,25 +372,37 @@ def teacher_tables(results: list[dict]) -> list[str]:
         out += [
             "",
             "**Soft-label condensation** (`mnist5k`; evaluation models trained by knowledge "
-            "distillation from the stored logits; the random baseline at the same IPC is "
-            "relabelled by the same teacher; INFER stores K·ipc_init real images plus M "
+            "distillation from the stored logits, or from the teacher(s) on every batch "
+            "(online); the random baseline at the same IPC is relabelled the same way by the "
+            "teachers the column names (runs before 27 Nov 04:40 used the ResNet alone for "
+            "the baseline and for online labels, while INFER's stored labels average both); "
+            "INFER stores K·ipc_init real images plus M "
             "compensators and expands them to K·ipc_init·(M+1) images, the paper's "
             "accounting)",
             "",
-            "| method | IPC | stored images | device | build s | soft labels | accuracy | "
-            "random + soft labels | eval |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method | IPC | stored images | device | build s | soft labels | labelling "
+            "teachers | accuracy | random + soft labels | eval |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(soft, key=lambda r: (r["ipc"], r["method"], r.get("relabel", ""))):
             s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
             out.append(
                 f"| {r['method']} | {r['ipc']} | {r['stored_images']} | {_device(r)} | "
                 f"{r['build_seconds']:.0f} | {r.get('relabel', 'stored')} | "
-                f"{s_['mean']:.2f} ± {s_['std']:.2f} | "
+                f"{_label_teachers(r)} | {s_['mean']:.2f} ± {s_['std']:.2f} | "
                 f"{rnd['mean']:.2f} ± {rnd['std']:.2f} | {s_['runs']} × {s_['epochs']} ep, "
                 f"{s_['labels']} |"
             )
     return out
+
+
+def _label_teachers(r: dict) -> str:
+    """Who labelled the random baseline (and, online, both sets)."""
+    n = r.get("label_teachers", 1)  # older runs passed the first teacher only
+    names = "ResNet" if n == 1 else "ResNet + ConvNet-BN (mean logits)"
+    if r["method"] == "infer" and r.get("relabel", "stored") == "stored":
+        names = f"set: ResNet + ConvNet-BN; baseline: {names}"
+    return names
 
 
 def render() -> str:

@@ -7,8 +7,9 @@ condensation.
     W8A8, W6A6, W4A8 and W4A4 (test accuracy on the 1,000 real test images).
 (b) SRe2L and INFER sets at IPC 10 (and 50 with --ipc 10 50), evaluated with soft labels
     (knowledge distillation from the stored logits), against a random real subset at
-    the same IPC relabelled by the same teacher(s); ``--relabel online`` has the teacher
-    label every augmented batch instead (SRe2L's own protocol) for both.
+    the same IPC relabelled by the same teacher(s) (INFER's two: the mean of their
+    logits, as its stored labels are); ``--relabel online`` has the teacher(s) label
+    every augmented batch instead (SRe2L's own protocol) for both.
 
     python bench/teacher_calib.py --stage teacher calib ptq
     python bench/teacher_calib.py --stage softlabel --ipc 10
@@ -119,7 +120,7 @@ def stage_softlabel(
                 out,
                 DATASET,
                 soft=True,
-                teacher=ts[0],
+                teacher=ts,  # the set's own teachers: INFER's ensemble labels both
                 baselines=["random"],
                 relabel=relabel,
                 runs=runs,
@@ -140,6 +141,7 @@ def stage_softlabel(
                     "method": method,
                     "ipc": ipc,
                     "relabel": relabel,
+                    "label_teachers": len(ts),
                     "device": device,
                     "stored_images": len(synset),
                     "build_seconds": round(secs, 1),

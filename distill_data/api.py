@@ -22,7 +22,7 @@ from distill_data.store import SyntheticDataset, SyntheticSet, read_meta, read_s
 from distill_data.store import load as _load
 from distill_data.synth import GENERATORS, run_generator
 from distill_data.train import TeacherConfig, load_teacher, train_teacher
-from distill_data.train.teacher import has_batchnorm
+from distill_data.train.teacher import TeacherEnsemble, has_batchnorm
 
 
 def list_methods() -> list[tuple[str, str]]:
@@ -232,7 +232,7 @@ def evaluate(
     baselines: Sequence[str] = (),
     scores: bool = False,
     soft: bool = False,
-    teacher: str | os.PathLike | nn.Module | None = None,
+    teacher: str | os.PathLike | nn.Module | Sequence[str | os.PathLike | nn.Module] | None = None,
     relabel: str = "stored",
     device: str | torch.device = "cpu",
     quiet: bool = False,
@@ -245,6 +245,8 @@ def evaluate(
     knowledge distillation from the store's soft labels; ``teacher`` then relabels the
     random-subset baseline the same way. ``relabel="online"`` (with ``soft`` and
     ``teacher``) distils from the teacher's logits on every augmented batch instead.
+    Several teachers (a list) label as one, by the mean of their logits, which is how
+    INFER's ensemble labels its set: pass the same teachers the set was built with.
     """
     device = resolve_device(device)
     path = None
@@ -262,14 +264,17 @@ def evaluate(
                 "--teacher is only used with --soft (it relabels the random "
                 "baseline); drop it or add --soft"
             )
-        net, tmeta = _load_teacher(teacher)
+        many = isinstance(teacher, Sequence) and not isinstance(teacher, (str, os.PathLike))
+        loaded = [_load_teacher(t) for t in (teacher if many else [teacher])]
         if dataset is None:
             dataset = find_dataset(store.meta.dataset, store.meta.extra.get("dataset_source", ""))
         if not isinstance(dataset, RealDataset):
             dataset = load_dataset(dataset, progress=not quiet)
-        _check_teacher_fits(net, tmeta, dataset)
-        net = net.to(device)
-    return _evaluate(
+        for member, tmeta in loaded:
+            _check_teacher_fits(member, tmeta, dataset)
+        members = [member for member, _ in loaded]
+        net = (members[0] if len(members) == 1 else TeacherEnsemble(members)).eval().to(device)
+    report = _evaluate(
         store,
         dataset,
         cfg,
@@ -282,6 +287,9 @@ def evaluate(
         teacher=net,
         relabel=relabel,
     )
+    if net is not None:
+        report["protocol"]["teachers"] = len(members)
+    return report
 
 
 def teacher(

@@ -183,8 +183,11 @@ def build(
 )
 @click.option(
     "--teacher",
-    default=None,
-    help="With --soft and --baseline random: the teacher that relabels the random subset.",
+    "teachers",
+    multiple=True,
+    help="With --soft: the teacher that relabels the random baseline (and, with --relabel "
+    "online, every batch). Repeat for an ensemble (mean of logits, as INFER labels its "
+    "set): pass the teachers the set was built with.",
 )
 @click.option(
     "--relabel",
@@ -217,7 +220,7 @@ def eval_cmd(
     scores,
     no_augment,
     soft,
-    teacher,
+    teachers,
     relabel,
     seed,
     device,
@@ -235,7 +238,7 @@ def eval_cmd(
         baselines=baselines,
         scores=scores,
         soft=soft,
-        teacher=teacher,
+        teacher=list(teachers) or None,
         relabel=relabel,
         device=device,
         quiet=quiet,

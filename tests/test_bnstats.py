@@ -212,7 +212,7 @@ def test_sre2l_recovers_labelled_images_with_soft_labels(teacher_file, tiny_npz,
     s = read_store(out)
     assert s.images.shape == (6, 1, 10, 10)
     assert s.labels.tolist() == [0, 0, 1, 1, 2, 2]
-    assert s.temperature == 3.0 and s.soft_labels.shape == (6, 3)
+    assert s.temperature == 30.0 and s.soft_labels.shape == (6, 3)
     net = dd.train.load_teacher(teacher_file)[0]
     with torch.no_grad():
         torch.testing.assert_close(net(s.images), s.soft_labels)
@@ -255,8 +255,8 @@ def test_eval_with_soft_labels(sre2l_store, teacher_file, tiny_npz, tmp_path):
         out, str(tiny_npz), soft=True, teacher=teacher_file, baselines=["random"], **kw
     )
     assert rep["protocol"]["labels"].startswith("soft")
-    assert rep["results"]["synthetic"]["labels"] == "soft (KD from stored logits, T=3)"
-    assert rep["results"]["random"]["labels"] == "soft (KD from stored logits, T=3)"
+    assert rep["results"]["synthetic"]["labels"] == "soft (KD from stored logits, T=30)"
+    assert rep["results"]["random"]["labels"] == "soft (KD from stored logits, T=30)"
     hard = dd.evaluate(out, str(tiny_npz), **kw)
     assert hard["protocol"]["labels"] == "hard"
     with pytest.raises(ConfigError, match="needs --teacher"):
@@ -265,6 +265,36 @@ def test_eval_with_soft_labels(sre2l_store, teacher_file, tiny_npz, tmp_path):
     dd.build(str(tiny_npz), "random", 2, coreset, quiet=True)
     with pytest.raises(ConfigError, match="no soft labels"):
         dd.evaluate(coreset, str(tiny_npz), soft=True, **kw)
+
+
+def test_teacher_ensemble_is_the_mean_of_logits():
+    from distill_data.train.teacher import TeacherEnsemble
+
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(TeacherEnsemble([a, b])(x), (a(x) + b(x)) / 2)
+    with pytest.raises(ConfigError, match="at least one teacher"):
+        TeacherEnsemble([])
+
+
+def test_eval_with_a_teacher_ensemble(sre2l_store, teacher_file, tiny_npz, tmp_path):
+    """Several --teacher label as one (mean of logits): every member labels the random
+    baseline, and two copies of one teacher give exactly that teacher's result."""
+    out = sre2l_store
+    kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True, "baselines": ["random"]}
+    one = dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, **kw)
+    two = dd.evaluate(out, str(tiny_npz), soft=True, teacher=[teacher_file, teacher_file], **kw)
+    assert two["protocol"]["teachers"] == 2 and one["protocol"]["teachers"] == 1
+    assert two["results"]["random"]["accs"] == one["results"]["random"]["accs"]
+
+    calls = [0, 0]
+    members = []
+    for i in range(2):
+        net = dd.train.load_teacher(teacher_file)[0]
+        net.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+        members.append(net)
+    dd.evaluate(out, str(tiny_npz), soft=True, teacher=members, **kw)
+    assert calls[0] > 0 and calls[0] == calls[1]
 
 
 def test_infer_accounting_real_images_and_ensemble_labels(teacher_file, tiny_npz, tmp_path):

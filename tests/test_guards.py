@@ -3,6 +3,8 @@ out-of-range seeds, options that would be ignored."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,18 @@ def test_cli_online_relabel_without_teacher_is_one_line(run_cli, teacher_file, t
     )
     assert code == 2
     assert stderr.strip().count("\n") == 0 and "needs --soft and --teacher" in stderr
+
+
+def test_cli_eval_takes_several_teachers(run_cli, teacher_file, tiny_npz, tmp_path):
+    out = tmp_path / "s.h5"
+    dd.build(
+        str(tiny_npz), "sre2l", 1, out, teacher=teacher_file, quiet=True, options={"iterations": 1}
+    )
+    report = tmp_path / "r.json"
+    args = ["eval", out, "--dataset", tiny_npz, "--soft", "--baseline", "random", "--runs", "1"]
+    args += ["--epochs", "1", "--teacher", teacher_file, "--teacher", teacher_file, "-q"]
+    code, _, stderr = run_cli(*args, "--json", report)
+    assert code == 0, stderr
+    assert json.loads(report.read_text())["protocol"]["teachers"] == 2
+    code, _, stderr = run_cli(*args[:-1], "--teacher", tmp_path / "missing.pt")
+    assert code == 2 and stderr.strip().count("\n") == 0 and "missing.pt" in stderr

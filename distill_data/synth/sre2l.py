@@ -17,9 +17,13 @@ Adam lr 0.25, betas (0.5, 0.9), cosine decay to 0, 1,000 iterations, r_bn 0.01, 
 image per class per batch, random shift (jitter) of up to 4 pixels; we add the random
 horizontal flip of the ImageNet recipe except for digit data, and the ImageNet random
 resized crop is available (``crop_min_scale``, ImageNet 0.08; default 1 = off).
-Relabel: static logits on the final images at T = 3 (the paper's ImageNet setting);
-the official relabel stage re-labels each random crop/CutMix of every epoch (FKD), which
-a stored set of one logit vector per image cannot replay.
+Relabel: the teacher's logits on the final images at T = 30, the temperature the
+official small-dataset relabel script hard-codes (``relabel_cifar.py``; its ImageNet
+FKD script passes ``-T 20``; until 27 Nov 2026 we used 3, the argparse default of
+``train_FKD.py``, which no released script uses). The official relabel stage labels
+every augmented (crop/flip/mixup or CutMix) batch afresh; ``distill-data eval --soft
+--relabel online --teacher T`` does that, while the stored logits (one vector per image)
+serve ``--relabel stored``.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class SRe2LConfig(GeneratorConfig):
     jitter: int = 4
     flip: bool | None = None
     crop_min_scale: float = 1.0
-    temperature: float = 3.0
+    temperature: float = 30.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

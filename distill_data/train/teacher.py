@@ -59,6 +59,20 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+class TeacherEnsemble(nn.Module):
+    """Several teachers as one: the mean of their logits (INFER's soft labels, and its
+    official dynamic relabelling, average the M teachers' logits this way)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ConfigError("a teacher ensemble needs at least one teacher")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, data: RealDataset, device: torch.device, batch: int = 500) -> float:
     """Top-1 test accuracy in percent (model in eval mode: BN running statistics)."""
