@@ -112,7 +112,8 @@ def stage_softlabel(
     for ipc in ipcs:
         for method in methods:
             ts = [WORK / t for t in SOFT_TEACHERS[method]]
-            out = WORK / f"{method}_ipc{ipc}{tag}.h5"
+            online = "_online" if relabel == "online" else ""
+            out = WORK / f"{method}_ipc{ipc}{tag}{online}.h5"  # runs may overlap
             t0 = time.perf_counter()
             synset = dd.build(DATASET, method, ipc, out, teacher=ts, device=device, quiet=True)
             secs = time.perf_counter() - t0
@@ -134,8 +135,7 @@ def stage_softlabel(
                 f"{r['mean']:.2f} ± {r['std']:.2f} ({secs:.0f} s to build)"
             )
             write_result(
-                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}"
-                + ("_online" if relabel == "online" else ""),
+                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}{online}",
                 {
                     "benchmark": "soft-label",
                     "method": method,
