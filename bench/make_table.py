@@ -263,8 +263,8 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
             "",
             "**Accuracy against iterations** (same protocol; build seconds to the last "
             "point in brackets, evaluation excluded; these runs shared their machine with "
-            "other benchmarks (6 jobs on one GPU), so the seconds are not speed figures: "
-            "speed is the table above)",
+            "other benchmarks (6 jobs on one GPU; 2 one-thread jobs on the 2-core CPU), "
+            "so the seconds are not speed figures: speed is the table above)",
             "",
             "| method | settings | device | IPC | "
             + " | ".join(f"{i} it" for i in its)
