@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from distill_data.augment import PerSampleDSA, strategy_for
-from distill_data.config import make_config, resolve_device
+from distill_data.config import config_to_dict, make_config, resolve_device
 from distill_data.data import DataSpec, RealDataset, find_dataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
 from distill_data.errors import ConfigError, StoreError
@@ -28,6 +28,12 @@ from distill_data.train.teacher import TeacherEnsemble, has_batchnorm
 def list_methods() -> list[tuple[str, str]]:
     """``(name, one-line description)`` of every registered generator."""
     return [(n, GENERATORS.help(n)) for n in GENERATORS.names()]
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """The ``--set`` keys of generator ``name`` with their defaults (ConfigError if
+    unknown)."""
+    return config_to_dict(GENERATORS.get(name).Config())
 
 
 def _check_seed(seed: int) -> None:

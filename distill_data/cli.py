@@ -450,10 +450,19 @@ def show(store, out, max_per_class) -> None:
 
 
 @cli.command()
-def methods() -> None:
-    """List the registered generators."""
-    for name, desc in api.list_methods():
-        click.echo(f"{name:<12} {desc}")
+@click.argument("method", required=False)
+def methods(method: str | None) -> None:
+    """List the registered generators; with METHOD, its --set keys and their defaults
+    (the generator's docstring, e.g. `python -m pydoc distill_data.synth.dm`, explains
+    each and cites the paper)."""
+    if method is None:
+        for name, desc in api.list_methods():
+            click.echo(f"{name:<12} {desc}")
+        return
+    defaults = api.method_defaults(method)
+    click.echo(f"{method}: {dict(api.list_methods())[method]}")
+    for key, value in defaults.items():
+        click.echo(f"  --set {key}={json.dumps(value) if not isinstance(value, str) else value}")
 
 
 @cli.command()

@@ -6,6 +6,7 @@ Commands run in-process through :func:`distill_data.cli.main` (the ``run_cli`` f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -137,6 +138,18 @@ def test_methods_lists_every_generator(run_cli) -> None:
     assert listed == GENERATORS.names()
     for name in GENERATORS.names():
         assert GENERATORS.help(name) in out
+
+
+def test_methods_shows_a_methods_settings(run_cli) -> None:
+    code, out, err = run_cli("methods", "dm")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"dm: {GENERATORS.help('dm')}"
+    sets = dict(line.strip().removeprefix("--set ").split("=", 1) for line in lines[1:])
+    assert sets["siamese"] == "batch" and sets["lr_img"] == "1.0" and sets["fyi"] == "false"
+    assert set(sets) == set(dataclasses.asdict(GENERATORS.get("dm").Config()))
+    code, out, err = run_cli("methods", "nope")
+    assert code == 2 and err.strip().count("\n") == 0 and "nope" in err
 
 
 def test_datasets_lists_builtins(run_cli, builtin_cache) -> None:
