@@ -41,6 +41,7 @@ from distill_data.synth.base import GENERATORS, GeneratorConfig
 from distill_data.synth.bnstats import BNStatLoss
 from distill_data.synth.inversion import BatchedInversion
 from distill_data.synth.sre2l import random_view
+from distill_data.train.teacher import TeacherEnsemble
 
 
 @dataclass(frozen=True)
@@ -169,17 +170,9 @@ class INFER(BatchedInversion):
         ]
         images = torch.cat(parts)
         labels = torch.arange(k).repeat(len(parts))
-        soft = torch.stack(
-            [
-                torch.cat(
-                    [
-                        t(images[i : i + 256].to(self.device)).cpu()
-                        for i in range(0, len(images), 256)
-                    ]
-                )
-                for t in self.teachers
-            ]
-        ).mean(0)
+        ensemble = TeacherEnsemble(self.teachers)  # mean logits, as `eval --teacher ...` uses
+        chunks = images.split(256)
+        soft = torch.cat([ensemble(x.to(self.device)).cpu() for x in chunks])
         order = torch.argsort(labels, stable=True)
         return images[order], labels[order], soft[order]
 
