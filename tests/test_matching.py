@@ -676,6 +676,22 @@ def test_ncfm_pool_is_cached(data1, tmp_path, monkeypatch) -> None:
         feature_pool(cfg, data1, 4, torch.device("cpu"))  # another seed: another pool
 
 
+def test_ncfm_pool_members_train_the_same_networks(data1, tmp_path) -> None:
+    """Workers that each train some members (bench/ncfm_pool.py) fill the cache with
+    the networks one process would have trained: member i depends on (seed, i) alone."""
+    opts = {**NCFM_TINY, "pool_size": 3}
+    one = make_config(NCFMConfig, {**opts, "cache_dir": str(tmp_path / "one")})
+    whole = feature_pool(one, data1, 3, torch.device("cpu"))
+    cfg = make_config(NCFMConfig, {**opts, "cache_dir": str(tmp_path / "workers")})
+    odd = feature_pool(cfg, data1, 3, torch.device("cpu"), members=[1])
+    assert len(odd) == 1 and len(list((tmp_path / "workers").rglob("*.pt"))) == 2
+    for s1, s2 in zip(whole[1], odd[0]):
+        for k in s1:
+            assert torch.equal(s1[k], s2[k]), k
+    with pytest.raises(ConfigError, match="pool member 3"):
+        feature_pool(cfg, data1, 3, torch.device("cpu"), members=[3])
+
+
 def test_ncfm_make_net_blends_initial_and_trained_weights(data1, pool_cache) -> None:
     gen = make_gen("ncfm", data1, **{**NCFM_TINY, "pool_size": 2}, cache_dir=pool_cache)
     state = gen.rng.get_state()

@@ -44,6 +44,7 @@ Choices where paper and official code (gszfwsb/NCFM) differ, or the code is unus
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,18 +195,26 @@ def _pool_dir(cfg: NCFMConfig, data: RealDataset, seed: int) -> Path:
 
 
 def feature_pool(
-    cfg: NCFMConfig, data: RealDataset, seed: int, device: torch.device, quiet: bool = True
+    cfg: NCFMConfig,
+    data: RealDataset,
+    seed: int,
+    device: torch.device,
+    quiet: bool = True,
+    members: Iterable[int] | None = None,
 ) -> list[tuple[dict, dict]]:
     """``pool_size`` pairs (initial, trained) of state dicts, trained once and cached.
 
     Network i is initialised and trained from a generator seeded with (seed, i), so the
-    pool is a pure function of its key; a cached copy is used when present.
+    pool is a pure function of its key; a cached copy is used when present. ``members``
+    (default: all) picks which networks to return, so that several processes can fill
+    one cache side by side (``bench/ncfm_pool.py``).
     """
     folder = _pool_dir(cfg, data, seed)
     x, y = data.normalize(data.x_train), data.y_train
     dsa = DSA(strategy_for(data.is_digits))
     pool = []
-    for i in range(cfg.pool_size):
+    for i in range(cfg.pool_size) if members is None else members:
+        require(0 <= i < cfg.pool_size, f"pool member {i} is outside 0..{cfg.pool_size - 1}")
         paths = folder / f"net{i}_init.pt", folder / f"net{i}_trained.pt"
         if all(p.exists() for p in paths):
             try:
