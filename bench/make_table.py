@@ -405,7 +405,9 @@ def teacher_tables(results: list[dict]) -> list[str]:
             s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
             out.append(
                 f"| {r['method']} | {r['ipc']} | {r['stored_images']} | {_device(r)} | "
-                f"{r['build_seconds']:.0f} | {r.get('relabel', 'stored')} | "
+                f"{r['build_seconds']:.0f}"
+                f"{' (resumed: last part only)' if r.get('resumed_from_checkpoint') else ''} | "
+                f"{r.get('relabel', 'stored')} | "
                 f"{_label_teachers(r)} | {s_['mean']:.2f} ± {s_['std']:.2f} | "
                 f"{rnd['mean']:.2f} ± {rnd['std']:.2f} | {s_['runs']} × {s_['epochs']} ep, "
                 f"{s_['labels']} |"

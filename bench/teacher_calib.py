@@ -108,14 +108,20 @@ def stage_softlabel(
     device: str,
     tag: str,
     relabel: str = "stored",
+    resume: bool = False,
 ) -> None:
     for ipc in ipcs:
         for method in methods:
             ts = [WORK / t for t in SOFT_TEACHERS[method]]
             online = "_online" if relabel == "online" else ""
             out = WORK / f"{method}_ipc{ipc}{tag}{online}.h5"  # runs may overlap
+            # a build an earlier (killed) run checkpointed continues; its seconds then
+            # cover only the rest, so no per-image time is reported for it
+            resumed = resume and Path(f"{out}.ckpt.pt").is_file()
             t0 = time.perf_counter()
-            synset = dd.build(DATASET, method, ipc, out, teacher=ts, device=device, quiet=True)
+            synset = dd.build(
+                DATASET, method, ipc, out, teacher=ts, device=device, quiet=True, resume=resume
+            )
             secs = time.perf_counter() - t0
             rep = dd.evaluate(
                 out,
@@ -145,7 +151,8 @@ def stage_softlabel(
                     "device": device,
                     "stored_images": len(synset),
                     "build_seconds": round(secs, 1),
-                    "seconds_per_image": round(secs / len(synset), 3),
+                    "seconds_per_image": None if resumed else round(secs / len(synset), 3),
+                    "resumed_from_checkpoint": resumed,
                     "peak_rss_mib_process": peak_rss_mib(),
                     "eval": rep,
                 },
@@ -182,6 +189,11 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="softlabel: continue a set an earlier, stopped run checkpointed",
+    )
     args = ap.parse_args()
     tune_allocator()  # as the CLI does (distill_data/runtime.py)
     WORK.mkdir(exist_ok=True)
@@ -201,6 +213,7 @@ def main() -> None:
             args.device,
             args.tag,
             args.relabel,
+            args.resume,
         )
 
 
