@@ -35,6 +35,7 @@ NCFM_TINY = {
     **TINY,
     "pool_size": 1,
     "pretrain_epochs": 1,
+    "num_freqs": 16,
     "sampler_freqs": 8,
     "sampler_hidden": 16,
     "calib_weight": 0.0,
@@ -570,7 +571,7 @@ def test_fyi_method_names(method: str, data1, pool_cache) -> None:
 
 
 def test_ncfm_sampler_ascends_the_discrepancy(data1, pool_cache) -> None:
-    gen = make_gen("ncfm", data1, **NCFM_TINY, cache_dir=pool_cache)
+    gen = make_gen("ncfm", data1, **NCFM_TINY, cache_dir=pool_cache, frequencies="sampler")
     cfg, sampler = gen.config, gen.sampler
     ref = copy.deepcopy(sampler)  # θ0, buffers included
     theta0 = [p.detach().clone() for p in sampler.parameters()]
@@ -639,9 +640,8 @@ def test_ncfm_sampler_ascends_the_discrepancy(data1, pool_cache) -> None:
 
 
 def test_ncfm_gaussian_frequencies(data1, pool_cache) -> None:
-    gen = make_gen(
-        "ncfm", data1, **NCFM_TINY, cache_dir=pool_cache, frequencies="gaussian", num_freqs=12
-    )
+    opts = {**NCFM_TINY, "num_freqs": 12}
+    gen = make_gen("ncfm", data1, **opts, cache_dir=pool_cache, frequencies="gaussian")
     assert gen.sampler is None
     assert len(gen.optimizers) == 1
     t = gen.frequencies()
@@ -649,6 +649,47 @@ def test_ncfm_gaussian_frequencies(data1, pool_cache) -> None:
     assert not torch.equal(t, gen.frequencies())  # fresh draws each call
     assert "sampler" not in gen.state_dict()
     assert np.isfinite(gen.step(0))
+
+
+def test_ncfm_clamp_keeps_pixels_in_the_image_range(data1, pool_cache) -> None:
+    """Official NCFM clamps pixels to [0, 1] every iteration; Adam at a large rate would
+    otherwise push them out (here: without the clamp they leave the range)."""
+    lo, hi = (float(data1.normalize(torch.tensor(v).view(1, 1, 1, 1))) for v in (0.0, 1.0))
+    for clamp in (True, False):
+        gen = make_gen("ncfm", data1, **NCFM_TINY, cache_dir=pool_cache, lr_img=5.0, clamp=clamp)
+        for i in range(3):
+            gen.step(i)
+        images = gen.result()[0]
+        inside = bool(images.min() >= lo - 1e-6 and images.max() <= hi + 1e-6)
+        assert inside == clamp, (clamp, float(images.min()), float(images.max()), lo, hi)
+
+
+def test_ncfm_calibration_is_a_per_class_mean_summed_over_classes(data1, pool_cache) -> None:
+    """As the official per-class calibration steps: Σ_c mean_{i in c} CE(θ₁(S_i), c),
+    on the same footing as the CFD summed over classes."""
+    losses = {}
+    for w in (0.0, 2.0):
+        gen = make_gen("ncfm", data1, **{**NCFM_TINY, "calib_weight": w}, cache_dir=pool_cache)
+        net = gen.make_net()
+        real, real_y, syn, syn_y = gen.sample_batches()
+        t = gen.frequencies()
+        gen.frequencies = lambda t=t: t
+        losses[w] = float(gen.match(net, real, real_y, syn, syn_y).detach())
+    with torch.no_grad():
+        ce = F.cross_entropy(gen._calib_net(syn), syn_y, reduction="none")
+    per_class = sum(float(ce[syn_y == c].mean()) for c in range(data1.num_classes))
+    assert losses[2.0] - losses[0.0] == pytest.approx(2.0 * per_class, rel=1e-4)
+
+
+def test_ncfm_defaults_are_the_released_configs() -> None:
+    cfg = make_config(NCFMConfig, {})
+    assert (cfg.frequencies, cfg.num_freqs, cfg.batch_real, cfg.clamp) == (
+        "gaussian",
+        4096,
+        1024,
+        True,
+    )
+    assert (cfg.pool_size, cfg.pretrain_epochs, cfg.lr_img, cfg.loss_scale) == (20, 60, 0.01, 300)
 
 
 # ----------------------------------------------------------------------------- 7. NCFM pool
