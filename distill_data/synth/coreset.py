@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import torch
 
@@ -145,6 +144,8 @@ class KCenter(FeatureCoreset):
     """
 
     def select(self, c: int, idx: torch.Tensor) -> torch.Tensor:
+        import faiss  # only k-center needs it: importing distill_data stays light
+
         f = np.ascontiguousarray(self.features[idx].float().numpy())
         mu = f.mean(0, keepdims=True)
         first = int(faiss.pairwise_distances(mu, f)[0].argmin())
