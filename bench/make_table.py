@@ -138,6 +138,11 @@ def _settings(r: dict, speed: bool = True) -> str:
         out.append(cfg["precision"])
     if speed and cfg.get("channels_last"):
         out.append("channels-last")
+    if r["method"].startswith("ncfm"):
+        if "clamp" not in cfg:  # before 27 Nov 07:20 (see distill_data/synth/ncfm.py)
+            out.append("old defaults: sampler, batch_real 128, no clamp, CE mean over all")
+        elif cfg["frequencies"] != NCFM.frequencies:
+            out.append(f"frequencies={cfg['frequencies']}")
     pool = (cfg.get("pool_size"), cfg.get("pretrain_epochs"))
     if r["method"].startswith("ncfm") and pool != (NCFM.pool_size, NCFM.pretrain_epochs):
         out.append(f"pool {cfg['pool_size']}×{cfg['pretrain_epochs']} ep")
