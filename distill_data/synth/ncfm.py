@@ -282,7 +282,7 @@ def feature_pool(
     return pool
 
 
-@GENERATORS.register("ncfm", "NCFM: characteristic-function matching, min-max (CVPR 2025)")
+@GENERATORS.register("ncfm", "NCFM: characteristic-function matching (CVPR 2025)")
 class NCFM(MatchingGenerator):
     """Wang et al., CVPR 2025: minimise the characteristic function discrepancy of
     L2-normalised embeddings under frequencies a sampling network maximises it for."""
