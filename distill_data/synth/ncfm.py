@@ -285,7 +285,8 @@ def feature_pool(
 @GENERATORS.register("ncfm", "NCFM: characteristic-function matching (CVPR 2025)")
 class NCFM(MatchingGenerator):
     """Wang et al., CVPR 2025: minimise the characteristic function discrepancy of
-    L2-normalised embeddings under frequencies a sampling network maximises it for."""
+    L2-normalised embeddings, at Gaussian frequencies (default, as the released code) or
+    at frequencies a sampling network maximises it for (``frequencies=sampler``)."""
 
     Config = NCFMConfig
     config: NCFMConfig
