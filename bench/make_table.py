@@ -410,14 +410,26 @@ def teacher_tables(results: list[dict]) -> list[str]:
             s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
             out.append(
                 f"| {r['method']} | {r['ipc']} | {r['stored_images']} | {_device(r)} | "
-                f"{r['build_seconds']:.0f}"
-                f"{' (resumed: last part only)' if r.get('resumed_from_checkpoint') else ''} | "
-                f"{r.get('relabel', 'stored')} | "
+                f"{_build_seconds(r)} | "
+                f"{r.get('relabel', 'stored')}"
+                f"{_recipe(r)} | "
                 f"{_label_teachers(r)} | {s_['mean']:.2f} ± {s_['std']:.2f} | "
                 f"{rnd['mean']:.2f} ± {rnd['std']:.2f} | {s_['runs']} × {s_['epochs']} ep, "
                 f"{s_['labels']} |"
             )
     return out
+
+
+def _build_seconds(r: dict) -> str:
+    if r["build_seconds"] is None:
+        return "— (set reused)"
+    resumed = " (resumed: last part only)" if r.get("resumed_from_checkpoint") else ""
+    return f"{r['build_seconds']:.0f}{resumed}"
+
+
+def _recipe(r: dict) -> str:
+    recipe = r.get("recipe", "dc")  # older runs: the field's protocol
+    return "" if recipe == "dc" else f", {recipe} student recipe"
 
 
 def _label_teachers(r: dict) -> str:

@@ -109,6 +109,8 @@ def stage_softlabel(
     tag: str,
     relabel: str = "stored",
     resume: bool = False,
+    recipe: str = "dc",
+    reuse: bool = False,
 ) -> None:
     for ipc in ipcs:
         for method in methods:
@@ -118,11 +120,15 @@ def stage_softlabel(
             # a build an earlier (killed) run checkpointed continues; its seconds then
             # cover only the rest, so no per-image time is reported for it
             resumed = resume and Path(f"{out}.ckpt.pt").is_file()
+            reused = reuse and out.is_file()  # e.g. another recipe on the same set
             t0 = time.perf_counter()
-            synset = dd.build(
-                DATASET, method, ipc, out, teacher=ts, device=device, quiet=True, resume=resume
-            )
-            secs = time.perf_counter() - t0
+            if reused:
+                synset = read_store(out)
+            else:
+                synset = dd.build(
+                    DATASET, method, ipc, out, teacher=ts, device=device, quiet=True, resume=resume
+                )
+            secs = None if reused else time.perf_counter() - t0
             rep = dd.evaluate(
                 out,
                 DATASET,
@@ -130,6 +136,7 @@ def stage_softlabel(
                 teacher=ts,  # the set's own teachers: INFER's ensemble labels both
                 baselines=["random"],
                 relabel=relabel,
+                recipe=recipe,
                 runs=runs,
                 epochs=epochs,
                 device=device,
@@ -138,21 +145,27 @@ def stage_softlabel(
             s, r = rep["results"]["synthetic"], rep["results"]["random"]
             print(
                 f"{method} ipc={ipc}: {s['mean']:.2f} ± {s['std']:.2f} vs random+soft "
-                f"{r['mean']:.2f} ± {r['std']:.2f} ({secs:.0f} s to build)"
+                f"{r['mean']:.2f} ± {r['std']:.2f} "
+                + ("(set reused)" if secs is None else f"({secs:.0f} s to build)")
             )
+            student = "" if recipe == "dc" else f"_{recipe}"
             write_result(
-                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}{online}",
+                f"softlabel_{DATASET}_{method}_ipc{ipc}{tag}{online}{student}",
                 {
                     "benchmark": "soft-label",
                     "method": method,
                     "ipc": ipc,
                     "relabel": relabel,
+                    "recipe": recipe,
                     "label_teachers": len(ts),
                     "device": device,
                     "stored_images": len(synset),
-                    "build_seconds": round(secs, 1),
-                    "seconds_per_image": None if resumed else round(secs / len(synset), 3),
+                    "build_seconds": None if secs is None else round(secs, 1),
+                    "seconds_per_image": (
+                        None if resumed or secs is None else round(secs / len(synset), 3)
+                    ),
                     "resumed_from_checkpoint": resumed,
+                    "reused_set": reused,
                     "peak_rss_mib_process": peak_rss_mib(),
                     "eval": rep,
                 },
@@ -190,6 +203,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument(
+        "--recipe",
+        choices=["dc", "sre2l"],
+        default="dc",
+        help="softlabel: the students' training recipe (sre2l needs --relabel online)",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="softlabel: evaluate the set an earlier run stored instead of building it again",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="softlabel: continue a set an earlier, stopped run checkpointed",
@@ -214,6 +238,8 @@ def main() -> None:
             args.tag,
             args.relabel,
             args.resume,
+            args.recipe,
+            args.reuse,
         )
 
 

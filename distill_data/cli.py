@@ -198,6 +198,15 @@ def build(
     "labels every augmented batch (SRe2L/FKD's protocol), for the set and the baseline.",
 )
 @click.option(
+    "--recipe",
+    type=click.Choice(["dc", "sre2l"]),
+    default="dc",
+    show_default=True,
+    help="How the students train: dc = the field's protocol (SGD, x0.1 at half, DSA); "
+    "sre2l = the official SRe2L student recipe (AdamW, cosine, mixup relabelled online, "
+    "KL without T^2; needs --soft --relabel online --teacher).",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -222,6 +231,7 @@ def eval_cmd(
     soft,
     teachers,
     relabel,
+    recipe,
     seed,
     device,
     json_out,
@@ -248,6 +258,7 @@ def eval_cmd(
         full_epochs=full_epochs,
         augment=not no_augment,
         seed=seed,
+        recipe=recipe,
     )
     click.echo(format_report(report))
     if json_out:

@@ -427,3 +427,139 @@ def test_eval_online_relabel_report_and_errors(sre2l_store, teacher_file, tiny_n
         dd.evaluate(out, str(tiny_npz), soft=True, relabel="online", **kw)
     with pytest.raises(ConfigError, match="unknown relabel"):
         dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, relabel="bogus", **kw)
+
+
+# ------------------------------------------------- the official SRe2L student recipe
+
+
+def test_mixup_feeds_teacher_and_student_convex_pairs_of_the_batch():
+    """fit(mixup=α): each training batch is λ·x + (1−λ)·x[perm], one λ per batch, and the
+    teacher labels exactly that mixed batch. One-hot images make the check exact: a
+    mixed row has at most two non-zero entries, which sum to 1."""
+    from distill_data.train.fit import fit
+
+    n = 8
+    x = torch.eye(n).view(n, 1, 1, n)  # image i is the one-hot row i
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, batch):
+            seen.append(batch.detach().clone())
+            return torch.zeros(len(batch), 2)
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 2))
+    fed: list[torch.Tensor] = []
+    student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
+    fit(
+        student,
+        x,
+        torch.zeros(n, dtype=torch.long),
+        epochs=3,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=4,
+        teacher=Spy(),
+        mixup=0.8,
+        optimizer="adamw",
+        schedule="cosine",
+        kd_t2=False,
+        temperature=30.0,
+    )
+    assert len(seen) == len(fed) == 6
+    mixed_any = False
+    for a, b in zip(seen, fed):
+        assert torch.equal(a, b)
+        rows = a.view(len(a), n)
+        assert torch.allclose(rows.sum(1), torch.ones(len(a)))  # convex combinations
+        assert int((rows > 0).sum(1).max()) <= 2  # of two images
+        mixed_any |= bool((rows.max(1).values < 1 - 1e-6).any())
+    assert mixed_any  # λ strictly inside (0, 1) for some row
+
+
+def test_mixup_needs_a_teacher_and_options_are_checked():
+    from distill_data.train.fit import fit
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x, y, g = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.Generator()
+    with pytest.raises(ValueError, match="mixup needs a teacher"):
+        fit(net, x, y, epochs=1, generator=g, mixup=0.8)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fit(net, x, y, epochs=1, generator=g, optimizer="lamb")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        fit(net, x, y, epochs=1, generator=g, schedule="linear")
+
+
+def test_kd_loss_without_t2_is_the_plain_kl():
+    from distill_data.train.fit import kd_loss
+
+    s, t = torch.randn(5, 3), torch.randn(5, 3)
+    assert float(kd_loss(s, t, 4.0, t2=False)) * 16 == pytest.approx(float(kd_loss(s, t, 4.0)))
+
+
+def test_cosine_schedule_anneals_per_epoch(monkeypatch):
+    """schedule="cosine": epoch e trains at lr·(1 + cos(π e / E)) / 2."""
+    from distill_data.train.fit import fit
+
+    lrs: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def spy_step(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy_step)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x, y = torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
+    fit(
+        net,
+        x,
+        y,
+        epochs=4,
+        generator=torch.Generator(),
+        optimizer="adamw",
+        schedule="cosine",
+        lr=1.0,
+    )
+    assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+
+
+def test_eval_sre2l_recipe_report_and_errors(sre2l_store, teacher_file, tiny_npz, run_cli):
+    out = sre2l_store
+    kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
+    rep = dd.evaluate(
+        out,
+        str(tiny_npz),
+        soft=True,
+        teacher=teacher_file,
+        relabel="online",
+        baselines=["random"],
+        recipe="sre2l",
+        **kw,
+    )
+    p = rep["protocol"]
+    assert (p["recipe"], p["optimizer"], p["lr"], p["mixup"], p["kd_t2"]) == (
+        "sre2l",
+        "AdamW",
+        1e-3,
+        0.8,
+        False,
+    )
+    for part in ("synthetic", "random"):
+        assert "mixed batch" in rep["results"][part]["labels"]
+    assert "sre2l student recipe" in dd.evaluation.format_report(rep)
+    with pytest.raises(ConfigError, match="needs --soft --relabel online"):
+        dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, recipe="sre2l", **kw)
+    with pytest.raises(ConfigError, match="full-data baseline"):
+        dd.evaluate(
+            out,
+            str(tiny_npz),
+            soft=True,
+            teacher=teacher_file,
+            relabel="online",
+            baselines=["full"],
+            recipe="sre2l",
+            **kw,
+        )
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        dd.evaluate(out, str(tiny_npz), recipe="fkd", **kw)
+    code, _, stderr = run_cli("eval", out, "--dataset", tiny_npz, "--soft", "--recipe", "sre2l")
+    assert code == 2 and stderr.strip().count("\n") == 0 and "--recipe sre2l" in stderr

@@ -10,7 +10,7 @@ import torch
 
 from distill_data.data import RealDataset, find_dataset, load_dataset
 from distill_data.errors import ConfigError, DataError
-from distill_data.evaluation.protocol import EvalConfig, evaluate_set, label_mode
+from distill_data.evaluation.protocol import SRE2L_RECIPE, EvalConfig, evaluate_set, label_mode
 from distill_data.evaluation.report import machine_info, now_iso
 from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
 from distill_data.store import SyntheticSet
@@ -128,6 +128,16 @@ def evaluate(
     if relabel == "online" and not (soft and teacher is not None):
         raise ConfigError("--relabel online needs --soft and --teacher (the teacher relabels)")
     online = teacher if relabel == "online" else None
+    if cfg.recipe == "sre2l" and online is None:
+        raise ConfigError(
+            "--recipe sre2l distils from the teacher on every mixed batch: "
+            "it needs --soft --relabel online --teacher T.pt"
+        )
+    if cfg.recipe == "sre2l" and ({"full"} & set(baselines) or scores):
+        raise ConfigError(
+            "--recipe sre2l is a soft-label recipe: the full-data baseline and "
+            "--scores are hard-label protocols; drop them"
+        )
     if soft:
         if synset.soft_labels is None:
             raise ConfigError("the store has no soft labels; evaluate without --soft")
@@ -248,10 +258,18 @@ def evaluate(
         "protocol": {
             **dataclasses.asdict(cfg),
             "dsa_strategy": cfg.strategy(data),
-            "labels": label_mode(soft, online is not None, temperature),
+            "labels": label_mode(soft, online is not None, temperature, cfg.recipe),
             "relabel": relabel if soft else None,
-            "optimizer": "SGD",
-            "lr_decay": "x0.1 at epochs/2",
+            **(
+                {"optimizer": "SGD", "lr_decay": "x0.1 at epochs/2"}
+                if cfg.recipe == "dc"
+                else {
+                    **SRE2L_RECIPE,
+                    "momentum": None,
+                    "optimizer": "AdamW",
+                    "lr_decay": "cosine to 0 over the epochs",
+                }
+            ),
             "reported": "mean ± std over runs of the final-epoch test accuracy (percent)",
         },
         "results": results,
@@ -271,6 +289,7 @@ def format_report(report: dict) -> str:
         f"{s['generator']} ipc={s['ipc']} ({s['n_images']} images) on {report['dataset']['name']}:"
         f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']},"
         f" {p['labels']} labels"
+        + (f", {p['recipe']} student recipe" if p.get("recipe", "dc") != "dc" else "")
     )
     for name, r in report["results"].items():
         lines.append(

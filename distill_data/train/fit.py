@@ -7,6 +7,9 @@ quantization-aware training extend this module.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,15 +18,19 @@ from tqdm.auto import tqdm
 from distill_data.augment import DSA
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean (Hinton et al., 2015)."""
+def kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, t2: bool = True
+) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean (Hinton et al., 2015);
+    ``t2=False`` drops the T² factor (SRe2L's student training)."""
     t = temperature
-    return F.kl_div(
+    kl = F.kl_div(
         F.log_softmax(student / t, dim=1),
         F.log_softmax(teacher / t, dim=1),
         reduction="batchmean",
         log_target=True,
-    ) * (t * t)
+    )
+    return kl * (t * t) if t2 else kl
 
 
 def fit(
@@ -43,6 +50,10 @@ def fit(
     soft_targets: torch.Tensor | None = None,
     temperature: float = 1.0,
     teacher: nn.Module | None = None,
+    optimizer: str = "sgd",
+    schedule: str = "step",
+    mixup: float = 0.0,
+    kd_t2: bool = True,
 ) -> nn.Module:
     """Train ``model`` in place on normalised ``images`` with cross-entropy, or, with
     ``soft_targets`` (teacher logits, one row per image), by knowledge distillation:
@@ -50,21 +61,46 @@ def fit(
     the targets are instead the teacher's logits on each augmented batch, computed as
     the batch is drawn (online relabelling, as SRe2L's and FKD's training does).
 
-    SGD with momentum and weight decay; the learning rate is multiplied by 0.1 from
-    epoch ``int(epochs * decay_at)`` on (the field's "×0.1 at half"); ``dsa`` augments
-    every batch. Shuffling and augmentation draw only from ``generator``. ``bar`` (if
-    given) advances by one per epoch.
+    SGD with momentum and weight decay (``optimizer="adamw"``: AdamW, no momentum
+    setting); ``schedule="step"`` multiplies the learning rate by 0.1 from epoch
+    ``int(epochs * decay_at)`` on (the field's "×0.1 at half"), ``"cosine"`` anneals it
+    to 0 over the epochs (per epoch, as ``CosineAnnealingLR(T_max=epochs)``); ``dsa``
+    augments every batch. ``mixup`` > 0 (needs ``teacher``) mixes every augmented batch
+    with a shuffled copy of itself, λ ~ Beta(mixup, mixup), and the teacher labels the
+    mixed batch (SRe2L's small-dataset recipe). ``kd_t2=False`` drops the T² factor of
+    the distillation loss. Shuffling, augmentation and mixing draw only from
+    ``generator``. ``bar`` (if given) advances by one per epoch.
     """
     device = next(model.parameters()).device
     if teacher is not None:
         teacher.eval()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if mixup > 0 and teacher is None:
+        raise ValueError("mixup needs a teacher to label the mixed batches")
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd or adamw")
+    if schedule not in ("step", "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; choose step or cosine")
+    # λ ~ Beta from a NumPy generator seeded by ``generator``: torch has no seeded Beta
+    mix_rng = (
+        np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        if mixup > 0
+        else None
+    )
     x_all, y_all = images.to(device), labels.to(device)
     soft = None if soft_targets is None else soft_targets.to(device)
     n = len(x_all)
     decay_epoch = None if decay_at is None else int(epochs * decay_at)
     for ep in range(epochs):
-        if ep == decay_epoch:
+        if schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * ep / epochs))
+        elif ep == decay_epoch:
             for group in opt.param_groups:
                 group["lr"] = lr * 0.1
         model.train()
@@ -74,15 +110,19 @@ def fit(
             x, y = x_all[idx], y_all[idx]
             if dsa is not None and dsa.enabled:
                 x = dsa(x, generator=generator)
+            if mix_rng is not None:
+                lam = float(mix_rng.beta(mixup, mixup))
+                partner = torch.randperm(len(x), generator=generator).to(device)
+                x = lam * x + (1 - lam) * x[partner]
             out = model(x)
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(x)
-                loss = kd_loss(out, target, temperature)
+                loss = kd_loss(out, target, temperature, kd_t2)
             elif soft is None:
                 loss = F.cross_entropy(out, y)
             else:
-                loss = kd_loss(out, soft[idx], temperature)
+                loss = kd_loss(out, soft[idx], temperature, kd_t2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
