@@ -414,3 +414,17 @@ def test_eval_on_builtin_of_another_shape(run_cli, built, builtin_cache) -> None
 def test_eval_bad_device(run_cli, built, tiny_npz) -> None:
     res = run_cli("eval", built, "-d", tiny_npz, "--runs", 1, "--epochs", 1, "--device", "bogus")
     assert_one_error_line(*res)
+
+
+def test_build_notes_fyi_on_digit_data(run_cli, make_npz, tiny_npz, tmp_path) -> None:
+    """FYI's flips suit natural images, not digits: the CLI says so (and still builds)."""
+    tiny = ["--iterations", 1, "--set", "width=8", "--set", "depth=1", "--set", "batch_real=2"]
+    digits = make_npz("mnist_tiny.npz")
+    code, _, err = run_cli(*build_args(digits, tmp_path / "f.h5", "dm+fyi", 1, *tiny))
+    assert code == 0, err
+    assert "note: FYI assumes a horizontal flip keeps" in err
+    code, _, err = run_cli(*build_args(tiny_npz, tmp_path / "g.h5", "dm+fyi", 1, *tiny))
+    assert code == 0, err
+    assert "FYI assumes" not in err
+    code, _, err = run_cli(*build_args(digits, tmp_path / "h.h5", "dm", 1, *tiny))
+    assert code == 0 and "FYI assumes" not in err

@@ -139,6 +139,11 @@ class Generator(abc.ABC):
     def setup(self) -> None:
         """Create the initial state (fresh start). May draw from ``self.rng``."""
 
+    def notes(self) -> list[str]:
+        """Lines worth telling the user before a build (e.g. a setting that does not suit
+        the data); shown by the CLI, never an error."""
+        return []
+
     def step(self, iteration: int) -> float:
         """Run one iteration and return its loss (only called when ``iterative``)."""
         raise TypeError(f"{type(self).__name__} does not iterate")
@@ -207,6 +212,9 @@ def run_generator(
     sig = _signature(gen, method)
     start = 0
     gen.quiet = quiet
+    if log:
+        for note in gen.notes():
+            log(f"note: {note}")
     gen.setup()
     if resume and ckpt.exists():
         payload = load_checkpoint(ckpt)

@@ -123,6 +123,14 @@ class MatchingGenerator(Generator):
     config: MatchingConfig
 
     # -- set-up ----------------------------------------------------------------------
+    def notes(self) -> list[str]:
+        if self.config.fyi and getattr(self.data, "is_digits", False):
+            return [
+                "FYI assumes a horizontal flip keeps an image's class; digits are not "
+                "flip-invariant (mnist5k IPC 1: dm+fyi 74.1 % vs dm 87.8 %)"
+            ]
+        return []
+
     def setup(self) -> None:
         d, cfg = self.data, self.config
         k, ipc = d.num_classes, self.ipc
