@@ -408,18 +408,27 @@ def test_online_relabel_asks_the_teacher_for_every_augmented_batch(tiny_npz):
     assert not any(torch.equal(s, x[: len(s)]) for s in seen)  # augmented, not raw
 
 
+def _eval_online(store, npz, teacher, **extra) -> dict:
+    """A tiny online-relabelled evaluation of ``store`` and its random baseline."""
+    return dd.evaluate(
+        store,
+        str(npz),
+        soft=True,
+        teacher=teacher,
+        relabel="online",
+        baselines=["random"],
+        runs=1,
+        epochs=2,
+        width=8,
+        quiet=True,
+        **extra,
+    )
+
+
 def test_eval_online_relabel_report_and_errors(sre2l_store, teacher_file, tiny_npz):
     out = sre2l_store
     kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
-    rep = dd.evaluate(
-        out,
-        str(tiny_npz),
-        soft=True,
-        teacher=teacher_file,
-        relabel="online",
-        baselines=["random"],
-        **kw,
-    )
+    rep = _eval_online(out, tiny_npz, teacher_file)
     for part in ("synthetic", "random"):
         assert rep["results"][part]["labels"].startswith("soft (KD from the teacher on each")
     assert rep["protocol"]["relabel"] == "online"
@@ -525,16 +534,7 @@ def test_cosine_schedule_anneals_per_epoch(monkeypatch):
 def test_eval_sre2l_recipe_report_and_errors(sre2l_store, teacher_file, tiny_npz, run_cli):
     out = sre2l_store
     kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
-    rep = dd.evaluate(
-        out,
-        str(tiny_npz),
-        soft=True,
-        teacher=teacher_file,
-        relabel="online",
-        baselines=["random"],
-        recipe="sre2l",
-        **kw,
-    )
+    rep = _eval_online(out, tiny_npz, teacher_file, recipe="sre2l")
     p = rep["protocol"]
     assert (p["recipe"], p["optimizer"], p["lr"], p["mixup"], p["kd_t2"]) == (
         "sre2l",
