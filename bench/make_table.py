@@ -13,12 +13,14 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from distill_data.synth.datadam import DataDAMConfig
 from distill_data.synth.ncfm import NCFMConfig
 
 ROOT = Path(__file__).resolve().parent
 README = ROOT.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NCFM = NCFMConfig()  # its defaults: rows that deviate from them say so
+DATADAM = DataDAMConfig()
 
 
 def _pm(a: dict) -> str:
@@ -143,6 +145,8 @@ def _settings(r: dict, speed: bool = True) -> str:
             out.append("old defaults: sampler, batch_real 128, no clamp, CE mean over all")
         elif cfg["frequencies"] != NCFM.frequencies:
             out.append(f"frequencies={cfg['frequencies']}")
+    if r["method"].startswith("datadam") and cfg.get("p", DATADAM.p) != DATADAM.p:
+        out.append(f"p={cfg['p']:g}")
     pool = (cfg.get("pool_size"), cfg.get("pretrain_epochs"))
     if r["method"].startswith("ncfm") and pool != (NCFM.pool_size, NCFM.pretrain_epochs):
         out.append(f"pool {cfg['pool_size']}×{cfg['pretrain_epochs']} ep")
