@@ -1,8 +1,10 @@
-"""The one supervised training loop (plain cross-entropy, SGD, step decay, DSA).
+"""The one supervised training loop: cross-entropy or knowledge distillation (stored
+logits, or a teacher labelling every batch), SGD with step decay or AdamW with cosine
+decay, DSA, optional mixup.
 
-Used by evaluation (train-from-scratch protocol) and by generators that need briefly
-trained networks (NCFM's feature-extractor pool). Knowledge distillation and
-quantization-aware training extend this module.
+Used by evaluation (train-from-scratch protocol and its ``sre2l`` student recipe) and by
+generators that need briefly trained networks (NCFM's feature-extractor pool).
+Quantization-aware training extends this module.
 """
 
 from __future__ import annotations
