@@ -15,9 +15,10 @@
 #
 #   bash bench/gpu.sh OUT [LIMIT_S]
 #
-# The device has torch but not faiss-cpu or mlxtend: carry their wheels and the cached
-# datasets (DISTILL_DATA_CACHE), e.g. pip install --no-index --no-deps --target /tmp/site
-# .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD DISTILL_DATA_CACHE=$PWD/.gpucache.
+# The device has torch but not mlxtend (nor faiss-cpu, which only k-center imports):
+# carry the cached datasets and NCFM's pool (DISTILL_DATA_CACHE; the pool is ~51 MB of the
+# 64 MiB a call may carry) and bench/.work (teachers, sets, checkpoints), e.g.
+#   export PYTHONPATH=$PWD DISTILL_DATA_CACHE=$PWD/.gpucache; bash bench/gpu.sh OUT 480
 set -u
 OUT=${1:?usage: bench/gpu.sh OUT [LIMIT_S]}
 LIMIT=${2:-420}
@@ -66,14 +67,17 @@ job ncfm \
   "$M --method ncfm --ipc 1 --evals 0 1000" \
   "$M --method ncfm --ipc 50 --evals 0 1000"
 T="$PY bench/teacher_calib.py --device cuda"
-soft() {  # soft METHOD IPC RELABEL: the soft-label row, unless its result exists
+# soft METHOD IPC RELABEL: the soft-label row, unless its result exists; a set an earlier
+# lease built is evaluated as it is (--reuse), one it checkpointed is continued (--resume)
+soft() {
   local suffix=""
   [ "$3" = online ] && suffix=_online
-  echo "[ -f bench/results/softlabel_mnist5k_$1_ipc$2_gpu$suffix.json ] || $T --stage softlabel --soft-methods $1 --ipc $2 --tag _gpu --relabel $3"
+  echo "[ -f bench/results/softlabel_mnist5k_$1_ipc$2_gpu$suffix.json ] || $T --stage softlabel --soft-methods $1 --ipc $2 --tag _gpu --relabel $3 --resume --reuse"
 }
+R=bench/results
 job calib \
-  "$T --stage calib --calib-methods genie --genie-iterations 4000 --tag _gpu4000" \
-  "for o in minmax percentile mse; do $T --stage ptq --observer \$o --ptq-sets zeroq_256 genie_256_gpu4000 --tag _genie4000; done"
+  "[ -f $R/calib_mnist5k_genie_256_gpu4000.json ] || $T --stage calib --calib-methods genie --genie-iterations 4000 --tag _gpu4000" \
+  "for o in mse minmax percentile; do [ -f $R/ptq_mnist5k_resnet_\${o}_genie4000.json ] || $T --stage ptq --observer \$o --ptq-sets zeroq_256 genie_256_gpu4000 --tag _genie4000; done"
 job sre2l "$(soft sre2l 50 stored)" "$(soft sre2l 10 online)" "$(soft sre2l 50 online)"
 job infer "$(soft infer 50 stored)" "$(soft infer 10 online)" "$(soft infer 50 online)"
 curve="--evals 0 50 100 200 1000"
