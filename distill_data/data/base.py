@@ -47,6 +47,13 @@ class ImageSpace:
         mean, std = self._stats(x)
         return x * std + mean
 
+    def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised values of pixels 0 and 1, each (1, C, 1, 1): the range that
+        generators clamping to valid images clamp to."""
+        ends = torch.tensor([0.0, 1.0], dtype=torch.float64).view(2, 1, 1, 1)
+        lo, hi = self.normalize(ends.expand(2, self.channels, 1, 1)).float()
+        return lo.unsqueeze(0), hi.unsqueeze(0)
+
 
 @dataclass(eq=False)
 class DataSpec(ImageSpace):

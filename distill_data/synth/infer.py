@@ -124,8 +124,7 @@ class INFER(BatchedInversion):
             [d.normalize(d.x_train[torch.stack([p[g] for p in picks])]) for g in range(n)]
         ).to(self.device)
         self.y = torch.arange(d.num_classes, device=self.device)
-        lo = torch.tensor([-m / s for m, s in zip(d.mean, d.std)]).view(1, -1, 1, 1)
-        hi = torch.tensor([(1 - m) / s for m, s in zip(d.mean, d.std)]).view(1, -1, 1, 1)
+        lo, hi = d.pixel_bounds()
         self.lo, self.hi = lo.to(self.device), hi.to(self.device)
         super().setup()
 

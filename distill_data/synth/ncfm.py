@@ -299,9 +299,7 @@ class NCFM(MatchingGenerator):
             tuple({k: v.to(self.device) for k, v in sd.items()} for sd in pair) for pair in pool
         ]
         self._shells: list[nn.Module] | None = None
-        # the normalised values of pixel 0 and 1, per channel, for ``clamp``
-        bounds = d.normalize(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, d.channels, 1, 1))
-        self._lo, self._hi = (b.unsqueeze(0).to(self.device) for b in bounds)
+        self._lo, self._hi = (b.to(self.device) for b in d.pixel_bounds())  # for ``clamp``
         probe = _shell(cfg, d)
         self.feat_dim = int(probe.embed_dim)
         self.sampler = None

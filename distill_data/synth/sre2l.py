@@ -128,8 +128,7 @@ class SRe2L(BatchedInversion):
         self.y = torch.arange(k).repeat(n // k).to(self.device)
         self.x = torch.randn((n, d.channels, *d.im_size), generator=self.rng)
         self.x = self.x.to(self.device).requires_grad_(True)
-        lo = torch.tensor([-m / s for m, s in zip(d.mean, d.std)]).view(1, -1, 1, 1)
-        hi = torch.tensor([(1 - m) / s for m, s in zip(d.mean, d.std)]).view(1, -1, 1, 1)
+        lo, hi = d.pixel_bounds()
         self.lo, self.hi = lo.to(self.device), hi.to(self.device)
         opt = torch.optim.Adam([self.x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.optimizers = [opt]
