@@ -408,15 +408,16 @@ def test_online_relabel_asks_the_teacher_for_every_augmented_batch(tiny_npz):
     assert not any(torch.equal(s, x[: len(s)]) for s in seen)  # augmented, not raw
 
 
-def _eval_online(store, npz, teacher, **extra) -> dict:
-    """A tiny online-relabelled evaluation of ``store`` and its random baseline."""
+def _eval_online(store, npz, teacher, baselines=("random",), **extra) -> dict:
+    """A tiny online-relabelled evaluation of ``store`` and (by default) its random
+    baseline."""
     return dd.evaluate(
         store,
         str(npz),
         soft=True,
         teacher=teacher,
         relabel="online",
-        baselines=["random"],
+        baselines=list(baselines),
         runs=1,
         epochs=2,
         width=8,
@@ -549,16 +550,7 @@ def test_eval_sre2l_recipe_report_and_errors(sre2l_store, teacher_file, tiny_npz
     with pytest.raises(ConfigError, match="needs --soft --relabel online"):
         dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, recipe="sre2l", **kw)
     with pytest.raises(ConfigError, match="full-data baseline"):
-        dd.evaluate(
-            out,
-            str(tiny_npz),
-            soft=True,
-            teacher=teacher_file,
-            relabel="online",
-            baselines=["full"],
-            recipe="sre2l",
-            **kw,
-        )
+        _eval_online(out, tiny_npz, teacher_file, baselines=["full"], recipe="sre2l")
     with pytest.raises(ConfigError, match="unknown recipe"):
         dd.evaluate(out, str(tiny_npz), recipe="fkd", **kw)
     code, _, stderr = run_cli("eval", out, "--dataset", tiny_npz, "--soft", "--recipe", "sre2l")
