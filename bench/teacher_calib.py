@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, peak_rss_mib, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
+from distill_data.evaluation.protocol import RECIPES  # noqa: E402
 from distill_data.runtime import tune_allocator  # noqa: E402
 from distill_data.store import read_store  # noqa: E402
 
@@ -204,7 +205,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument(
         "--recipe",
-        choices=["dc", "sre2l"],
+        choices=list(RECIPES),
         default="dc",
         help="softlabel: the students' training recipe (sre2l needs --relabel online)",
     )

@@ -15,6 +15,7 @@ from distill_data import api
 from distill_data._version import __version__
 from distill_data.config import parse_set_options
 from distill_data.errors import DistillDataError
+from distill_data.evaluation.protocol import RECIPES
 from distill_data.runtime import tune_allocator
 
 
@@ -199,7 +200,7 @@ def build(
 )
 @click.option(
     "--recipe",
-    type=click.Choice(["dc", "sre2l"]),
+    type=click.Choice(RECIPES),
     default="dc",
     show_default=True,
     help="How the students train: dc = the field's protocol (SGD, x0.1 at half, DSA); "
