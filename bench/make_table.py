@@ -281,7 +281,7 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
             "|---|---|---|---|" + "---|" * len(its) + "---|",
         ]
         key = lambda r: (r["ipc"], _device(r), rank.get(r["method"], 99), _settings(r))  # noqa: E731
-        for r in sorted(curves, key=key):
+        for r in sorted(_merge_curves(curves), key=key):
             pts = {p["iterations"]: p for p in r["curve"]}
             row = [_pm(pts[i]["accuracy"]) if i in pts else "" for i in its]
             last = r["curve"][-1]
@@ -327,6 +327,37 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
     return out
 
 
+def _merge_curves(runs: list[dict]) -> list[dict]:
+    """Runs of one trajectory, as one curve: same method, seed, device, settings and
+    evaluation, whose configs differ only in the iteration count, and whose shared
+    points scored exactly the same models (the proof that they followed the same
+    trajectory: a later run adding the 50/200 points to a 0/100/1000 one, say). Runs
+    that disagree on a shared point stay separate rows."""
+
+    def ident(r: dict) -> str:
+        cfg = {k: v for k, v in r["config"].items() if k not in ("iterations", "checkpoint_every")}
+        return json.dumps(
+            [r["method"], r.get("seed", 0), _device(r), r["ipc"], cfg, r["eval"]], sort_keys=True
+        )
+
+    merged: list[dict] = []
+    for r in sorted(runs, key=lambda r: r["date"]):
+        for m in merged:
+            if ident(m) != ident(r):
+                continue
+            pts = {p["iterations"]: p for p in m["curve"]}
+            shared = [p for p in r["curve"] if p["iterations"] in pts]
+            if all(
+                p["accuracy"]["accs"] == pts[p["iterations"]]["accuracy"]["accs"] for p in shared
+            ):
+                new = [p for p in r["curve"] if p["iterations"] not in pts]
+                m["curve"] = sorted(m["curve"] + new, key=lambda p: p["iterations"])
+                break
+        else:
+            merged.append({**r, "curve": list(r["curve"])})
+    return merged
+
+
 def teacher_tables(results: list[dict]) -> list[str]:
     out: list[str] = []
     teachers = [r for r in results if r.get("benchmark") == "teacher"]
@@ -351,48 +382,7 @@ def teacher_tables(results: list[dict]) -> list[str]:
         for r in results
         if r.get("benchmark") == "calibration-set"
     }
-    for r in (r for r in results if r.get("benchmark") == "ptq-calibration"):
-        calibs = list(dict.fromkeys(row["calib"] for row in r["results"]))
-        bits = list(dict.fromkeys(row["bits"] for row in r["results"]))
-        acc = {(row["bits"], row["calib"]): row["quant_accuracy"] for row in r["results"]}
-        fp32 = r["results"][0]["fp32_accuracy"]
-        out += [
-            "",
-            f"**Data-free calibration: PTQ of the ResNet teacher** (`mnist5k` test "
-            f"accuracy %, fp32 {fp32:.2f}; per-channel symmetric weights, per-tensor "
-            f"activations, observer `{r['ptq']['observer']}`, BN folded, first/last layer "
-            f"{r['ptq']['first_last_bits']}-bit; 256 calibration images each)",
-            "",
-            "| bits | " + " | ".join(calibs) + " |",
-            "|---" * (len(calibs) + 1) + "|",
-        ]
-        for b in bits:
-            out.append(f"| {b} | " + " | ".join(f"{acc[(b, c)]:.2f}" for c in calibs) + " |")
-        notes = []
-        methods = {calib[m]["method"] for m in calibs if m in calib}
-        # the table's sets, and timing-only runs of their methods (calib_zeroq_32_timing)
-        shown = [
-            m for m in calib if m in calibs or ("_timing" in m and calib[m]["method"] in methods)
-        ]
-        for m, c in ((m, calib[m]) for m in shown):
-            speed = (
-                f"{c['seconds_per_image']:.2f} s/image"
-                if c.get("seconds_per_image")
-                else "time not valid (process was paused)"
-            )
-            it = c["config"].get("iterations")
-            gpu = c["machine"].get("gpu")
-            where = (
-                f"{gpu} shared by the bench/gpu.sh jobs"
-                if gpu
-                else f"CPU, {c['machine']['torch_threads']} thread(s)"
-            )
-            notes.append(
-                f"{m} ({c['method']}, {it} iterations per batch, {where}): {speed}, peak RSS "
-                f"{c['peak_rss_mib_process']:.0f} MiB"
-            )
-        if notes:
-            out += ["", "Generation: " + "; ".join(notes) + "."]
+    out += ptq_tables(results, calib)
     soft = [r for r in results if r.get("benchmark") == "soft-label"]
     if soft:
         out += [
@@ -443,6 +433,78 @@ def _label_teachers(r: dict) -> str:
     if r["method"] == "infer" and r.get("relabel", "stored") == "stored":
         names = f"set: ResNet + ConvNet-BN; baseline: {names}"
     return names
+
+
+def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
+    """One PTQ table per (observer, first/last-layer bits), merging every run of that
+    setting: columns are the calibration sets, rows the bit widths, a cell the newest
+    run's figure (runs repeat the real/noise columns with the same seed). The generation
+    notes of the sets follow the tables once."""
+    runs = sorted(
+        (r for r in results if r.get("benchmark") == "ptq-calibration"), key=lambda r: r["date"]
+    )
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["ptq"]["observer"], str(r["ptq"]["first_last_bits"])), []).append(r)
+    out: list[str] = []
+    shown_sets: list[str] = []
+    for (observer, first_last), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][1] != "8", kv[0])
+    ):
+        acc: dict[tuple[str, str], float] = {}
+        for r in rs:  # newest last, so it wins
+            acc.update({(row["bits"], row["calib"]): row["quant_accuracy"] for row in r["results"]})
+        calibs = list(dict.fromkeys(c for _, c in acc))
+        # stored sets first, then real:N, then noise:N
+        calibs.sort(key=lambda c: 2 if c.startswith("noise:") else c.startswith("real:"))
+        order = list(dict.fromkeys(row["bits"] for r in rs for row in r["results"]))
+        order.sort(key=lambda b: (-int(b[1 : b.index("a")]), -int(b[b.index("a") + 1 :])))
+        fp32 = rs[-1]["results"][0]["fp32_accuracy"]
+        layers = (
+            "first/last layer quantized like the rest"
+            if first_last == "None"
+            else (f"first/last layer {first_last}-bit")
+        )
+        out += [
+            "",
+            f"**Data-free calibration: PTQ of the ResNet teacher, observer `{observer}`, "
+            f"{layers}** (`mnist5k` test accuracy %, 1000 images, so 0.1 point = one image; "
+            f"fp32 {fp32:.2f}; per-channel symmetric weights, per-tensor activations, BN "
+            "folded; 256 calibration images each; — = not measured)",
+            "",
+            "| bits | " + " | ".join(calibs) + " |",
+            "|---" * (len(calibs) + 1) + "|",
+        ]
+        for b in order:
+            cells = [f"{acc[(b, c)]:.2f}" if (b, c) in acc else "—" for c in calibs]
+            out.append(f"| {b} | " + " | ".join(cells) + " |")
+        shown_sets += [c for c in calibs if c in calib and c not in shown_sets]
+    methods = {calib[m]["method"] for m in shown_sets}
+    # the tables' sets, and timing-only runs of their methods (calib_zeroq_32_timing)
+    shown = [
+        m for m in calib if m in shown_sets or ("_timing" in m and calib[m]["method"] in methods)
+    ]
+    notes = []
+    for m, c in ((m, calib[m]) for m in shown):
+        speed = (
+            f"{c['seconds_per_image']:.2f} s/image"
+            if c.get("seconds_per_image")
+            else "time not valid (process was paused)"
+        )
+        it = c["config"].get("iterations")
+        gpu = c["machine"].get("gpu")
+        where = (
+            f"{gpu} shared by the bench/gpu.sh jobs"
+            if gpu
+            else f"CPU, {c['machine']['torch_threads']} thread(s)"
+        )
+        notes.append(
+            f"{m} ({c['method']}, {it} iterations per batch, {where}): {speed}, peak RSS "
+            f"{c['peak_rss_mib_process']:.0f} MiB"
+        )
+    if notes:
+        out += ["", "Generation of the calibration sets: " + "; ".join(notes) + "."]
+    return out
 
 
 def render() -> str:
