@@ -85,9 +85,18 @@ def stage_calib(methods: list[str], device: str, tag: str = "", **overrides: dic
         )
 
 
-def stage_ptq(observer: str, methods: list[str], bits: list[str], tag: str = "") -> None:
+def stage_ptq(
+    observer: str, methods: list[str], bits: list[str], tag: str = "", first_last_bits=8
+) -> None:
     calibs = [str(WORK / f"calib_{m}.h5") for m in methods] + ["real:256", "noise:256"]
-    rep = dd.quantize(WORK / "teacher_resnet.pt", calibs, DATASET, bits=bits, observer=observer)
+    rep = dd.quantize(
+        WORK / "teacher_resnet.pt",
+        calibs,
+        DATASET,
+        bits=bits,
+        observer=observer,
+        first_last_bits=first_last_bits,
+    )
     for r in rep["results"]:
         r["calib"] = Path(r["calib"]).name if r["calib"].endswith(".h5") else r["calib"]
         acc, fp = r["quant_accuracy"], r["fp32_accuracy"]
@@ -199,6 +208,12 @@ def main() -> None:
     )
     ap.add_argument("--genie-iterations", type=int, default=CALIB["genie"]["iterations"])
     ap.add_argument("--bits", nargs="+", default=BITS)
+    ap.add_argument(
+        "--first-last-bits",
+        default="8",
+        help="ptq: bits of the first conv and last linear layer, or 'none' to quantize "
+        "them like the rest",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--runs", type=int, default=3)
@@ -228,7 +243,8 @@ def main() -> None:
         genie = {"iterations": args.genie_iterations}
         stage_calib(args.calib_methods, args.device, args.tag, genie=genie)
     if "ptq" in args.stage:
-        stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag)
+        flb = None if args.first_last_bits.lower() == "none" else int(args.first_last_bits)
+        stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag, flb)
     if "softlabel" in args.stage:
         stage_softlabel(
             args.ipc,
