@@ -3,8 +3,9 @@
 # priority order:
 #   issue 3 - NCFM at its default pool (trained by bench/ncfm_pool.py) at IPC 10/1/50;
 #             dm+fyi IPC 10 curve (0/50/100/200/1000); dm, datadam, dm+fyi at IPC 1/50
-#             (1000 iterations); the dm/datadam IPC 10 curves. (random/herding rows and
-#             bf16 parity were measured on earlier leases and on CPU.)
+#             (1000 iterations); dm/datadam at IPC 10 to 8000 iterations. (random/
+#             herding rows, bf16 parity, datadam IPC 50 and the dm/datadam IPC 10
+#             curves were measured on earlier leases and on CPU.)
 #   issue 4 - Genie at the official 4000 iterations and PTQ with the minmax/percentile/
 #             mse observers; SRe2L/INFER soft-label sets at IPC 50 (stored) and IPC
 #             10/50 (online relabelling);
@@ -80,6 +81,8 @@ job calib \
   "for o in mse minmax percentile; do [ -f $R/ptq_mnist5k_resnet_\${o}_genie4000.json ] || $T --stage ptq --observer \$o --ptq-sets zeroq_256 genie_256_gpu4000 --tag _genie4000; done"
 job sre2l "$(soft sre2l 50 stored)" "$(soft sre2l 10 online)" "$(soft sre2l 50 online)"
 job infer "$(soft infer 50 stored)" "$(soft infer 10 online)" "$(soft infer 50 online)"
+# datadam IPC 50 and the dm/datadam IPC 10 curves were measured on CPU (session 6); the
+# last two rows ask whether DataDAM separates from DM at the paper's 8000 iterations.
 curve="--evals 0 50 100 200 1000"
 job grid \
   "$M --method dm+fyi --ipc 10 $curve" \
@@ -87,10 +90,9 @@ job grid \
   "$M --method datadam --ipc 1 --evals 0 1000" \
   "$M --method dm+fyi --ipc 1 --evals 0 1000" \
   "$M --method dm --ipc 50 --evals 0 1000" \
-  "$M --method datadam --ipc 50 --evals 0 1000" \
   "$M --method dm+fyi --ipc 50 --evals 0 1000" \
-  "$M --method dm --ipc 10 $curve" \
-  "$M --method datadam --ipc 10 $curve"
+  "$M --method datadam --ipc 10 --evals 1000 8000 --tag gpu_8000" \
+  "$M --method dm --ipc 10 --evals 1000 8000 --tag gpu_8000"
 
 # stop whatever is still running at the limit; what finished has written its results
 (
