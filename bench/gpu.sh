@@ -82,7 +82,8 @@ job calib \
 job sre2l "$(soft sre2l 50 stored)" "$(soft sre2l 10 online)" "$(soft sre2l 50 online)"
 job infer "$(soft infer 50 stored)" "$(soft infer 10 online)" "$(soft infer 50 online)"
 # datadam IPC 50 and the dm/datadam IPC 10 curves were measured on CPU (session 6); the
-# last two rows ask whether DataDAM separates from DM at the paper's 8000 iterations.
+# last rows ask whether DataDAM separates from DM at the paper's 8000 iterations, or
+# with DM's 256 real images per class.
 curve="--evals 0 50 100 200 1000"
 job grid \
   "$M --method dm+fyi --ipc 10 $curve" \
@@ -92,7 +93,8 @@ job grid \
   "$M --method dm --ipc 50 --evals 0 1000" \
   "$M --method dm+fyi --ipc 50 --evals 0 1000" \
   "$M --method datadam --ipc 10 --evals 1000 8000 --tag gpu_8000" \
-  "$M --method dm --ipc 10 --evals 1000 8000 --tag gpu_8000"
+  "$M --method dm --ipc 10 --evals 1000 8000 --tag gpu_8000" \
+  "$M --method datadam --ipc 10 --evals 1000 --set batch_real=256 --tag gpu_br256"
 
 # stop whatever is still running at the limit; what finished has written its results
 (

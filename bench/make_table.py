@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from distill_data.synth.datadam import DataDAMConfig
+from distill_data.synth.dm import DMConfig
 from distill_data.synth.ncfm import NCFMConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -21,6 +22,7 @@ README = ROOT.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NCFM = NCFMConfig()  # its defaults: rows that deviate from them say so
 DATADAM = DataDAMConfig()
+BATCH_REAL = {"dm": DMConfig().batch_real, "datadam": DATADAM.batch_real}
 
 
 def _pm(a: dict) -> str:
@@ -147,6 +149,9 @@ def _settings(r: dict, speed: bool = True) -> str:
             out.append(f"frequencies={cfg['frequencies']}")
     if r["method"].startswith("datadam") and cfg.get("p", DATADAM.p) != DATADAM.p:
         out.append(f"p={cfg['p']:g}")
+    base = r["method"].split("+")[0]
+    if base in BATCH_REAL and cfg.get("batch_real", BATCH_REAL[base]) != BATCH_REAL[base]:
+        out.append(f"batch_real {cfg['batch_real']}")
     pool = (cfg.get("pool_size"), cfg.get("pretrain_epochs"))
     if r["method"].startswith("ncfm") and pool != (NCFM.pool_size, NCFM.pretrain_epochs):
         out.append(f"pool {cfg['pool_size']}×{cfg['pretrain_epochs']} ep")
