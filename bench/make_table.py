@@ -342,7 +342,16 @@ def _merge_curves(runs: list[dict]) -> list[dict]:
     def ident(r: dict) -> str:
         cfg = {k: v for k, v in r["config"].items() if k not in ("iterations", "checkpoint_every")}
         return json.dumps(
-            [r["method"], r.get("seed", 0), _device(r), r["ipc"], cfg, r["eval"]], sort_keys=True
+            # runs before the ``recipe`` option trained with the default one
+            [
+                r["method"],
+                r.get("seed", 0),
+                _device(r),
+                r["ipc"],
+                cfg,
+                {"recipe": "dc", **r["eval"]},
+            ],
+            sort_keys=True,
         )
 
     merged: list[dict] = []

@@ -50,6 +50,15 @@ def test_curves_of_one_trajectory_merge(mt):
     assert [p["iterations"] for p in long["curve"]] == [0, 100, 1000]
 
 
+def test_a_run_recorded_before_the_recipe_option_merges_with_a_default_recipe_run(mt):
+    long = _run("2026-11-27T05", 1000, {0: [94.0], 100: [95.4], 1000: [95.7]})
+    short = _run("2026-11-27T10", 200, {100: [95.4], 200: [95.6]})
+    short["eval"]["recipe"] = "dc"
+    assert len(mt._merge_curves([long, short])) == 1
+    short["eval"]["recipe"] = "sre2l"
+    assert len(mt._merge_curves([long, short])) == 2
+
+
 def test_curves_that_disagree_on_a_shared_point_stay_apart(mt):
     long = _run("2026-11-27T05", 1000, {0: [94.0, 94.1], 100: [95.4, 95.5], 1000: [95.7, 95.8]})
     other = _run("2026-11-27T10", 200, {100: [95.3, 95.5], 200: [95.6, 95.6]})
