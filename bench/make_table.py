@@ -13,6 +13,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from distill_data.quant.ptq import parse_bits
 from distill_data.synth.datadam import DataDAMConfig
 from distill_data.synth.dm import DMConfig
 from distill_data.synth.ncfm import NCFMConfig
@@ -341,17 +342,9 @@ def _merge_curves(runs: list[dict]) -> list[dict]:
 
     def ident(r: dict) -> str:
         cfg = {k: v for k, v in r["config"].items() if k not in ("iterations", "checkpoint_every")}
+        ev = {"recipe": "dc", **r["eval"]}  # runs before eval's recipe option used dc
         return json.dumps(
-            # runs before the ``recipe`` option trained with the default one
-            [
-                r["method"],
-                r.get("seed", 0),
-                _device(r),
-                r["ipc"],
-                cfg,
-                {"recipe": "dc", **r["eval"]},
-            ],
-            sort_keys=True,
+            [r["method"], r.get("seed", 0), _device(r), r["ipc"], cfg, ev], sort_keys=True
         )
 
     merged: list[dict] = []
@@ -457,13 +450,14 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
     runs = sorted(
         (r for r in results if r.get("benchmark") == "ptq-calibration"), key=lambda r: r["date"]
     )
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, int | None], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["ptq"]["observer"], str(r["ptq"]["first_last_bits"])), []).append(r)
+        groups.setdefault((r["ptq"]["observer"], r["ptq"]["first_last_bits"]), []).append(r)
     out: list[str] = []
     shown_sets: list[str] = []
+    # the default (first/last layer at 8 bits) first, then every layer quantized
     for (observer, first_last), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][1] != "8", kv[0])
+        groups.items(), key=lambda kv: (kv[0][1] is None, kv[0][0])
     ):
         acc: dict[tuple[str, str], float] = {}
         for r in rs:  # newest last, so it wins
@@ -472,12 +466,12 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
         # stored sets first, then real:N, then noise:N
         calibs.sort(key=lambda c: 2 if c.startswith("noise:") else c.startswith("real:"))
         order = list(dict.fromkeys(row["bits"] for r in rs for row in r["results"]))
-        order.sort(key=lambda b: (-int(b[1 : b.index("a")]), -int(b[b.index("a") + 1 :])))
+        order.sort(key=lambda b: tuple(-n for n in parse_bits(b)))
         fp32 = rs[-1]["results"][0]["fp32_accuracy"]
         layers = (
             "first/last layer quantized like the rest"
-            if first_last == "None"
-            else (f"first/last layer {first_last}-bit")
+            if first_last is None
+            else f"first/last layer {first_last}-bit"
         )
         out += [
             "",

@@ -86,7 +86,11 @@ def stage_calib(methods: list[str], device: str, tag: str = "", **overrides: dic
 
 
 def stage_ptq(
-    observer: str, methods: list[str], bits: list[str], tag: str = "", first_last_bits=8
+    observer: str,
+    methods: list[str],
+    bits: list[str],
+    tag: str = "",
+    first_last_bits: int | None = 8,
 ) -> None:
     calibs = [str(WORK / f"calib_{m}.h5") for m in methods] + ["real:256", "noise:256"]
     rep = dd.quantize(
