@@ -347,11 +347,10 @@ def _merge_curves(runs: list[dict]) -> list[dict]:
             [r["method"], r.get("seed", 0), _device(r), r["ipc"], cfg, ev], sort_keys=True
         )
 
-    merged: list[dict] = []
+    merged: dict[str, list[dict]] = {}
     for r in sorted(runs, key=lambda r: r["date"]):
-        for m in merged:
-            if ident(m) != ident(r):
-                continue
+        same = merged.setdefault(ident(r), [])
+        for m in same:
             pts = {p["iterations"]: p for p in m["curve"]}
             shared = [p for p in r["curve"] if p["iterations"] in pts]
             if all(
@@ -361,8 +360,8 @@ def _merge_curves(runs: list[dict]) -> list[dict]:
                 m["curve"] = sorted(m["curve"] + new, key=lambda p: p["iterations"])
                 break
         else:
-            merged.append({**r, "curve": list(r["curve"])})
-    return merged
+            same.append({**r, "curve": list(r["curve"])})
+    return [m for ms in merged.values() for m in ms]
 
 
 def teacher_tables(results: list[dict]) -> list[str]:

@@ -90,7 +90,7 @@ def stage_ptq(
     methods: list[str],
     bits: list[str],
     tag: str = "",
-    first_last_bits: int | None = 8,
+    first_last_bits: int | str | None = 8,
 ) -> None:
     calibs = [str(WORK / f"calib_{m}.h5") for m in methods] + ["real:256", "noise:256"]
     rep = dd.quantize(
@@ -247,8 +247,7 @@ def main() -> None:
         genie = {"iterations": args.genie_iterations}
         stage_calib(args.calib_methods, args.device, args.tag, genie=genie)
     if "ptq" in args.stage:
-        flb = None if args.first_last_bits.lower() == "none" else int(args.first_last_bits)
-        stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag, flb)
+        stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag, args.first_last_bits)
     if "softlabel" in args.stage:
         stage_softlabel(
             args.ipc,

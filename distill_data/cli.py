@@ -384,7 +384,6 @@ def quantize(
 
     if json_out and not Path(json_out).parent.exists():
         raise DistillDataError(f"output folder {Path(json_out).parent} does not exist")
-    flb = None if first_last_bits.lower() == "none" else first_last_bits
     report = api.quantize(
         teacher,
         list(calibs),
@@ -393,7 +392,7 @@ def quantize(
         compare=compare,
         seed=seed,
         observer=observer,
-        first_last_bits=flb,
+        first_last_bits=first_last_bits,  # "none" or a width: make_config coerces it
     )
     click.echo(format_comparison(report))
     if json_out:

@@ -49,6 +49,15 @@ def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
     assert "w4a4" in out and "noise:6" in out
 
 
+def test_quantize_first_last_bits_none_quantizes_every_layer(teacher_file, tmp_path, run_cli):
+    js = tmp_path / "q.json"
+    args = ["quantize", "--teacher", str(teacher_file), "--calib", "noise:4", "--bits", "w2a8"]
+    for flb, want in (("none", None), ("6", 6)):
+        code, _, err = run_cli(*args, "--first-last-bits", flb, "--json", str(js))
+        assert code == 0, err
+        assert json.loads(js.read_text())["ptq"]["first_last_bits"] == want
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -56,6 +65,8 @@ def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
         (["--calib", "noise:4", "--bits", "w9a8"], "from 2 to 8"),
         (["--calib", "noise:4", "--bits", "8bit"], "w"),
         (["--calib", "missing.h5"], "no such file"),
+        (["--calib", "noise:4", "--first-last-bits", "x"], "first_last_bits"),
+        (["--calib", "noise:4", "--first-last-bits", "16"], "from 2 to 8"),
     ],
 )
 def test_quantize_errors(teacher_file, run_cli, args, message):
