@@ -94,3 +94,27 @@ def test_ptq_runs_of_one_setting_share_a_table(mt):
     assert "| w2a4 | 50.00 | — | — |" in lines
     assert "| w8a8 | 90.00 |" in lines  # every layer quantized: its own table
     assert any("quantized like the rest" in ln for ln in lines)
+
+
+def test_seed_table_pairs_each_method_with_dm_of_the_same_seed(mt):
+    def run(method, seed, accs, **cfg):
+        r = _run("2026-11-27T05", 1000, {1000: accs}, **cfg)
+        return {**r, "method": method, "seed": seed}
+
+    results = [
+        run("dm", 0, [95.0, 95.0]),
+        run("dm", 1, [96.0, 96.0]),
+        run("datadam", 0, [95.5, 95.5]),
+        run("datadam", 1, [95.8, 95.8]),
+        run("datadam", 2, [99.0, 99.0], siamese="sample"),  # DSA per image: not default
+        run("dm+fyi", 0, [97.0, 97.0]),  # one seed: no row
+    ]
+    rows = [line for line in mt.seed_table(results) if line.startswith("| d")]
+    assert rows[0].startswith("| dm | CPU | 1000 | 95.50 ± 0.50 (4 models) | 0: 95.00; 1: 96.00 |")
+    # datadam: seed 0 +0.50, seed 1 -0.20 against DM of the same seed
+    assert rows[1] == (
+        "| datadam | CPU | 1000 | 95.65 ± 0.15 (4 models) | 0: 95.50; 1: 95.80 "
+        "| +0.15 (+0.50, -0.20) |"
+    )
+    assert len(rows) == 2
+    assert mt.seed_table(results[-1:]) == []
