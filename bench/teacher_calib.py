@@ -226,7 +226,8 @@ def main() -> None:
         "--recipe",
         choices=list(RECIPES),
         default="dc",
-        help="softlabel: the students' training recipe (sre2l needs --relabel online)",
+        help="softlabel: the students' training recipe (sre2l needs --relabel online; "
+        "infer takes stored or online labels)",
     )
     ap.add_argument(
         "--reuse",

@@ -204,8 +204,10 @@ def build(
     default="dc",
     show_default=True,
     help="How the students train: dc = the field's protocol (SGD, x0.1 at half, DSA); "
-    "sre2l = the official SRe2L student recipe (AdamW, cosine, mixup relabelled online, "
-    "KL without T^2; needs --soft --relabel online --teacher).",
+    "sre2l = the official SRe2L student recipe (AdamW, cosine, batch 128, mixup relabelled "
+    "online, KL without T^2; needs --soft --relabel online --teacher); infer = INFER's "
+    "(the same at batch 64; with --soft alone the stored logits are mixed as the images "
+    "are, its static labels; with --relabel online the teacher labels each mixed batch).",
 )
 @click.option(
     "--seed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -485,12 +486,52 @@ def test_mixup_feeds_teacher_and_student_convex_pairs_of_the_batch():
     assert mixed_any  # λ strictly inside (0, 1) for some row
 
 
-def test_mixup_needs_a_teacher_and_options_are_checked():
+def test_mixup_mixes_stored_logits_with_the_images_partners_and_lambda(monkeypatch):
+    """fit(mixup=α, soft_targets=z) without a teacher (INFER's static labels): the target
+    of mixed row λ·x_i + (1−λ)·x_j is λ·z_i + (1−λ)·z_j, the same λ and partner. Image i
+    is the one-hot row i and z_i = 10·(one-hot i), so target = 10 × the student's input."""
+    fit_mod = importlib.import_module("distill_data.train.fit")
+
+    n = 8
+    x = torch.eye(n).view(n, 1, 1, n)
+    z = 10.0 * torch.eye(n)
+    fed: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    real_kd = fit_mod.kd_loss
+
+    def spy_kd(student, teacher, temperature, t2=True):
+        targets.append(teacher.detach().clone())
+        return real_kd(student, teacher, temperature, t2)
+
+    monkeypatch.setattr(fit_mod, "kd_loss", spy_kd)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, n))
+    student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
+    fit_mod.fit(
+        student,
+        x,
+        torch.zeros(n, dtype=torch.long),
+        epochs=3,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=4,
+        soft_targets=z,
+        mixup=0.8,
+        temperature=30.0,
+    )
+    assert len(fed) == len(targets) == 6
+    mixed_any = False
+    for a, t in zip(fed, targets):
+        rows = a.view(len(a), n)
+        assert torch.allclose(t, 10.0 * rows, atol=1e-5)
+        mixed_any |= bool((rows.max(1).values < 1 - 1e-6).any())
+    assert mixed_any
+
+
+def test_mixup_needs_labels_to_mix_and_options_are_checked():
     from distill_data.train.fit import fit
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     x, y, g = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.Generator()
-    with pytest.raises(ValueError, match="mixup needs a teacher"):
+    with pytest.raises(ValueError, match="mixup needs soft targets or a teacher"):
         fit(net, x, y, epochs=1, generator=g, mixup=0.8)
     with pytest.raises(ValueError, match="unknown optimizer"):
         fit(net, x, y, epochs=1, generator=g, optimizer="lamb")
@@ -555,3 +596,35 @@ def test_eval_sre2l_recipe_report_and_errors(sre2l_store, teacher_file, tiny_npz
         dd.evaluate(out, str(tiny_npz), recipe="fkd", **kw)
     code, _, stderr = run_cli("eval", out, "--dataset", tiny_npz, "--soft", "--recipe", "sre2l")
     assert code == 2 and stderr.strip().count("\n") == 0 and "--recipe sre2l" in stderr
+
+
+def test_eval_infer_recipe_stored_and_online(sre2l_store, teacher_file, tiny_npz, run_cli):
+    """--recipe infer: INFER's student recipe (batch 64) with the stored logits mixed
+    with the images (its static labeling), or the teacher on each mixed batch (+Dyn)."""
+    out = sre2l_store
+    kw = {"runs": 1, "epochs": 2, "width": 8, "quiet": True}
+    rep = dd.evaluate(
+        out,
+        str(tiny_npz),
+        soft=True,
+        teacher=teacher_file,
+        baselines=["random"],
+        recipe="infer",
+        **kw,
+    )
+    p = rep["protocol"]
+    assert (p["recipe"], p["optimizer"], p["batch_size"], p["mixup"], p["kd_t2"]) == (
+        "infer",
+        "AdamW",
+        64,
+        0.8,
+        False,
+    )
+    for part in ("synthetic", "random"):
+        assert "stored logits, mixed as the images are" in rep["results"][part]["labels"]
+    assert "infer student recipe" in dd.evaluation.format_report(rep)
+    rep = _eval_online(out, tiny_npz, teacher_file, recipe="infer")
+    assert "teacher on each augmented, mixed batch" in rep["results"]["synthetic"]["labels"]
+    code, _, stderr = run_cli("eval", out, "--dataset", tiny_npz, "--recipe", "infer")
+    assert code == 2 and stderr.strip().count("\n") == 0 and "needs --soft" in stderr
+

@@ -10,7 +10,12 @@ import torch
 
 from distill_data.data import RealDataset, find_dataset, load_dataset
 from distill_data.errors import ConfigError, DataError
-from distill_data.evaluation.protocol import SRE2L_RECIPE, EvalConfig, evaluate_set, label_mode
+from distill_data.evaluation.protocol import (
+    RECIPE_SETTINGS,
+    EvalConfig,
+    evaluate_set,
+    label_mode,
+)
 from distill_data.evaluation.report import machine_info, now_iso
 from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
 from distill_data.store import SyntheticSet
@@ -133,9 +138,11 @@ def evaluate(
             "--recipe sre2l distils from the teacher on every mixed batch: "
             "it needs --soft --relabel online --teacher T.pt"
         )
-    if cfg.recipe == "sre2l" and ({"full"} & set(baselines) or scores):
+    if cfg.recipe != "dc" and not soft:
+        raise ConfigError(f"--recipe {cfg.recipe} is a soft-label recipe: it needs --soft")
+    if cfg.recipe != "dc" and ({"full"} & set(baselines) or scores):
         raise ConfigError(
-            "--recipe sre2l is a soft-label recipe: the full-data baseline and "
+            f"--recipe {cfg.recipe} is a soft-label recipe: the full-data baseline and "
             "--scores are hard-label protocols; drop them"
         )
     if soft:
@@ -264,7 +271,7 @@ def evaluate(
                 {"optimizer": "SGD", "lr_decay": "x0.1 at epochs/2"}
                 if cfg.recipe == "dc"
                 else {
-                    **SRE2L_RECIPE,
+                    **RECIPE_SETTINGS[cfg.recipe],
                     "momentum": None,
                     "optimizer": "AdamW",
                     "lr_decay": "cosine to 0 over the epochs",

@@ -7,12 +7,19 @@ apply DSA to every training batch, and test each on the real test split. The res
 the mean ± std over the R models **at the final epoch** (never the best epoch).
 
 ``recipe="sre2l"`` trains the students instead as the official SRe2L small-dataset code
-does (VILA-Lab/SRe2L ``relabel_cifar.py``; INFER's code inherits it): AdamW (lr 1e-3,
-weight decay 0.01), a cosine schedule over the epochs, batch 128, mixup (α = 0.8) on
-every batch with the teacher labelling the mixed batch, KL at the store's temperature
-without the T² factor. It keeps our architecture, DSA (in place of the code's random
-crop and flip) and the final epoch (the code also saves the last checkpoint), so it
-needs soft labels relabelled online by a teacher.
+does (VILA-Lab/SRe2L ``relabel_cifar.py``): AdamW (lr 1e-3, weight decay 0.01), a cosine
+schedule over the epochs, batch 128, mixup (α = 0.8) on every batch with the teacher
+labelling the mixed batch, KL at the store's temperature without the T² factor. It keeps
+our architecture, DSA (in place of the code's random crop and flip) and the final epoch
+(the code also saves the last checkpoint), so it needs soft labels relabelled online by
+a teacher.
+
+``recipe="infer"`` is INFER's student recipe (zhangxin-xd/UFC, ``val_static.py`` and
+``val_dyn.py`` as ``sh/ufc_cifar.sh`` runs them): the same optimiser, schedule, mixup and
+loss at batch 64. With the store's logits (INFER's "static labeling", the one its
+label-storage claim rests on) the target of a mixed pair is the same mix of the two
+stored logit vectors, λ·z_i + (1 − λ)·z_j; with ``relabel="online"`` the teacher labels
+every mixed batch (INFER+Dyn). Epochs stay ours (the code: 400 static, 80 dynamic).
 """
 
 from __future__ import annotations
@@ -31,18 +38,20 @@ from distill_data.data import RealDataset
 from distill_data.models import MODELS, build_model
 from distill_data.train import fit
 
-RECIPES = ("dc", "sre2l")
-
-#: fit() settings of ``recipe="sre2l"`` (relabel_cifar.py)
-SRE2L_RECIPE = {
-    "optimizer": "adamw",
-    "lr": 1e-3,
-    "weight_decay": 0.01,
-    "batch_size": 128,
-    "schedule": "cosine",
-    "mixup": 0.8,
-    "kd_t2": False,
+#: fit() settings of each student recipe but ``dc`` (whose SGD settings are EvalConfig's)
+RECIPE_SETTINGS = {
+    "sre2l": {  # VILA-Lab/SRe2L relabel_cifar.py
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "batch_size": 128,
+        "schedule": "cosine",
+        "mixup": 0.8,
+        "kd_t2": False,
+    },
 }
+RECIPE_SETTINGS["infer"] = {**RECIPE_SETTINGS["sre2l"], "batch_size": 64}  # sh/ufc_cifar.sh
+RECIPES = ("dc", *RECIPE_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,8 @@ class EvalConfig:
         width: network width override (None: the architecture's default).
         seed: base seed; run r draws from a generator seeded with seed·1000 + r.
         recipe: ``dc`` (the field's protocol above, with the SGD settings here) or
-            ``sre2l`` (the official SRe2L student recipe; its own optimiser settings).
+            ``sre2l`` / ``infer`` (the official SRe2L / INFER student recipes; their own
+            optimiser settings, ``RECIPE_SETTINGS``).
     """
 
     model: str = "convnet"
@@ -148,7 +158,7 @@ def train_and_test(
             "batch_size": cfg.batch_size,
         }
         if cfg.recipe == "dc"
-        else SRE2L_RECIPE
+        else RECIPE_SETTINGS[cfg.recipe]
     )
     fit(
         model,
@@ -170,10 +180,12 @@ def label_mode(soft: bool, online: bool, temperature: float, recipe: str = "dc")
     """How the evaluation models were supervised, as reports say it."""
     if not soft:
         return "hard"
-    if recipe == "sre2l":
-        return f"soft (KD from the teacher on each augmented, mixed batch, T={temperature:g})"
+    mixed = recipe in RECIPE_SETTINGS and RECIPE_SETTINGS[recipe]["mixup"] > 0
     if online:
-        return f"soft (KD from the teacher on each augmented batch, T={temperature:g})"
+        batch = "augmented, mixed batch" if mixed else "augmented batch"
+        return f"soft (KD from the teacher on each {batch}, T={temperature:g})"
+    if mixed:
+        return f"soft (KD from stored logits, mixed as the images are, T={temperature:g})"
     return f"soft (KD from stored logits, T={temperature:g})"
 
 

@@ -15,13 +15,18 @@ Objective of compensator u of group g against teacher f (official code, Eq. 5):
 
     min_u  CE(f(J(X_g + u)), y)  +  r_bn · Σ_l w_l (||μ_l − μ_l^BN||₂ + ||σ²_l − σ²_l^BN||₂)
 
-with J a random circular shift (jitter 4) and the SRe2L form of the BN term (first layer
-×10). Defaults from the official code (zhangxin-xd/UFC, ``ufc_cifar``): u initialised
-to zero, Adam lr 0.25, betas (0.5, 0.9), cosine decay, 1,000 iterations, r_bn = 1;
-soft labels at T = 30. Where the paper and the code differ: the code optimises each
-compensator against **one** teacher of the ensemble (cycling through the M
-architectures, our default); ``ensemble=true`` sums the loss over all teachers for every
-compensator, as the paper's description of an ensemble objective reads.
+with J a random circular shift (jitter 4; the official code shifts by 0…4 pixels, ours
+by −4…4 as SRe2L's Tiny-ImageNet script) and the SRe2L form of the BN term (first layer
+×10). Defaults from the official code as released (zhangxin-xd/UFC:
+``ufc_generation/ufc_cifar.py`` with the settings of ``sh/ufc_cifar.sh``, which raise
+its argparse lr 0.1 and r_bn 0.05): u initialised to zero, Adam lr 0.25, betas
+(0.5, 0.9), cosine decay, 1,000 iterations, r_bn = 1; only the final image is clamped to
+the pixel range, as there; soft labels are the ensemble's mean logits at T = 30 on the
+un-augmented images. The code optimises each compensator against **one** teacher of the
+ensemble (cycling through the M architectures, our default); ``ensemble=true`` sums the
+loss over all teachers for every compensator, one reading of the paper's ensemble
+objective (not checked against its method section). The official students train by
+INFER's recipe: ``eval --recipe infer``.
 Give the M teachers with repeated ``--teacher`` (different architectures, e.g. a
 ``resnet`` and a ``convnet_bn`` teacher).
 """

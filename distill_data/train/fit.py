@@ -2,7 +2,7 @@
 logits, or a teacher labelling every batch), SGD with step decay or AdamW with cosine
 decay, DSA, optional mixup.
 
-Used by evaluation (train-from-scratch protocol and its ``sre2l`` student recipe) and by
+Used by evaluation (train-from-scratch protocol and its ``sre2l``/``infer`` student recipes) and by
 generators that need briefly trained networks (NCFM's feature-extractor pool).
 Quantization-aware training extends this module.
 """
@@ -67,17 +67,18 @@ def fit(
     setting); ``schedule="step"`` multiplies the learning rate by 0.1 from epoch
     ``int(epochs * decay_at)`` on (the field's "×0.1 at half"), ``"cosine"`` anneals it
     to 0 over the epochs (per epoch, as ``CosineAnnealingLR(T_max=epochs)``); ``dsa``
-    augments every batch. ``mixup`` > 0 (needs ``teacher``) mixes every augmented batch
-    with a shuffled copy of itself, λ ~ Beta(mixup, mixup), and the teacher labels the
-    mixed batch (SRe2L's small-dataset recipe). ``kd_t2=False`` drops the T² factor of
-    the distillation loss. Shuffling, augmentation and mixing draw only from
-    ``generator``. ``bar`` (if given) advances by one per epoch.
+    augments every batch. ``mixup`` > 0 (needs soft targets or ``teacher``) mixes every
+    augmented batch with a shuffled copy of itself, λ ~ Beta(mixup, mixup); the teacher
+    labels the mixed batch (SRe2L's small-dataset recipe), or the stored logits are mixed
+    with the same λ and partners, λ·z_i + (1 − λ)·z_j (INFER's static labels).
+    ``kd_t2=False`` drops the T² factor of the distillation loss. Shuffling, augmentation
+    and mixing draw only from ``generator``. ``bar`` (if given) advances by one per epoch.
     """
     device = next(model.parameters()).device
     if teacher is not None:
         teacher.eval()
-    if mixup > 0 and teacher is None:
-        raise ValueError("mixup needs a teacher to label the mixed batches")
+    if mixup > 0 and teacher is None and soft_targets is None:
+        raise ValueError("mixup needs soft targets or a teacher to label the mixed batches")
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
@@ -112,19 +113,22 @@ def fit(
             x, y = x_all[idx], y_all[idx]
             if dsa is not None and dsa.enabled:
                 x = dsa(x, generator=generator)
+            target = None if soft is None else soft[idx]
             if mix_rng is not None:
                 lam = float(mix_rng.beta(mixup, mixup))
                 partner = torch.randperm(len(x), generator=generator).to(device)
                 x = lam * x + (1 - lam) * x[partner]
+                if target is not None:
+                    target = lam * target + (1 - lam) * target[partner]
             out = model(x)
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(x)
                 loss = kd_loss(out, target, temperature, kd_t2)
-            elif soft is None:
+            elif target is None:
                 loss = F.cross_entropy(out, y)
             else:
-                loss = kd_loss(out, soft[idx], temperature, kd_t2)
+                loss = kd_loss(out, target, temperature, kd_t2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
