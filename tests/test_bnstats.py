@@ -628,3 +628,28 @@ def test_eval_infer_recipe_stored_and_online(sre2l_store, teacher_file, tiny_npz
     code, _, stderr = run_cli("eval", out, "--dataset", tiny_npz, "--recipe", "infer")
     assert code == 2 and stderr.strip().count("\n") == 0 and "needs --soft" in stderr
 
+
+def test_random_view_translate_moves_like_roll_without_wrapping_around():
+    """SRe2L's ``shift=translate``: the same random offset as the circular roll (same
+    generator draws), the same pixels inside, and the border repeats the edge instead
+    of the pixels that wrapped around."""
+    from distill_data.synth.sre2l import random_view
+
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    for seed in range(20):
+        rolled = random_view(x, torch.Generator().manual_seed(seed), 2, False, 1.0)
+        moved = random_view(x, torch.Generator().manual_seed(seed), 2, False, 1.0, roll=False)
+        dy, dx = (
+            int(v)
+            for v in torch.randint(-2, 3, (2,), generator=torch.Generator().manual_seed(seed))
+        )
+        assert torch.equal(rolled, torch.roll(x, (dy, dx), (-2, -1)))
+        rows = (torch.arange(6) - dy).clamp(0, 5)
+        cols = (torch.arange(6) - dx).clamp(0, 5)
+        assert torch.equal(moved, x[..., rows[:, None], cols[None, :]])
+        inside = (slice(max(dy, 0), 6 + min(dy, 0)), slice(max(dx, 0), 6 + min(dx, 0)))
+        assert torch.equal(moved[..., inside[0], inside[1]], rolled[..., inside[0], inside[1]])
+    with pytest.raises(ConfigError, match="shift must be roll or translate"):
+        from distill_data.synth.sre2l import SRe2LConfig
+
+        SRe2LConfig(shift="wrap")

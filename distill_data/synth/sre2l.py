@@ -14,7 +14,9 @@ for knowledge-distillation evaluation (``distill-data eval --soft``).
 
 Defaults follow the official small-dataset recipe (VILA-Lab/SRe2L, ``recover_cifar``):
 Adam lr 0.25, betas (0.5, 0.9), cosine decay to 0, 1,000 iterations, r_bn 0.01, one
-image per class per batch, random shift (jitter) of up to 4 pixels; we add the random
+image per class per batch, random circular shift (jitter) of up to 4 pixels (``shift=
+translate`` shifts without wrapping around: on small centred digits the circular shift
+lets a digit form across the border, see docs/design-notes.md); we add the random
 horizontal flip of the ImageNet recipe except for digit data, and the ImageNet random
 resized crop is available (``crop_min_scale``, ImageNet 0.08; default 1 = off).
 Relabel: the teacher's logits on the final images at T = 30, the temperature the
@@ -42,10 +44,17 @@ from distill_data.synth.inversion import BatchedInversion
 
 
 def random_view(
-    x: torch.Tensor, g: torch.Generator, jitter: int, flip: bool, crop_min_scale: float
+    x: torch.Tensor,
+    g: torch.Generator,
+    jitter: int,
+    flip: bool,
+    crop_min_scale: float,
+    roll: bool = True,
 ) -> torch.Tensor:
     """One augmentation for the whole batch: random resized crop (if ``crop_min_scale`` <
-    1), horizontal flip (p = 0.5), and a circular shift of up to ``jitter`` pixels."""
+    1), horizontal flip (p = 0.5), and a shift of up to ``jitter`` pixels each way:
+    circular (``torch.roll``, the official codes'), or with ``roll=False`` a translation
+    whose uncovered border repeats the edge pixels (nothing wraps around)."""
     h, w = x.shape[-2:]
     if crop_min_scale < 1.0:
         scale = crop_min_scale + (1 - crop_min_scale) * float(torch.rand((), generator=g))
@@ -59,7 +68,13 @@ def random_view(
         x = x.flip(-1)
     if jitter > 0:
         dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
-        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        if roll:
+            x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        else:  # out[i, j] = x[i - dy, j - dx], indices clamped to the image
+            p = jitter
+            x = F.pad(x, (p, p, p, p), mode="replicate")[
+                ..., p - dy : p - dy + h, p - dx : p - dx + w
+            ]
     return x
 
 
@@ -72,7 +87,9 @@ class SRe2LConfig(GeneratorConfig):
         ipc_per_batch: images per class optimised together (batch = classes × this).
         lr, beta1, beta2: Adam on pixels, cosine-decayed to 0 over ``iterations``.
         r_bn: weight of the BN statistic term; first_bn_multiplier: weight of layer 1.
-        jitter: random circular shift in pixels; flip: None = on unless digit data.
+        jitter: random shift in pixels; shift: ``roll`` (circular, the official code)
+            or ``translate`` (edges repeated, nothing wraps: digits cannot form across
+            the border); flip: None = on unless digit data.
         crop_min_scale: random-resized-crop minimum area (1 = no crop).
         temperature: stored with the soft labels, used by ``eval --soft``.
     """
@@ -85,6 +102,7 @@ class SRe2LConfig(GeneratorConfig):
     r_bn: float = 0.01
     first_bn_multiplier: float = 10.0
     jitter: int = 4
+    shift: str = "roll"
     flip: bool | None = None
     crop_min_scale: float = 1.0
     temperature: float = 30.0
@@ -98,6 +116,10 @@ class SRe2LConfig(GeneratorConfig):
         require(self.lr > 0 and self.r_bn >= 0, "lr must be > 0 and r_bn >= 0")
         require(0 < self.crop_min_scale <= 1, "crop_min_scale must be in (0, 1]")
         require(self.jitter >= 0 and self.temperature > 0, "jitter >= 0, temperature > 0")
+        require(
+            self.shift in ("roll", "translate"),
+            f"shift must be roll or translate, got {self.shift!r}",
+        )
 
 
 @GENERATORS.register("sre2l", "SRe2L: recover class images from a teacher, relabel (NeurIPS 2023)")
@@ -145,7 +167,8 @@ class SRe2L(BatchedInversion):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         flip = (not self.data.is_digits) if cfg.flip is None else cfg.flip
-        view = random_view(x, self.rng, cfg.jitter, flip, cfg.crop_min_scale)
+        roll = cfg.shift == "roll"
+        view = random_view(x, self.rng, cfg.jitter, flip, cfg.crop_min_scale, roll)
         with BNStatLoss(
             self.teacher,
             stats="batch",
