@@ -464,7 +464,8 @@ def teacher_tables(results: list[dict]) -> list[str]:
         for r in sorted(soft, key=lambda r: (r["ipc"], r["method"], r.get("relabel", ""))):
             s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
             out.append(
-                f"| {r['method']} | {r['ipc']} | {r['stored_images']} | {_device(r)} | "
+                f"| {r['method']}{_options(r)} | {r['ipc']} | {r['stored_images']} | "
+                f"{_device(r)} | "
                 f"{_build_seconds(r)} | "
                 f"{r.get('relabel', 'stored')}"
                 f"{_recipe(r)} | "
@@ -480,6 +481,11 @@ def _build_seconds(r: dict) -> str:
         return "— (set reused)"
     resumed = " (resumed: last part only)" if r.get("resumed_from_checkpoint") else ""
     return f"{r['build_seconds']:.0f}{resumed}"
+
+
+def _options(r: dict) -> str:
+    opts = r.get("options") or {}
+    return f" ({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else ""
 
 
 def _recipe(r: dict) -> str:

@@ -14,6 +14,8 @@ condensation.
     python bench/teacher_calib.py --stage teacher calib ptq
     python bench/teacher_calib.py --stage softlabel --ipc 10
     python bench/teacher_calib.py --stage softlabel --ipc 10 --relabel online
+    python bench/teacher_calib.py --stage softlabel --soft-methods sre2l --ipc 10 \
+        --set shift=translate --tag _cpu_translate   # a non-default generator setting
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, peak_rss_mib, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
+from distill_data.config import parse_set_options  # noqa: E402
 from distill_data.evaluation.protocol import RECIPES  # noqa: E402
 from distill_data.runtime import tune_allocator  # noqa: E402
 from distill_data.store import read_store  # noqa: E402
@@ -125,6 +128,7 @@ def stage_softlabel(
     resume: bool = False,
     recipe: str = "dc",
     reuse: bool = False,
+    options: dict[str, str] | None = None,
 ) -> None:
     for ipc in ipcs:
         for method in methods:
@@ -140,7 +144,15 @@ def stage_softlabel(
                 synset = read_store(out)
             else:
                 synset = dd.build(
-                    DATASET, method, ipc, out, teacher=ts, device=device, quiet=True, resume=resume
+                    DATASET,
+                    method,
+                    ipc,
+                    out,
+                    teacher=ts,
+                    options=options,
+                    device=device,
+                    quiet=True,
+                    resume=resume,
                 )
             secs = None if reused else time.perf_counter() - t0
             rep = dd.evaluate(
@@ -171,6 +183,7 @@ def stage_softlabel(
                     "ipc": ipc,
                     "relabel": relabel,
                     "recipe": recipe,
+                    "options": options or {},  # generator settings off their defaults
                     "label_teachers": len(ts),
                     "device": device,
                     "stored_images": len(synset),
@@ -230,6 +243,14 @@ def main() -> None:
         "infer takes stored or online labels)",
     )
     ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="softlabel: a generator setting off its default (repeatable); give a --tag",
+    )
+    ap.add_argument(
         "--reuse",
         action="store_true",
         help="softlabel: evaluate the set an earlier run stored instead of building it again",
@@ -261,6 +282,7 @@ def main() -> None:
             args.resume,
             args.recipe,
             args.reuse,
+            parse_set_options(args.sets),
         )
 
 

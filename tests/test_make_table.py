@@ -118,3 +118,28 @@ def test_seed_table_pairs_each_method_with_dm_of_the_same_seed(mt):
     )
     assert len(rows) == 2
     assert mt.seed_table(results[-1:]) == []
+
+
+def test_soft_label_rows_name_generator_settings_off_their_defaults(mt):
+    acc = {"mean": 90.0, "std": 0.1, "runs": 3, "epochs": 300, "labels": "soft"}
+    row = {
+        "benchmark": "soft-label",
+        "method": "sre2l",
+        "ipc": 10,
+        "stored_images": 100,
+        "device": "cpu",
+        "machine": {},
+        "build_seconds": 400.0,
+        "relabel": "stored",
+        "recipe": "dc",
+        "label_teachers": 1,
+        "eval": {"results": {"synthetic": acc, "random": acc}},
+    }
+    plain = [x for x in mt.teacher_tables([row]) if x.startswith("| sre2l")]
+    shifted = [
+        x
+        for x in mt.teacher_tables([{**row, "options": {"shift": "translate"}}])
+        if x.startswith("| sre2l")
+    ]
+    assert plain[0].startswith("| sre2l | 10 | 100 | CPU | 400 | stored |")
+    assert shifted[0].startswith("| sre2l (shift=translate) | 10 | 100 | CPU |")
