@@ -14,11 +14,13 @@ for knowledge-distillation evaluation (``distill-data eval --soft``).
 
 Defaults follow the official small-dataset recipe (VILA-Lab/SRe2L, ``recover_cifar``):
 Adam lr 0.25, betas (0.5, 0.9), cosine decay to 0, 1,000 iterations, r_bn 0.01, one
-image per class per batch, random circular shift (jitter) of up to 4 pixels (``shift=
-translate`` shifts without wrapping around: on small centred digits the circular shift
-lets a digit form across the border, see docs/design-notes.md); we add the random
-horizontal flip of the ImageNet recipe except for digit data, and the ImageNet random
-resized crop is available (``crop_min_scale``, ImageNet 0.08; default 1 = off).
+image per class per batch (the code's batch of 100 is one per class of CIFAR-100; on a
+10-class dataset ``ipc_per_batch=10`` gives its batch size instead), random circular
+shift (jitter) of up to 4 pixels (``shift=translate`` shifts without wrapping around: on
+small centred digits the circular shift lets a digit form across the border, see
+docs/design-notes.md); we add the random horizontal flip of the ImageNet recipe except
+for digit data, and the ImageNet random resized crop is available (``crop_min_scale``,
+ImageNet 0.08; default 1 = off). The images stay float (the code saves JPEGs).
 Relabel: the teacher's logits on the final images at T = 30, the temperature the
 official small-dataset relabel script hard-codes (``relabel_cifar.py``; its ImageNet
 FKD script passes ``-T 20``; until 27 Nov 2026 we used 3, the argparse default of
