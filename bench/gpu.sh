@@ -8,7 +8,7 @@
 #             curves were measured on earlier leases and on CPU.)
 #   issue 4 - Genie at the official 4000 iterations and PTQ with the minmax/percentile/
 #             mse observers; SRe2L/INFER soft-label sets at IPC 50 (stored) and IPC
-#             10/50 (online relabelling);
+#             10/50 (online relabelling); INFER under its own student recipe;
 #   the CUDA tests.
 # Accuracy only: the jobs share the GPU, so their seconds are not speed figures (speed
 # is measured on CPU by bench/matching_speed.py). Each job logs to OUT/NAME.log and
@@ -68,19 +68,23 @@ job ncfm \
   "$M --method ncfm --ipc 1 --evals 0 1000" \
   "$M --method ncfm --ipc 50 --evals 0 1000"
 T="$PY bench/teacher_calib.py --device cuda"
-# soft METHOD IPC RELABEL: the soft-label row, unless its result exists; a set an earlier
-# lease built is evaluated as it is (--reuse), one it checkpointed is continued (--resume)
+# soft METHOD IPC RELABEL [RECIPE]: the soft-label row, unless its result exists; a set an
+# earlier lease built is evaluated as it is (--reuse), one it checkpointed is continued
+# (--resume)
 soft() {
-  local suffix=""
+  local suffix="" recipe=${4:-dc}
   [ "$3" = online ] && suffix=_online
-  echo "[ -f bench/results/softlabel_mnist5k_$1_ipc$2_gpu$suffix.json ] || $T --stage softlabel --soft-methods $1 --ipc $2 --tag _gpu --relabel $3 --resume --reuse"
+  [ "$recipe" != dc ] && suffix="${suffix}_$recipe"
+  echo "[ -f bench/results/softlabel_mnist5k_$1_ipc$2_gpu$suffix.json ] || $T --stage softlabel --soft-methods $1 --ipc $2 --tag _gpu --relabel $3 --recipe $recipe --resume --reuse"
 }
 R=bench/results
 job calib \
   "[ -f $R/calib_mnist5k_genie_256_gpu4000.json ] || $T --stage calib --calib-methods genie --genie-iterations 4000 --tag _gpu4000" \
   "for o in mse minmax percentile; do [ -f $R/ptq_mnist5k_resnet_\${o}_genie4000.json ] || $T --stage ptq --observer \$o --ptq-sets zeroq_256 genie_256_gpu4000 --tag _genie4000; done"
 job sre2l "$(soft sre2l 50 stored)" "$(soft sre2l 10 online)" "$(soft sre2l 50 online)"
-job infer "$(soft infer 50 stored)" "$(soft infer 10 online)" "$(soft infer 50 online)"
+# INFER under its own student recipe (static labels: stored logits mixed with mixup)
+job infer "$(soft infer 50 stored)" "$(soft infer 50 stored infer)" "$(soft infer 10 stored infer)" \
+  "$(soft infer 10 online)" "$(soft infer 50 online)"
 # datadam IPC 50 and the dm/datadam IPC 10 curves were measured on CPU (session 6); the
 # last rows ask whether DataDAM separates from DM at the paper's 8000 iterations, or
 # with DM's 256 real images per class.
