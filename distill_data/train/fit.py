@@ -2,8 +2,9 @@
 logits, or a teacher labelling every batch), SGD with step decay or AdamW with cosine
 decay, DSA, optional mixup.
 
-Used by evaluation (train-from-scratch protocol and its ``sre2l``/``infer`` student recipes) and by
-generators that need briefly trained networks (NCFM's feature-extractor pool).
+Used by evaluation (train-from-scratch protocol and its ``sre2l``/``infer`` student
+recipes) and by generators that need briefly trained networks (NCFM's feature-extractor
+pool).
 Quantization-aware training extends this module.
 """
 
@@ -113,7 +114,8 @@ def fit(
             x, y = x_all[idx], y_all[idx]
             if dsa is not None and dsa.enabled:
                 x = dsa(x, generator=generator)
-            target = None if soft is None else soft[idx]
+            # stored logits, unless a teacher labels the (mixed) batch below
+            target = soft[idx] if soft is not None and teacher is None else None
             if mix_rng is not None:
                 lam = float(mix_rng.beta(mixup, mixup))
                 partner = torch.randperm(len(x), generator=generator).to(device)
