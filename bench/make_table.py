@@ -484,8 +484,10 @@ def _build_seconds(r: dict) -> str:
 
 
 def _options(r: dict) -> str:
-    opts = r.get("options") or {}
-    return f" ({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else ""
+    """Generator settings off their defaults, and the build seed unless 0."""
+    opts = [f"{k}={v}" for k, v in sorted((r.get("options") or {}).items())]
+    opts += [f"seed {r['seed']}"] if r.get("seed", 0) else []
+    return f" ({', '.join(opts)})" if opts else ""
 
 
 def _recipe(r: dict) -> str:

@@ -129,6 +129,7 @@ def stage_softlabel(
     recipe: str = "dc",
     reuse: bool = False,
     options: dict[str, str] | None = None,
+    seed: int = 0,
 ) -> None:
     for ipc in ipcs:
         for method in methods:
@@ -150,6 +151,7 @@ def stage_softlabel(
                     out,
                     teacher=ts,
                     options=options,
+                    seed=seed,
                     device=device,
                     quiet=True,
                     resume=resume,
@@ -184,6 +186,7 @@ def stage_softlabel(
                     "relabel": relabel,
                     "recipe": recipe,
                     "options": options or {},  # generator settings off their defaults
+                    "seed": seed,
                     "label_teachers": len(ts),
                     "device": device,
                     "stored_images": len(synset),
@@ -250,6 +253,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="softlabel: a generator setting off its default (repeatable); give a --tag",
     )
+    ap.add_argument("--seed", type=int, default=0, help="softlabel: the build seed; give a --tag")
     ap.add_argument(
         "--reuse",
         action="store_true",
@@ -283,6 +287,7 @@ def main() -> None:
             args.recipe,
             args.reuse,
             parse_set_options(args.sets),
+            args.seed,
         )
 
 

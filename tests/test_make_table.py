@@ -143,3 +143,5 @@ def test_soft_label_rows_name_generator_settings_off_their_defaults(mt):
     ]
     assert plain[0].startswith("| sre2l | 10 | 100 | CPU | 400 | stored |")
     assert shifted[0].startswith("| sre2l (shift=translate) | 10 | 100 | CPU |")
+    seeded = [x for x in mt.teacher_tables([{**row, "seed": 1}]) if x.startswith("| sre2l")]
+    assert seeded[0].startswith("| sre2l (seed 1) | 10 | 100 | CPU |")
