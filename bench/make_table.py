@@ -26,6 +26,15 @@ DATADAM = DataDAMConfig()
 BATCH_REAL = {"dm": DMConfig().batch_real, "datadam": DATADAM.batch_real}
 
 
+CORESETS = ("random", "herding", "kcenter")
+#: row order of the matching tables; unknown methods go last
+METHOD_ORDER = [*CORESETS, "dm", "datadam", "ncfm", "dm+fyi", "datadam+fyi"]
+
+
+def _rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
 def _pm(a: dict) -> str:
     return f"{a['mean']:.2f} ± {a['std']:.2f}"
 
@@ -133,7 +142,7 @@ def matching_speed_table(results: list[dict]) -> list[str]:
 def _settings(r: dict, speed: bool = True) -> str:
     """The settings of a matching-accuracy run that differ from the method's defaults
     (``speed=False``: without the fast-mode ones, bf16 and channels-last)."""
-    if r["method"] in ("random", "herding", "kcenter"):
+    if r["method"] in CORESETS:
         return ""
     cfg, out = r["config"], []
     # runs from before the ``siamese`` option drew DSA per image (recorded without it)
@@ -228,8 +237,6 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
     ]
     if not runs:
         return []
-    order = ["random", "herding", "kcenter", "dm", "datadam", "ncfm", "dm+fyi", "datadam+fyi"]
-    rank = {m: i for i, m in enumerate(order)}
     ipcs = sorted({r["ipc"] for r in runs})
     out = []
     # (a) the grid: fp32 runs, final point per (method, settings, IPC); of several runs
@@ -248,7 +255,7 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
         planned = r.get("iterations_planned", last["iterations"])
         if last["iterations"] == 0:
             txt = _pm(last["accuracy"])
-            if method not in ("random", "herding", "kcenter"):
+            if method not in CORESETS:
                 txt = f"init {txt}; {planned} it not reached"
         else:
             txt = f"**{_pm(last['accuracy'])}** ({last['iterations']} it)"
@@ -268,7 +275,7 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
         "| method | settings | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
         "|---|---|" + "---|" * len(ipcs),
     ]
-    for (method, st), row in sorted(cells.items(), key=lambda kv: rank.get(kv[0][0], 99)):
+    for (method, st), row in sorted(cells.items(), key=lambda kv: _rank(kv[0][0])):
         out.append(f"| {method} | {st} | " + " | ".join(row.get(i, "—") for i in ipcs) + " |")
     # (b) accuracy against iterations (every run with more than one point)
     curves = [r for r in runs if len(r["curve"]) > 1]
@@ -286,7 +293,7 @@ def matching_accuracy_table(results: list[dict]) -> list[str]:
             + " | eval |",
             "|---|---|---|---|" + "---|" * len(its) + "---|",
         ]
-        key = lambda r: (r["ipc"], _device(r), rank.get(r["method"], 99), _settings(r))  # noqa: E731
+        key = lambda r: (r["ipc"], _device(r), _rank(r["method"]), _settings(r))  # noqa: E731
         for r in sorted(_merge_curves(curves), key=key):
             pts = {p["iterations"]: p for p in r["curve"]}
             row = [_pm(pts[i]["accuracy"]) if i in pts else "" for i in its]
@@ -344,7 +351,7 @@ def seed_table(results: list[dict]) -> list[str]:
         for r in results
         if r.get("benchmark") == "matching-accuracy"
         and r["ipc"] == 10
-        and r["method"] not in ("random", "herding", "kcenter")
+        and r["method"] not in CORESETS
         and _settings(r) == ""
     ]
     acc: dict[tuple[str, str, int], dict[int, dict]] = defaultdict(dict)
@@ -352,11 +359,9 @@ def seed_table(results: list[dict]) -> list[str]:
         for p in r["curve"]:
             if p["iterations"]:  # iteration 0 is the init every method of a seed shares
                 acc[(_device(r), r["method"], p["iterations"])][r.get("seed", 0)] = p["accuracy"]
-    order = ["dm", "datadam", "ncfm", "dm+fyi"]
     out = []
-    for (dev, method, it), seeds in sorted(
-        acc.items(), key=lambda kv: (kv[0][0], kv[0][2], (order + [kv[0][1]]).index(kv[0][1]))
-    ):
+    by_row = lambda kv: (kv[0][0], kv[0][2], _rank(kv[0][1]))  # noqa: E731 device, its, method
+    for (dev, method, it), seeds in sorted(acc.items(), key=by_row):
         if len(seeds) < 2:
             continue
         accs = [a for s in seeds.values() for a in s["accs"]]

@@ -282,12 +282,12 @@ def main() -> None:
             args.epochs,
             args.device,
             args.tag,
-            args.relabel,
-            args.resume,
-            args.recipe,
-            args.reuse,
-            parse_set_options(args.sets),
-            args.seed,
+            relabel=args.relabel,
+            resume=args.resume,
+            recipe=args.recipe,
+            reuse=args.reuse,
+            options=parse_set_options(args.sets),
+            seed=args.seed,
         )
 
 

@@ -638,7 +638,9 @@ def test_random_view_translate_moves_like_roll_without_wrapping_around():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     for seed in range(20):
         rolled = random_view(x, torch.Generator().manual_seed(seed), 2, False, 1.0)
-        moved = random_view(x, torch.Generator().manual_seed(seed), 2, False, 1.0, roll=False)
+        moved = random_view(
+            x, torch.Generator().manual_seed(seed), 2, False, 1.0, shift="translate"
+        )
         dy, dx = (
             int(v)
             for v in torch.randint(-2, 3, (2,), generator=torch.Generator().manual_seed(seed))

@@ -51,12 +51,12 @@ def random_view(
     jitter: int,
     flip: bool,
     crop_min_scale: float,
-    roll: bool = True,
+    shift: str = "roll",
 ) -> torch.Tensor:
     """One augmentation for the whole batch: random resized crop (if ``crop_min_scale`` <
     1), horizontal flip (p = 0.5), and a shift of up to ``jitter`` pixels each way:
-    circular (``torch.roll``, the official codes'), or with ``roll=False`` a translation
-    whose uncovered border repeats the edge pixels (nothing wraps around)."""
+    ``shift="roll"`` circular (``torch.roll``, the official codes'), ``"translate"`` a
+    translation whose uncovered border repeats the edge pixels (nothing wraps around)."""
     h, w = x.shape[-2:]
     if crop_min_scale < 1.0:
         scale = crop_min_scale + (1 - crop_min_scale) * float(torch.rand((), generator=g))
@@ -70,7 +70,7 @@ def random_view(
         x = x.flip(-1)
     if jitter > 0:
         dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
-        if roll:
+        if shift == "roll":
             x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
         else:  # out[i, j] = x[i - dy, j - dx], indices clamped to the image
             p = jitter
@@ -169,8 +169,7 @@ class SRe2L(BatchedInversion):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         flip = (not self.data.is_digits) if cfg.flip is None else cfg.flip
-        roll = cfg.shift == "roll"
-        view = random_view(x, self.rng, cfg.jitter, flip, cfg.crop_min_scale, roll)
+        view = random_view(x, self.rng, cfg.jitter, flip, cfg.crop_min_scale, cfg.shift)
         with BNStatLoss(
             self.teacher,
             stats="batch",
