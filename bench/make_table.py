@@ -31,6 +31,10 @@ CORESETS = ("random", "herding", "kcenter")
 METHOD_ORDER = [*CORESETS, "dm", "datadam", "ncfm", "dm+fyi", "datadam+fyi"]
 
 
+# the bit widths issue #4's calibration targets name
+ISSUE_BITS = ("w8a8", "w6a6", "w4a8", "w4a4")
+
+
 def _rank(method: str) -> int:
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
@@ -521,14 +525,15 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
     for r in runs:
         groups.setdefault((r["ptq"]["observer"], r["ptq"]["first_last_bits"]), []).append(r)
     out: list[str] = []
+    targets: list[str] = []
     shown_sets: list[str] = []
     # the default (first/last layer at 8 bits) first, then every layer quantized
     for (observer, first_last), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][1] is None, kv[0][0])
     ):
-        acc: dict[tuple[str, str], float] = {}
+        acc: dict[tuple[str, str], dict] = {}
         for r in rs:  # newest last, so it wins
-            acc.update({(row["bits"], row["calib"]): row["quant_accuracy"] for row in r["results"]})
+            acc.update({(row["bits"], row["calib"]): row for row in r["results"]})
         calibs = list(dict.fromkeys(c for _, c in acc))
         # stored sets first, then real:N, then noise:N
         calibs.sort(key=lambda c: 2 if c.startswith("noise:") else c.startswith("real:"))
@@ -544,16 +549,33 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
             "",
             f"**Data-free calibration: PTQ of the ResNet teacher, observer `{observer}`, "
             f"{layers}** (`mnist5k` test accuracy %, 1000 images, so 0.1 point = one image; "
-            f"fp32 {fp32:.2f}; per-channel symmetric weights, per-tensor activations, BN "
-            "folded; 256 calibration images each; — = not measured)",
+            "in brackets the logit SQNR of the quantized network against the float one on "
+            f"the same images, dB, higher is better; fp32 {fp32:.2f}; per-channel symmetric "
+            "weights, per-tensor activations, BN folded; 256 calibration images each; — = "
+            "not measured)",
             "",
             "| bits | " + " | ".join(calibs) + " |",
             "|---" * (len(calibs) + 1) + "|",
         ]
         for b in order:
-            cells = [f"{acc[(b, c)]:.2f}" if (b, c) in acc else "—" for c in calibs]
+            cells = [_ptq_cell(acc[(b, c)]) if (b, c) in acc else "—" for c in calibs]
             out.append(f"| {b} | " + " | ".join(cells) + " |")
         shown_sets += [c for c in calibs if c in calib and c not in shown_sets]
+        if first_last is not None:
+            targets += _noise_rows(observer, acc, calibs)
+    if targets:
+        out += [
+            "",
+            "**Calibration sets against real images and Gaussian noise** (issue #4 target "
+            "(a): at W8A8 within 0.5 points of real calibration, at W4A8 within 2, ahead of "
+            "noise at every width; first/last layer 8-bit; accuracy differences in points of "
+            "test accuracy (0.1 = one image), fidelity differences in dB of logit SQNR "
+            "against the float network)",
+            "",
+            "| observer | bits | set | vs real: accuracy | vs noise: accuracy | "
+            "vs noise: SQNR dB |",
+            "|---|---|---|---|---|---|",
+        ] + targets
     methods = {calib[m]["method"] for m in shown_sets}
     # the tables' sets, and timing-only runs of their methods (calib_zeroq_32_timing)
     shown = [
@@ -580,6 +602,35 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
     if notes:
         out += ["", "Generation of the calibration sets: " + "; ".join(notes) + "."]
     return out
+
+
+def _ptq_cell(row: dict) -> str:
+    sqnr = row.get("logit_sqnr_db", False)  # runs before session 8 did not measure it
+    if sqnr is False:
+        return f"{row['quant_accuracy']:.2f}"
+    return f"{row['quant_accuracy']:.2f} ({'exact' if sqnr is None else f'{sqnr:.1f}'})"
+
+
+def _noise_rows(observer: str, acc: dict[tuple[str, str], dict], calibs: list[str]) -> list[str]:
+    """Each stored set against real:N and noise:N at the issue's widths."""
+    rows = []
+
+    def diff(r: dict, ref: dict | None, key: str) -> str:
+        if ref is None or r.get(key) is None or ref.get(key) is None:
+            return "—"
+        return f"{r[key] - ref[key]:+.2f}"
+
+    for b in ISSUE_BITS:
+        real, noise = (
+            next((acc[(b, c)] for c in calibs if c.startswith(kind) and (b, c) in acc), None)
+            for kind in ("real:", "noise:")
+        )
+        for r in (acc[(b, c)] for c in calibs if c.endswith(".h5") and (b, c) in acc):
+            rows.append(
+                f"| {observer} | {b} | {r['calib']} | {diff(r, real, 'quant_accuracy')} | "
+                f"{diff(r, noise, 'quant_accuracy')} | {diff(r, noise, 'logit_sqnr_db')} |"
+            )
+    return rows
 
 
 def render() -> str:

@@ -94,6 +94,25 @@ def test_ptq_runs_of_one_setting_share_a_table(mt):
     assert "| w2a4 | 50.00 | — | — |" in lines
     assert "| w8a8 | 90.00 |" in lines  # every layer quantized: its own table
     assert any("quantized like the rest" in ln for ln in lines)
+    # older runs without fidelity figures: accuracy differences only
+    assert "| minmax | w8a8 | s.h5 | — | +0.20 | — |" in lines
+
+
+def test_ptq_cells_and_target_rows_carry_the_logit_sqnr(mt):
+    run = _ptq(
+        "2026-11-28",
+        8,
+        {("w4a4", "s.h5"): 97.6, ("w4a4", "real:256"): 97.8, ("w4a4", "noise:256"): 97.6},
+    )
+    for row, sqnr in zip(run["results"], (21.0, 18.7, None), strict=True):
+        row["logit_sqnr_db"] = sqnr
+    lines = mt.ptq_tables([run], calib={})
+    assert "| w4a4 | 97.60 (21.0) | 97.80 (18.7) | 97.60 (exact) |" in lines
+    # noise reproduced the float logits exactly: no finite SQNR difference to report
+    assert "| minmax | w4a4 | s.h5 | -0.20 | +0.00 | — |" in lines
+    run["results"][2]["logit_sqnr_db"] = 19.5
+    lines = mt.ptq_tables([run], calib={})
+    assert "| minmax | w4a4 | s.h5 | -0.20 | +0.00 | +1.50 |" in lines
 
 
 def test_seed_table_pairs_each_method_with_dm_of_the_same_seed(mt):

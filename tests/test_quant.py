@@ -19,6 +19,7 @@ from distill_data.quant import (
     act_fake_quant,
     affine_qparams,
     evaluate_ptq,
+    fidelity,
     fold_batchnorm,
     parse_bits,
     quantize_model,
@@ -319,10 +320,28 @@ def test_evaluate_ptq_report():
     assert rep["fp32_accuracy"] == 100.0 and rep["quant_accuracy"] >= 95.0
     assert rep["accuracy_drop"] == pytest.approx(rep["fp32_accuracy"] - rep["quant_accuracy"])
     assert rep["bits"] == "w8a8" and rep["observer"] == "percentile" and rep["calib_images"] == 32
+    assert rep["agreement"] == rep["quant_accuracy"]  # y is the fp32 model's own top-1
+    assert rep["logit_sqnr_db"] > 20 and 0 < rep["output_kl"] < 0.05
+    low = evaluate_ptq(model, calib, x, y, PTQConfig(w_bits=3, a_bits=3, first_last_bits=None))
+    assert low["logit_sqnr_db"] < rep["logit_sqnr_db"] and low["output_kl"] > rep["output_kl"]
     with pytest.raises(DataError):
         evaluate_ptq(model, calib, x, y[:10])
     with pytest.raises(DataError):
         quantize_model(model, torch.full((4, 3, 8, 8), float("nan")))
+
+
+def test_fidelity_golden_values():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    zq = torch.tensor([[1.5, 0.5, -1.0], [1.0, 1.0, 0.0]])
+    f = fidelity(z, zq)
+    assert f["agreement"] == 50.0  # row 0 keeps class 0; row 1 ties 1.0/1.0 -> argmax 0
+    # signal 4 + 1 + 0.25 + 2.25 = 7.5, noise 4 x 0.25 = 1 -> 10 log10 7.5
+    assert f["logit_sqnr_db"] == pytest.approx(8.750612633917, abs=1e-9)
+    assert f["output_kl"] == pytest.approx(0.0813863553, abs=1e-9)  # Σ p (log p − log q), mean
+    same = fidelity(z, z.clone())
+    assert same == {"agreement": 100.0, "logit_sqnr_db": None, "output_kl": 0.0}
+    with pytest.raises(DataError):
+        fidelity(z, zq[:1])
 
 
 # ------------------------------------------------------------------- settings

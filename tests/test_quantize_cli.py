@@ -46,7 +46,8 @@ def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
     assert all(0 <= r["quant_accuracy"] <= 100 for r in rows)
     assert len({r["fp32_accuracy"] for r in rows}) == 1  # the same float teacher throughout
     assert all(r["calib_images"] == 6 for r in rows)
-    assert "w4a4" in out and "noise:6" in out
+    assert all(0 <= r["agreement"] <= 100 and r["output_kl"] >= 0 for r in rows)
+    assert "w4a4" in out and "noise:6" in out and "SQNR dB" in out
 
 
 def test_quantize_first_last_bits_none_quantizes_every_layer(teacher_file, tmp_path, run_cli):

@@ -2,7 +2,8 @@
 quantization (PTQ) of BatchNorm CNNs, used to score calibration sets.
 
 ``quantize_model(model, calib_images, PTQConfig(...))`` is the one verb;
-``evaluate_ptq`` reports fp32 vs quantized accuracy for a calibration set.
+``evaluate_ptq`` reports fp32 vs quantized accuracy for a calibration set, and the
+quantized network's ``fidelity`` to the float one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from distill_data.quant.ptq import (
     QuantConv2d,
     QuantLinear,
     evaluate_ptq,
+    fidelity,
     fold_batchnorm,
     parse_bits,
     quantize_model,
@@ -49,6 +51,7 @@ __all__ = [
     "affine_qparams",
     "check_bits",
     "evaluate_ptq",
+    "fidelity",
     "fold_batchnorm",
     "make_observer",
     "minmax_range",

@@ -89,10 +89,16 @@ def compare_calibrations(
 
 
 def format_comparison(report: dict) -> str:
-    lines = [f"{'bits':<6} {'calibration':<40} {'fp32 %':>7} {'quant %':>8} {'drop':>6}"]
+    """The printed table: accuracy, and the quantized network's fidelity to the float one."""
+    lines = [
+        f"{'bits':<6} {'calibration':<40} {'fp32 %':>7} {'quant %':>8} {'drop':>6} "
+        f"{'agree %':>8} {'SQNR dB':>8} {'KL':>8}"
+    ]
     for r in report["results"]:
+        sqnr = r["logit_sqnr_db"]
         lines.append(
             f"{r['bits']:<6} {r['calib'][:40]:<40} {r['fp32_accuracy']:7.2f} "
-            f"{r['quant_accuracy']:8.2f} {r['accuracy_drop']:6.2f}"
+            f"{r['quant_accuracy']:8.2f} {r['accuracy_drop']:6.2f} {r['agreement']:8.2f} "
+            f"{'exact' if sqnr is None else f'{sqnr:.2f}':>8} {r['output_kl']:8.5f}"
         )
     return "\n".join(lines)
