@@ -4,7 +4,8 @@ condensation.
 (a) A ResNet teacher is trained on the real data; ZeroQ and Genie make 256-image
     calibration sets from it alone; each is compared with 256 real training images and
     256 images of Gaussian noise by post-training quantization of the teacher at
-    W8A8, W6A6, W4A8 and W4A4 (test accuracy on the 1,000 real test images).
+    W8A8, W6A6, W4A8 and W4A4 (test accuracy on the 1,000 real test images, and the
+    quantized network's fidelity to the float one on them: logit SQNR, agreement, KL).
 (b) SRe2L and INFER sets at IPC 10 (and 50 with --ipc 10 50), evaluated with soft labels
     (knowledge distillation from the stored logits), against a random real subset at
     the same IPC relabelled by the same teacher(s) (INFER's two: the mean of their
@@ -12,6 +13,13 @@ condensation.
     every augmented batch instead (SRe2L's own protocol) for both.
 
     python bench/teacher_calib.py --stage teacher calib ptq
+    # the README's PTQ tables: every stored set, each observer, the widths and
+    # the 2-3 bit ones, then every layer quantized (about 25 min on one CPU thread)
+    for o in minmax percentile mse; do
+      S="--stage ptq --observer $o --ptq-sets zeroq_256 genie_256 genie_256_gpu4000"
+      python bench/teacher_calib.py $S --bits w8a8 w6a6 w4a8 w4a4 w4a2 w3a3 w2a4
+      python bench/teacher_calib.py $S --first-last-bits none --tag _all-layers
+    done
     python bench/teacher_calib.py --stage softlabel --ipc 10
     python bench/teacher_calib.py --stage softlabel --ipc 10 --relabel online
     python bench/teacher_calib.py --stage softlabel --soft-methods sre2l --ipc 10 \
