@@ -27,6 +27,7 @@ from distill_data.quant import (
     weight_fake_quant,
     weight_scales,
 )
+from distill_data.quant.ptq import model_logits
 
 # channel 0: ordinary; channel 1: all zeros (scale clamp); channel 2: max at a negative
 W = torch.tensor(
@@ -322,6 +323,8 @@ def test_evaluate_ptq_report():
     assert rep["bits"] == "w8a8" and rep["observer"] == "percentile" and rep["calib_images"] == 32
     assert rep["agreement"] == rep["quant_accuracy"]  # y is the fp32 model's own top-1
     assert rep["logit_sqnr_db"] > 20 and 0 < rep["output_kl"] < 0.05
+    given = model_logits(model, x)  # the float outputs a caller comparing many sets passes
+    assert evaluate_ptq(model, calib, x, y, PTQConfig(observer="percentile"), given) == rep
     low = evaluate_ptq(model, calib, x, y, PTQConfig(w_bits=3, a_bits=3, first_last_bits=None))
     assert low["logit_sqnr_db"] < rep["logit_sqnr_db"] and low["output_kl"] > rep["output_kl"]
     with pytest.raises(DataError):

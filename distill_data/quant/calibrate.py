@@ -18,7 +18,7 @@ from torch import nn
 from distill_data.data import RealDataset
 from distill_data.errors import ConfigError
 from distill_data.evaluation.report import machine_info, now_iso
-from distill_data.quant.ptq import PTQConfig, evaluate_ptq, parse_bits
+from distill_data.quant.ptq import PTQConfig, evaluate_ptq, model_logits, parse_bits
 from distill_data.store import read_store
 
 
@@ -62,6 +62,7 @@ def compare_calibrations(
 ) -> dict:
     """PTQ of ``teacher`` with every calibration spec at every bit width; a report."""
     test_x, test_y = data.normalize(data.x_test), data.y_test
+    z = model_logits(teacher, test_x)  # once: every row compares with the same float outputs
     rows = []
     sets = {spec: calibration_images(spec, data, seed) for spec in calibs}
     for b in bits:
@@ -69,7 +70,7 @@ def compare_calibrations(
         c = dataclasses.replace(cfg, w_bits=w, a_bits=a)
         for spec, (images, desc) in sets.items():
             t0 = time.perf_counter()
-            res = evaluate_ptq(teacher, images, test_x, test_y, c)
+            res = evaluate_ptq(teacher, images, test_x, test_y, c, fp32_logits=z)
             rows.append(
                 {
                     "calib": spec,

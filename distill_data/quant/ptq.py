@@ -377,8 +377,8 @@ def quantize_model(
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: Tensor, batch: int = 500) -> Tensor:
-    """The model's outputs on ``x`` in eval mode, on the CPU (training flag restored)."""
+def model_logits(model: nn.Module, x: Tensor, batch: int = 500) -> Tensor:
+    """The model's outputs on ``x`` in eval mode, as float32 on the CPU (training flag restored)."""
     device = _device_of(model)
     was_training = model.training
     model.eval()
@@ -429,6 +429,7 @@ def evaluate_ptq(
     test_x: Tensor,
     test_y: Tensor,
     cfg: PTQConfig | None = None,
+    fp32_logits: Tensor | None = None,
 ) -> dict:
     """Top-1 accuracy of ``model`` in fp32 and after PTQ calibrated on ``calib_images``.
 
@@ -438,6 +439,8 @@ def evaluate_ptq(
         test_x: normalised test images ``(N, C, H, W)``.
         test_y: integer labels ``(N,)``.
         cfg: PTQ settings.
+        fp32_logits: the float network's outputs on ``test_x`` when the caller already
+            has them (comparing many calibration sets), to skip that forward pass.
 
     Returns:
         ``fp32_accuracy`` and ``quant_accuracy`` (percent), ``accuracy_drop``
@@ -453,8 +456,8 @@ def evaluate_ptq(
             f"test labels must be a vector of {test_x.shape[0]} labels, got shape "
             f"{tuple(test_y.shape)}"
         )
-    z = _logits(model, test_x)
-    zq = _logits(quantize_model(model, calib_images, cfg), test_x)
+    z = model_logits(model, test_x) if fp32_logits is None else fp32_logits
+    zq = model_logits(quantize_model(model, calib_images, cfg), test_x)
     fp32, quant = _top1(z, test_y), _top1(zq, test_y)
     return {
         "fp32_accuracy": fp32,
