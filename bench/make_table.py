@@ -445,14 +445,7 @@ def teacher_tables(results: list[dict]) -> list[str]:
                 f"{r['config']['epochs']} | {r['test_accuracy']:.2f} | "
                 f"{r['train_seconds']:.0f} |"
             )
-    # calibration results by the set file they wrote: calib_mnist5k_genie_256_gpu4000.json
-    # describes calib_genie_256_gpu4000.h5
-    calib = {
-        r["_stem"].replace(f"calib_{r.get('dataset', 'mnist5k')}_", "calib_") + ".h5": r
-        for r in results
-        if r.get("benchmark") == "calibration-set"
-    }
-    out += ptq_tables(results, calib)
+    out += ptq_tables(results)
     soft = [r for r in results if r.get("benchmark") == "soft-label"]
     if soft:
         out += [
@@ -464,32 +457,80 @@ def teacher_tables(results: list[dict]) -> list[str]:
             "the baseline and for online labels, while INFER's stored labels average both); "
             "INFER stores K·ipc_init real images plus M "
             "compensators and expands them to K·ipc_init·(M+1) images, the paper's "
-            "accounting)",
+            "accounting; peak RSS of the build, * = of the whole benchmark process, build "
+            "and evaluation, for runs that did not record the build's own)",
             "",
-            "| method | IPC | stored images | device | build s | soft labels | labelling "
-            "teachers | accuracy | random + soft labels | eval |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| method | IPC | stored images | device | build s | peak RSS MiB | soft labels | "
+            "labelling teachers | accuracy | random + soft labels | eval |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(soft, key=lambda r: (r["ipc"], r["method"], r.get("relabel", ""))):
             s_, rnd = r["eval"]["results"]["synthetic"], r["eval"]["results"]["random"]
             out.append(
                 f"| {r['method']}{_options(r)} | {r['ipc']} | {r['stored_images']} | "
                 f"{_device(r)} | "
-                f"{_build_seconds(r)} | "
+                f"{_build_seconds(r)} | {_build_rss(r)} | "
                 f"{r.get('relabel', 'stored')}"
                 f"{_recipe(r)} | "
                 f"{_label_teachers(r)} | {s_['mean']:.2f} ± {s_['std']:.2f} | "
                 f"{rnd['mean']:.2f} ± {rnd['std']:.2f} | {s_['runs']} × {s_['epochs']} ep, "
                 f"{s_['labels']} |"
             )
-    return out
+    return out + generation_cost_table(results)
+
+
+def generation_cost_table(results: list[dict]) -> list[str]:
+    """What each teacher-driven generator costs per image: the calibration sets (ZeroQ,
+    Genie) and the soft-label sets' builds alone (SRe2L, INFER)."""
+    rows = []
+    for r in results:
+        if r.get("benchmark") == "calibration-set":
+            # the set file it wrote: calib_mnist5k_genie_256_gpu4000.json -> .h5 name
+            name = r["_stem"].replace(f"calib_{r.get('dataset', 'mnist5k')}_", "calib_") + ".h5"
+            its = f"{r['config'].get('iterations')} per batch"
+            rss = r["peak_rss_mib_process"]
+        elif r.get("benchmark") == "generation-cost":
+            name, its, rss = f"IPC {r['ipc']}", "defaults", r["peak_rss_mib_build"]
+        else:
+            continue
+        spi = r.get("seconds_per_image")
+        gpu = r["machine"].get("gpu")
+        where = gpu or f"CPU, {r['machine']['torch_threads']} thread(s)"
+        rows.append(
+            f"| {r['method']} | {name} | {r.get('count') or r['stored_images']} | {its} | "
+            f"{where} | {f'{spi:.2f}' if spi else 'not valid (process was paused)'} | "
+            f"{rss:.0f} | {r.get('note') or ('shared by the bench/gpu.sh jobs' if gpu else '')} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "**Generation cost of the teacher-driven generators** (`mnist5k` ResNet teacher; "
+        "INFER also the ConvNet-BN; wall seconds of the build per stored image and its "
+        "peak RSS; the calibration sets were built in the benchmark process, the "
+        "soft-label sets by `distill-data build` in a child process)",
+        "",
+        "| method | set | images | iterations | device | s/image | peak RSS MiB | note |",
+        "|---|---|---|---|---|---|---|---|",
+        *sorted(rows),
+    ]
 
 
 def _build_seconds(r: dict) -> str:
     if r["build_seconds"] is None:
         return "— (set reused)"
-    resumed = " (resumed: last part only)" if r.get("resumed_from_checkpoint") else ""
-    return f"{r['build_seconds']:.0f}{resumed}"
+    if r.get("resumed_from_checkpoint"):
+        return f"{r['build_seconds']:.0f} (resumed: last part only)"
+    return f"{r['build_seconds']:.0f} ({r['seconds_per_image']:.2f} s/image)"
+
+
+def _build_rss(r: dict) -> str:
+    """The build's peak RSS; runs before session 8 recorded only the whole process's."""
+    if r.get("peak_rss_mib_build") is not None:
+        return f"{r['peak_rss_mib_build']:.0f}"
+    if r.get("build_seconds") is None:  # set reused: nothing was built
+        return "—"
+    return f"{r['peak_rss_mib_process']:.0f} *"
 
 
 def _options(r: dict) -> str:
@@ -513,11 +554,11 @@ def _label_teachers(r: dict) -> str:
     return names
 
 
-def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
+def ptq_tables(results: list[dict]) -> list[str]:
     """One PTQ table per (observer, first/last-layer bits), merging every run of that
     setting: columns are the calibration sets, rows the bit widths, a cell the newest
-    run's figure (runs repeat the real/noise columns with the same seed). The generation
-    notes of the sets follow the tables once."""
+    run's figure (runs repeat the real/noise columns with the same seed); then each
+    stored set against real images and noise at the issue's widths."""
     runs = sorted(
         (r for r in results if r.get("benchmark") == "ptq-calibration"), key=lambda r: r["date"]
     )
@@ -526,7 +567,6 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
         groups.setdefault((r["ptq"]["observer"], r["ptq"]["first_last_bits"]), []).append(r)
     out: list[str] = []
     targets: list[str] = []
-    shown_sets: list[str] = []
     # the default (first/last layer at 8 bits) first, then every layer quantized
     for (observer, first_last), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][1] is None, kv[0][0])
@@ -560,7 +600,6 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
         for b in order:
             cells = [_ptq_cell(acc[(b, c)]) if (b, c) in acc else "—" for c in calibs]
             out.append(f"| {b} | " + " | ".join(cells) + " |")
-        shown_sets += [c for c in calibs if c in calib and c not in shown_sets]
         if first_last is not None:
             targets += _noise_rows(observer, acc, calibs)
     if targets:
@@ -576,31 +615,6 @@ def ptq_tables(results: list[dict], calib: dict[str, dict]) -> list[str]:
             "vs noise: SQNR dB |",
             "|---|---|---|---|---|---|",
         ] + targets
-    methods = {calib[m]["method"] for m in shown_sets}
-    # the tables' sets, and timing-only runs of their methods (calib_zeroq_32_timing)
-    shown = [
-        m for m in calib if m in shown_sets or ("_timing" in m and calib[m]["method"] in methods)
-    ]
-    notes = []
-    for m, c in ((m, calib[m]) for m in shown):
-        speed = (
-            f"{c['seconds_per_image']:.2f} s/image"
-            if c.get("seconds_per_image")
-            else "time not valid (process was paused)"
-        )
-        it = c["config"].get("iterations")
-        gpu = c["machine"].get("gpu")
-        where = (
-            f"{gpu} shared by the bench/gpu.sh jobs"
-            if gpu
-            else f"CPU, {c['machine']['torch_threads']} thread(s)"
-        )
-        notes.append(
-            f"{m} ({c['method']}, {it} iterations per batch, {where}): {speed}, peak RSS "
-            f"{c['peak_rss_mib_process']:.0f} MiB"
-        )
-    if notes:
-        out += ["", "Generation of the calibration sets: " + "; ".join(notes) + "."]
     return out
 
 

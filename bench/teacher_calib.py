@@ -21,6 +21,7 @@ condensation.
       python bench/teacher_calib.py $S --first-last-bits none --tag _all-layers
     done
     python bench/teacher_calib.py --stage softlabel --ipc 10
+    python bench/teacher_calib.py --stage cost --ipc 10   # SRe2L/INFER build s/image, RSS
     python bench/teacher_calib.py --stage softlabel --ipc 10 --relabel online
     python bench/teacher_calib.py --stage softlabel --soft-methods sre2l --ipc 10 \
         --set shift=translate --tag _cpu_translate   # a non-default generator setting
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, peak_rss_mib, write_result  # noqa: E402
+from common import ROOT, peak_rss_mib, run_measured, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
 from distill_data.config import parse_set_options  # noqa: E402
@@ -165,6 +166,7 @@ def stage_softlabel(
                     resume=resume,
                 )
             secs = None if reused else time.perf_counter() - t0
+            build_rss = None if reused else peak_rss_mib()  # before evaluation adds its own
             rep = dd.evaluate(
                 out,
                 DATASET,
@@ -204,8 +206,40 @@ def stage_softlabel(
                     ),
                     "resumed_from_checkpoint": resumed,
                     "reused_set": reused,
+                    "peak_rss_mib_build": build_rss,
                     "peak_rss_mib_process": peak_rss_mib(),
                     "eval": rep,
+                },
+            )
+
+
+def stage_cost(ipcs: list[int], methods: list[str], device: str, tag: str, note: str) -> None:
+    """Generation cost of the soft-label sets alone: ``distill-data build`` in a child
+    process, so its peak RSS is the build's and not an evaluation's."""
+    for ipc in ipcs:
+        for method in methods:
+            out = WORK / f"cost_{method}_ipc{ipc}{tag}.h5"
+            out.unlink(missing_ok=True)
+            args = ["build", "-d", DATASET, "--method", method, "--ipc", str(ipc)]
+            args += [a for t in SOFT_TEACHERS[method] for a in ("--teacher", str(WORK / t))]
+            args += ["--out", str(out), "--device", device, "--quiet"]
+            cost = run_measured(args)
+            n = len(read_store(out))
+            out.unlink()
+            print(f"{method} ipc={ipc}: {n} images, {cost['seconds'] / n:.2f} s/image")
+            write_result(
+                f"gencost_{DATASET}_{method}_ipc{ipc}{tag}",
+                {
+                    "benchmark": "generation-cost",
+                    "method": method,
+                    "ipc": ipc,
+                    "device": device,
+                    "teachers": SOFT_TEACHERS[method],
+                    "stored_images": n,
+                    "seconds": cost["seconds"],  # the child's wall time, start-up included
+                    "seconds_per_image": round(cost["seconds"] / n, 3),
+                    "peak_rss_mib_build": cost["peak_rss_mib"],
+                    "note": note,
                 },
             )
 
@@ -262,6 +296,7 @@ def main() -> None:
         help="softlabel: a generator setting off its default (repeatable); give a --tag",
     )
     ap.add_argument("--seed", type=int, default=0, help="softlabel: the build seed; give a --tag")
+    ap.add_argument("--note", default="", help="cost: recorded (e.g. other jobs on the CPU)")
     ap.add_argument(
         "--reuse",
         action="store_true",
@@ -282,6 +317,8 @@ def main() -> None:
         stage_calib(args.calib_methods, args.device, args.tag, genie=genie)
     if "ptq" in args.stage:
         stage_ptq(args.observer, args.ptq_sets, args.bits, args.tag, args.first_last_bits)
+    if "cost" in args.stage:
+        stage_cost(args.ipc, args.soft_methods, args.device, args.tag, args.note)
     if "softlabel" in args.stage:
         stage_softlabel(
             args.ipc,

@@ -87,7 +87,7 @@ def test_ptq_runs_of_one_setting_share_a_table(mt):
     a = _ptq("2026-11-26", 8, {("w8a8", "s.h5"): 97.6, ("w8a8", "noise:256"): 97.4})
     b = _ptq("2026-11-27", 8, {("w2a4", "s.h5"): 50.0, ("w8a8", "t.h5"): 97.1})
     c = _ptq("2026-11-27", None, {("w8a8", "s.h5"): 90.0})
-    lines = mt.ptq_tables([c, b, a], calib={})
+    lines = mt.ptq_tables([c, b, a])
     heads = [ln for ln in lines if ln.startswith("| bits")]
     assert heads == ["| bits | s.h5 | t.h5 | noise:256 |", "| bits | s.h5 |"]
     assert "| w8a8 | 97.60 | 97.10 | 97.40 |" in lines
@@ -106,12 +106,12 @@ def test_ptq_cells_and_target_rows_carry_the_logit_sqnr(mt):
     )
     for row, sqnr in zip(run["results"], (21.0, 18.7, None), strict=True):
         row["logit_sqnr_db"] = sqnr
-    lines = mt.ptq_tables([run], calib={})
+    lines = mt.ptq_tables([run])
     assert "| w4a4 | 97.60 (21.0) | 97.80 (18.7) | 97.60 (exact) |" in lines
     # noise reproduced the float logits exactly: no finite SQNR difference to report
     assert "| minmax | w4a4 | s.h5 | -0.20 | +0.00 | — |" in lines
     run["results"][2]["logit_sqnr_db"] = 19.5
-    lines = mt.ptq_tables([run], calib={})
+    lines = mt.ptq_tables([run])
     assert "| minmax | w4a4 | s.h5 | -0.20 | +0.00 | +1.50 |" in lines
 
 
@@ -149,6 +149,9 @@ def test_soft_label_rows_name_generator_settings_off_their_defaults(mt):
         "device": "cpu",
         "machine": {},
         "build_seconds": 400.0,
+        "seconds_per_image": 4.0,
+        "peak_rss_mib_build": 950.4,
+        "peak_rss_mib_process": 2300.0,
         "relabel": "stored",
         "recipe": "dc",
         "label_teachers": 1,
@@ -160,7 +163,46 @@ def test_soft_label_rows_name_generator_settings_off_their_defaults(mt):
         for x in mt.teacher_tables([{**row, "options": {"shift": "translate"}}])
         if x.startswith("| sre2l")
     ]
-    assert plain[0].startswith("| sre2l | 10 | 100 | CPU | 400 | stored |")
+    assert plain[0].startswith("| sre2l | 10 | 100 | CPU | 400 (4.00 s/image) | 950 | stored |")
+    older = {**row, "peak_rss_mib_build": None}  # recorded the whole process only
+    assert "| 400 (4.00 s/image) | 2300 * |" in mt.teacher_tables([older])[-1]
+    reused = {**row, "build_seconds": None, "seconds_per_image": None, "peak_rss_mib_build": None}
+    assert "| — (set reused) | — |" in mt.teacher_tables([reused])[-1]
     assert shifted[0].startswith("| sre2l (shift=translate) | 10 | 100 | CPU |")
     seeded = [x for x in mt.teacher_tables([{**row, "seed": 1}]) if x.startswith("| sre2l")]
     assert seeded[0].startswith("| sre2l (seed 1) | 10 | 100 | CPU |")
+
+
+def test_generation_cost_rows_for_calibration_and_soft_label_sets(mt):
+    cpu = {"torch_threads": 1}
+    calib = {
+        "benchmark": "calibration-set",
+        "_stem": "calib_mnist5k_genie_256_gpu4000",
+        "method": "genie",
+        "count": 256,
+        "config": {"iterations": 4000},
+        "machine": {**cpu, "gpu": "NVIDIA H200"},
+        "seconds_per_image": 1.123,
+        "peak_rss_mib_process": 1522.4,
+    }
+    paused = {**calib, "_stem": "calib_mnist5k_zeroq_256", "method": "zeroq", "machine": cpu}
+    paused = {**paused, "config": {"iterations": 500}, "seconds_per_image": None}
+    cost = {
+        "benchmark": "generation-cost",
+        "method": "sre2l",
+        "ipc": 10,
+        "stored_images": 100,
+        "machine": cpu,
+        "seconds_per_image": 4.2,
+        "peak_rss_mib_build": 900.2,
+        "note": "2 jobs",
+    }
+    lines = mt.generation_cost_table([calib, paused, cost, {"benchmark": "teacher"}])
+    assert lines[-3:] == [
+        "| genie | calib_genie_256_gpu4000.h5 | 256 | 4000 per batch | NVIDIA H200 | 1.12 "
+        "| 1522 | shared by the bench/gpu.sh jobs |",
+        "| sre2l | IPC 10 | 100 | defaults | CPU, 1 thread(s) | 4.20 | 900 | 2 jobs |",
+        "| zeroq | calib_zeroq_256.h5 | 256 | 500 per batch | CPU, 1 thread(s) | not valid "
+        "(process was paused) | 1522 |  |",
+    ]
+    assert mt.generation_cost_table([{"benchmark": "teacher"}]) == []
