@@ -40,6 +40,13 @@ def peak_rss_mib() -> float:
     return round(kb / 1024, 1)
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's VmHWM at its current RSS (Linux ``clear_refs`` 5), so that
+    the next :func:`peak_rss_mib` covers only what runs after this call."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def run_measured(args: list[str]) -> dict:
     """Run ``distill-data ARGS`` in a child; wall seconds and the child's peak RSS (MiB)."""
     with tempfile.NamedTemporaryFile(suffix=".peak") as peak:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, peak_rss_mib, run_measured, write_result  # noqa: E402
+from common import ROOT, peak_rss_mib, reset_peak_rss, run_measured, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
 from distill_data.config import parse_set_options  # noqa: E402
@@ -67,6 +67,7 @@ def stage_calib(methods: list[str], device: str, tag: str = "", **overrides: dic
     for method in methods:
         opts = {**CALIB[method], **overrides.get(method, {})}
         out = WORK / f"calib_{method}_256{tag}.h5"
+        reset_peak_rss()  # the previous method's build in this process
         t0 = time.perf_counter()
         dd.build(
             None,
@@ -149,6 +150,7 @@ def stage_softlabel(
             # cover only the rest, so no per-image time is reported for it
             resumed = resume and Path(f"{out}.ckpt.pt").is_file()
             reused = reuse and out.is_file()  # e.g. another recipe on the same set
+            reset_peak_rss()  # an earlier set's build or evaluation in this process
             t0 = time.perf_counter()
             if reused:
                 synset = read_store(out)
@@ -166,7 +168,7 @@ def stage_softlabel(
                     resume=resume,
                 )
             secs = None if reused else time.perf_counter() - t0
-            build_rss = None if reused else peak_rss_mib()  # before evaluation adds its own
+            build_rss = None if reused else peak_rss_mib()  # before the evaluation runs
             rep = dd.evaluate(
                 out,
                 DATASET,
@@ -207,7 +209,7 @@ def stage_softlabel(
                     "resumed_from_checkpoint": resumed,
                     "reused_set": reused,
                     "peak_rss_mib_build": build_rss,
-                    "peak_rss_mib_process": peak_rss_mib(),
+                    "peak_rss_mib_process": peak_rss_mib(),  # since the reset: build + eval
                     "eval": rep,
                 },
             )

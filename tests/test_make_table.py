@@ -180,28 +180,33 @@ def test_generation_cost_rows_for_calibration_and_soft_label_sets(mt):
         "_stem": "calib_mnist5k_genie_256_gpu4000",
         "method": "genie",
         "count": 256,
+        "device": "cuda",
         "config": {"iterations": 4000},
         "machine": {**cpu, "gpu": "NVIDIA H200"},
         "seconds_per_image": 1.123,
         "peak_rss_mib_process": 1522.4,
     }
     paused = {**calib, "_stem": "calib_mnist5k_zeroq_256", "method": "zeroq", "machine": cpu}
+    paused["device"] = "cpu"
     paused = {**paused, "config": {"iterations": 500}, "seconds_per_image": None}
     cost = {
         "benchmark": "generation-cost",
         "method": "sre2l",
         "ipc": 10,
         "stored_images": 100,
+        "device": "cpu",
         "machine": cpu,
         "seconds_per_image": 4.2,
         "peak_rss_mib_build": 900.2,
         "note": "2 jobs",
     }
-    lines = mt.generation_cost_table([calib, paused, cost, {"benchmark": "teacher"}])
-    assert lines[-3:] == [
+    ipc50 = {**cost, "ipc": 50, "stored_images": 500, "note": ""}
+    lines = mt.generation_cost_table([calib, ipc50, paused, cost, {"benchmark": "teacher"}])
+    assert lines[-4:] == [
         "| genie | calib_genie_256_gpu4000.h5 | 256 | 4000 per batch | NVIDIA H200 | 1.12 "
         "| 1522 | shared by the bench/gpu.sh jobs |",
         "| sre2l | IPC 10 | 100 | defaults | CPU, 1 thread(s) | 4.20 | 900 | 2 jobs |",
+        "| sre2l | IPC 50 | 500 | defaults | CPU, 1 thread(s) | 4.20 | 900 |  |",
         "| zeroq | calib_zeroq_256.h5 | 256 | 500 per batch | CPU, 1 thread(s) | not valid "
         "(process was paused) | 1522 |  |",
     ]

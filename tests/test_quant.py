@@ -325,6 +325,8 @@ def test_evaluate_ptq_report():
     assert rep["logit_sqnr_db"] > 20 and 0 < rep["output_kl"] < 0.05
     given = model_logits(model, x)  # the float outputs a caller comparing many sets passes
     assert evaluate_ptq(model, calib, x, y, PTQConfig(observer="percentile"), given) == rep
+    flipped = evaluate_ptq(model, calib, x, y, PTQConfig(observer="percentile"), -given)
+    assert flipped["fp32_accuracy"] < 100.0  # the given logits are used, not recomputed
     low = evaluate_ptq(model, calib, x, y, PTQConfig(w_bits=3, a_bits=3, first_last_bits=None))
     assert low["logit_sqnr_db"] < rep["logit_sqnr_db"] and low["output_kl"] > rep["output_kl"]
     with pytest.raises(DataError):
@@ -343,6 +345,7 @@ def test_fidelity_golden_values():
     assert f["output_kl"] == pytest.approx(0.0813863553, abs=1e-9)  # Σ p (log p − log q), mean
     same = fidelity(z, z.clone())
     assert same == {"agreement": 100.0, "logit_sqnr_db": None, "output_kl": 0.0}
+    assert fidelity(torch.zeros(2, 3), zq)["logit_sqnr_db"] is None  # no signal to compare
     with pytest.raises(DataError):
         fidelity(z, zq[:1])
 

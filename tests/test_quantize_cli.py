@@ -10,7 +10,19 @@ import distill_data as dd
 from distill_data.errors import ConfigError
 
 
-def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
+def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli, monkeypatch):
+    from distill_data.quant import calibrate, ptq
+
+    float_passes = []  # model_logits on the float teacher (not a quantized copy)
+    original = ptq.model_logits
+
+    def counting(model, x, batch=500):
+        float_passes.extend([] if ptq.quantized_layers(model) else [1])
+        return original(model, x, batch)
+
+    monkeypatch.setattr(calibrate, "model_logits", counting)
+    monkeypatch.setattr(ptq, "model_logits", counting)
+
     calib = tmp_path / "zq.h5"
     dd.build(
         None,
@@ -48,6 +60,7 @@ def test_quantize_compare_and_json(teacher_file, tmp_path, run_cli):
     assert all(r["calib_images"] == 6 for r in rows)
     assert all(0 <= r["agreement"] <= 100 and r["output_kl"] >= 0 for r in rows)
     assert "w4a4" in out and "noise:6" in out and "SQNR dB" in out
+    assert len(float_passes) == 1  # 6 rows, one float forward of the test set
 
 
 def test_quantize_first_last_bits_none_quantizes_every_layer(teacher_file, tmp_path, run_cli):

@@ -401,7 +401,7 @@ def fidelity(fp32_logits: Tensor, quant_logits: Tensor) -> dict:
     - ``logit_sqnr_db``: signal-to-quantization-noise ratio of the logits,
       ``10·log10(Σ z² / Σ (z − ẑ)²)`` over all inputs and classes (the measure of
       torch.ao's numeric suite; higher is better, +6 dB ≈ one bit; ``None`` when the
-      outputs are identical);
+      outputs are identical or the float ones all zero);
     - ``output_kl``: mean ``KL(softmax(z) ‖ softmax(ẑ))`` in nats (lower is better).
     """
     if fp32_logits.shape != quant_logits.shape:
@@ -409,18 +409,18 @@ def fidelity(fp32_logits: Tensor, quant_logits: Tensor) -> dict:
             f"logit shapes differ: {tuple(fp32_logits.shape)} vs {tuple(quant_logits.shape)}"
         )
     z, zq = fp32_logits.double(), quant_logits.double()
-    noise = (z - zq).pow(2).sum()
-    sqnr = None if noise == 0 else float(10 * torch.log10(z.pow(2).sum() / noise))
+    signal, noise = z.pow(2).sum(), (z - zq).pow(2).sum()
+    sqnr = None if noise == 0 or signal == 0 else float(10 * torch.log10(signal / noise))
     kl = F.kl_div(F.log_softmax(zq, 1), F.log_softmax(z, 1), log_target=True, reduction="batchmean")
     return {
-        "agreement": 100.0 * float((z.argmax(1) == zq.argmax(1)).double().mean()),
+        "agreement": 100.0 * int((z.argmax(1) == zq.argmax(1)).sum()) / len(z),
         "logit_sqnr_db": sqnr,
         "output_kl": max(float(kl), 0.0),
     }
 
 
 def _top1(logits: Tensor, y: Tensor) -> float:
-    return 100.0 * float((logits.argmax(1) == y.cpu()).double().mean())
+    return 100.0 * int((logits.argmax(1) == y.cpu()).sum()) / len(y)  # exact 0.1 steps
 
 
 def evaluate_ptq(
