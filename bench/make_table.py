@@ -372,11 +372,11 @@ def seed_table(results: list[dict]) -> list[str]:
         per_seed = "; ".join(f"{s}: {a['mean']:.2f}" for s, a in sorted(seeds.items()))
         dm = acc.get((dev, "dm", it), {})
         diffs = [seeds[s]["mean"] - dm[s]["mean"] for s in sorted(seeds) if s in dm]
-        vs_dm = (
-            f"{statistics.mean(diffs):+.2f} ({', '.join(f'{d:+.2f}' for d in diffs)})"
-            if method != "dm" and diffs
-            else ""
-        )
+        vs_dm = ""
+        if method != "dm" and diffs:
+            spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+            each = ", ".join(f"{d:+.2f}" for d in diffs)
+            vs_dm = f"{statistics.mean(diffs):+.2f}{spread} ({each})"
         out.append(
             f"| {method} | {dev} | {it} | {statistics.mean(accs):.2f} ± "
             f"{statistics.pstdev(accs):.2f} ({len(accs)} models) | {per_seed} | {vs_dm} |"
@@ -388,8 +388,8 @@ def seed_table(results: list[dict]) -> list[str]:
         '**Across build seeds** (issue #3\'s "ahead of dm at IPC 10"; `mnist5k`, IPC 10, '
         "default settings; each seed draws its own real-image init and networks; 3 "
         "ConvNets × 300 epochs per set, final epoch; pooled mean ± std over every model of "
-        "every seed; vs dm: the mean of the per-seed differences to DM built from the same "
-        "seed, each in brackets)",
+        "every seed; vs dm: the mean ± sample std of the per-seed differences to DM built "
+        "from the same seed, each in brackets)",
         "",
         "| method | device | iterations | pooled | per seed | vs dm, same seeds |",
         "|---|---|---|---|---|---|",

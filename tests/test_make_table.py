@@ -133,7 +133,7 @@ def test_seed_table_pairs_each_method_with_dm_of_the_same_seed(mt):
     # datadam: seed 0 +0.50, seed 1 -0.20 against DM of the same seed
     assert rows[1] == (
         "| datadam | CPU | 1000 | 95.65 ± 0.15 (4 models) | 0: 95.50; 1: 95.80 "
-        "| +0.15 (+0.50, -0.20) |"
+        "| +0.15 ± 0.49 (+0.50, -0.20) |"
     )
     assert len(rows) == 2
     assert mt.seed_table(results[-1:]) == []
