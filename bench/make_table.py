@@ -494,16 +494,16 @@ def generation_cost_table(results: list[dict]) -> list[str]:
         else:
             continue
         spi = r.get("seconds_per_image")
-        where = _device(r)
-        shared = "shared by the bench/gpu.sh jobs" if where != "CPU" else ""
-        where += "" if where != "CPU" else f", {r['machine']['torch_threads']} thread(s)"
+        gpu = _device(r) != "CPU"
+        where = _device(r) if gpu else f"CPU, {r['machine']['torch_threads']} thread(s)"
+        note = r.get("note") or ("shared by the bench/gpu.sh jobs" if gpu else "")
         rows.append(
             (
                 r["method"],
                 r.get("ipc", 0),
                 f"| {r['method']} | {name} | {r.get('count') or r['stored_images']} | {its} | "
                 f"{where} | {f'{spi:.2f}' if spi else 'not valid (process was paused)'} | "
-                f"{rss:.0f} | {r.get('note') or shared} |",
+                f"{rss:.0f} | {note} |",
             )
         )
     if not rows:
@@ -627,9 +627,9 @@ def ptq_tables(results: list[dict]) -> list[str]:
 
 
 def _ptq_cell(row: dict) -> str:
-    sqnr = row.get("logit_sqnr_db", False)  # runs before session 8 did not measure it
-    if sqnr is False:
+    if "logit_sqnr_db" not in row:  # runs before session 8 did not measure it
         return f"{row['quant_accuracy']:.2f}"
+    sqnr = row["logit_sqnr_db"]  # None: the quantized outputs equal the float ones
     return f"{row['quant_accuracy']:.2f} ({'exact' if sqnr is None else f'{sqnr:.1f}'})"
 
 
