@@ -228,7 +228,8 @@ def stage_cost(ipcs: list[int], methods: list[str], device: str, tag: str, note:
             cost = run_measured(args)
             n = len(read_store(out))
             out.unlink()
-            print(f"{method} ipc={ipc}: {n} images, {cost['seconds'] / n:.2f} s/image")
+            per_image = round(cost["seconds"] / n, 3)
+            print(f"{method} ipc={ipc}: {n} images, {per_image:.2f} s/image")
             write_result(
                 f"gencost_{DATASET}_{method}_ipc{ipc}{tag}",
                 {
@@ -239,7 +240,7 @@ def stage_cost(ipcs: list[int], methods: list[str], device: str, tag: str, note:
                     "teachers": SOFT_TEACHERS[method],
                     "stored_images": n,
                     "seconds": cost["seconds"],  # the child's wall time, start-up included
-                    "seconds_per_image": round(cost["seconds"] / n, 3),
+                    "seconds_per_image": per_image,
                     "peak_rss_mib_build": cost["peak_rss_mib"],
                     "note": note,
                 },
