@@ -1,7 +1,9 @@
-"""Differentiable siamese augmentation: sample parameters once, apply them to both batches.
+"""Augmentation: differentiable siamese augmentation for matching, kornia pipelines for training.
 
-Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021.
-See :mod:`distill_data.augment.dsa`.
+:mod:`distill_data.augment.dsa`: Zhao & Bilen, "Dataset Condensation with Differentiable
+Siamese Augmentation", ICML 2021 (sample parameters once, apply them to both batches).
+:mod:`distill_data.augment.pipeline`: the crops, flips, colour jitter, mixup and CutMix
+of teacher and student training and of ``load(augment=...)``, on kornia's ops.
 """
 
 from distill_data.augment.dsa import (
@@ -23,15 +25,42 @@ from distill_data.augment.dsa import (
     parse_strategy,
     strategy_for,
 )
+from distill_data.augment.pipeline import (
+    MIXES,
+    PRESETS,
+    AugmentPipeline,
+    MixParams,
+    PerSampleAugment,
+    PipelineConfig,
+    PipelineParams,
+    apply_mix,
+    color_jitter,
+    cutmix,
+    flip_where,
+    is_preset,
+    mix_targets,
+    mixup,
+    pad_crop,
+    resized_crop,
+    sample_mix,
+)
 
 __all__ = [
     "DEFAULT_STRATEGY",
     "DSA",
     "GROUPS",
+    "MIXES",
     "MODES",
+    "PRESETS",
     "AugParams",
+    "AugmentPipeline",
     "DSAConfig",
+    "MixParams",
+    "PerSampleAugment",
     "PerSampleDSA",
+    "PipelineConfig",
+    "PipelineParams",
+    "apply_mix",
     "apply_brightness",
     "apply_contrast",
     "apply_crop",
@@ -40,6 +69,15 @@ __all__ = [
     "apply_rotate",
     "apply_saturation",
     "apply_scale",
+    "color_jitter",
+    "cutmix",
+    "flip_where",
+    "is_preset",
+    "mix_targets",
+    "mixup",
+    "pad_crop",
     "parse_strategy",
+    "resized_crop",
+    "sample_mix",
     "strategy_for",
 ]
