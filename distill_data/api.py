@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -11,14 +12,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill_data.augment import PerSampleDSA, strategy_for
-from distill_data.config import config_to_dict, make_config, resolve_device
+from distill_data.augment import (
+    AugmentPipeline,
+    PerSampleAugment,
+    PerSampleDSA,
+    is_preset,
+    strategy_for,
+)
+from distill_data.config import check_int, config_to_dict, make_config, resolve_device
 from distill_data.data import DataSpec, RealDataset, find_dataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
-from distill_data.errors import ConfigError, StoreError
+from distill_data.errors import ConfigError, StoreError, opt
 from distill_data.evaluation import EvalConfig
 from distill_data.evaluation import evaluate as _evaluate
-from distill_data.store import SyntheticDataset, SyntheticSet, read_meta, read_store
+from distill_data.models import nonfinite_tensors
+from distill_data.paths import check_outputs, existing_paths
+from distill_data.store import (
+    SyntheticDataset,
+    SyntheticSet,
+    checkpoint_path_for,
+    read_meta,
+    read_store,
+)
 from distill_data.store import load as _load
 from distill_data.synth import GENERATORS, run_generator
 from distill_data.train import TeacherConfig, load_teacher, train_teacher
@@ -37,19 +52,22 @@ def method_defaults(name: str) -> dict[str, Any]:
 
 
 def _check_seed(seed: int) -> None:
-    if not 0 <= int(seed) < 2**62:
+    seed = check_int("seed", seed)
+    if not 0 <= seed < 2**62:
         raise ConfigError(f"seed must be in [0, 2**62), got {seed}")
 
 
-def _check_out(out: str | os.PathLike) -> Path:
-    p = Path(out)
-    if p.is_dir():
-        raise ConfigError(f"--out {p} is a folder; give a file name such as {p / 'set.h5'}")
-    if not p.parent.exists():
-        raise ConfigError(f"output folder {p.parent} does not exist; create it first")
-    if not os.access(p.parent, os.W_OK):
-        raise ConfigError(f"output folder {p.parent} is not writable")
-    return p
+def _teacher_list(teacher: Any) -> list:
+    """One teacher or several, as a list (a str or path is one teacher)."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, (str, os.PathLike, nn.Module)):
+        return [teacher]
+    if isinstance(teacher, Sequence):
+        return list(teacher)
+    raise ConfigError(
+        f"teacher must be a file path, an nn.Module or a list of them, got {type(teacher).__name__}"
+    )
 
 
 def build(
@@ -67,6 +85,7 @@ def build(
     device: str | torch.device = "cpu",
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> SyntheticSet:
     """Make a synthetic set with ``method`` and write it to ``out``.
 
@@ -77,49 +96,64 @@ def build(
         ipc: images per class; or give ``count`` (a total) for methods that support it.
         teacher: a teacher file (``distill-data teacher``) or any ``nn.Module`` with
             BatchNorm layers, for teacher-driven methods; a list for ensemble methods
-            (INFER), the first one also serving single-teacher methods.
+            (INFER), the first one also serving single-teacher methods. A module is
+            copied: the caller's object is never changed.
+        force: replace an existing ``out`` that is not a store (never an input).
 
-    Everything is validated before any work starts (method, settings, dataset, teacher,
-    IPC, output folder), so bad input never leaves a file behind. The store is written
+    Everything is validated before any work starts (method, settings and their types,
+    dataset, teacher, IPC, the memory the set needs, the output path: never one of the
+    inputs, nor an existing file of another kind), so bad input never leaves a file
+    behind or destroys one. The store is written
     atomically; long builds checkpoint next to ``out`` and continue with ``resume``.
     """
-    cls = GENERATORS.get(method)
+    cls = GENERATORS.get(_check_str("method", method))
     _check_seed(seed)
     device = resolve_device(device)
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"options must be a dict of settings, got {type(options).__name__}")
     opts = dict(options or {})
     if iterations is not None:
-        opts["iterations"] = iterations
+        opts["iterations"] = check_int("iterations", iterations, 0)
     cfg = make_config(cls.Config, opts)
     cls.check_config(cfg)
     if (ipc is None) == (count is None):
-        raise ConfigError("give exactly one of --ipc (images per class) and --count (total)")
-    if count is not None and not cls.supports_count:
-        raise ConfigError(f"method {method!r} makes images per class; use --ipc, not --count")
-    if count is not None and count < 1:
-        raise ConfigError(f"count must be >= 1, got {count}")
-    out_path = _check_out(out)
-    net, tmeta, nets = None, {}, []
-    teachers = (
-        []
-        if teacher is None
-        else (list(teacher) if isinstance(teacher, list | tuple) else [teacher])
+        raise ConfigError(
+            f"give exactly one of {opt('ipc')} (images per class) and {opt('count')} (total)"
+        )
+    if ipc is not None:
+        ipc = check_int("ipc", ipc, 1)
+    if count is not None:
+        count = check_int("count", count, 1)
+        if not cls.supports_count:
+            raise ConfigError(
+                f"method {method!r} makes images per class; use {opt('ipc')}, not {opt('count')}"
+            )
+    teachers = _teacher_list(teacher)
+    check_outputs(
+        [(out, "store"), (checkpoint_path_for(out), "checkpoint")],
+        reads=[dataset, *teachers],
+        force=force,
     )
+    out_path = Path(out)
+    net, tmeta, nets = None, {}, []
     if cls.needs_teacher:
         if not teachers:
-            raise ConfigError(f"method {method!r} needs a trained network: --teacher T.pt")
+            raise ConfigError(
+                f"method {method!r} needs a trained network: {opt('teacher', 'T.pt')}"
+            )
         if len(teachers) < cls.min_teachers:
             raise ConfigError(
                 f"method {method!r} needs at least {cls.min_teachers} teachers "
-                f"(repeat --teacher); got {len(teachers)}"
+                f"(repeat {opt('teacher')}); got {len(teachers)}"
             )
         loaded = [_load_teacher(t) for t in teachers]
         nets = [n for n, _ in loaded]
         net, tmeta = loaded[0]
     elif teachers:
-        raise ConfigError(f"method {method!r} does not use a teacher; drop --teacher")
+        raise ConfigError(f"method {method!r} does not use a teacher; drop {opt('teacher')}")
     if dataset is None:
         if cls.needs_real:
-            raise ConfigError(f"method {method!r} needs real data: --dataset")
+            raise ConfigError(f"method {method!r} needs real data: {opt('dataset')}")
         data = _spec_from_teacher(tmeta, net)
     else:
         data = (
@@ -131,6 +165,7 @@ def build(
             _check_teacher_fits(n, m, data)
     if ipc is not None:
         cls.check_ipc(data, ipc)
+    cls.check_size(data, count if count is not None else ipc * data.num_classes)
     gen = cls(
         cfg,
         data,
@@ -144,14 +179,32 @@ def build(
     return run_generator(gen, method, out_path, resume=resume, quiet=quiet, log=log)
 
 
+def _check_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a name (str), got {value!r}")
+    return value
+
+
 def _load_teacher(teacher: str | os.PathLike | nn.Module) -> tuple[nn.Module, dict]:
+    """A teacher file loaded, or a caller's module copied: the library freezes, moves
+    and puts its teacher in eval mode, and must not do that to an object it was lent."""
     if isinstance(teacher, nn.Module):
         if not has_batchnorm(teacher):
             raise ConfigError(
                 "the teacher has no BatchNorm layers; BN-statistic methods "
                 "need a network with BatchNorm"
             )
-        return teacher.eval(), {}
+        bad = nonfinite_tensors(teacher)
+        if bad:
+            raise ConfigError(
+                f"the teacher's {', '.join(bad[:3])} hold NaN or infinite values; it "
+                "diverged when it was trained, retrain it"
+            )
+        return copy.deepcopy(teacher).eval(), {}
+    if not isinstance(teacher, (str, os.PathLike)):
+        raise ConfigError(
+            f"teacher must be a file path or an nn.Module, got {type(teacher).__name__}"
+        )
     return load_teacher(teacher)
 
 
@@ -164,8 +217,8 @@ def _spec_from_teacher(meta: dict, net: nn.Module) -> DataSpec:
     missing = [k for k in need if k not in meta]
     if missing:
         raise ConfigError(
-            f"the teacher does not record {', '.join(missing)}; pass --dataset so the image "
-            "space is known (teachers from `distill-data teacher` record it)"
+            f"the teacher does not record {', '.join(missing)}; pass {opt('dataset')} so the "
+            "image space is known (teachers from `distill-data teacher` record it)"
         )
     c, h, w = meta["input_shape"]
     return DataSpec(
@@ -219,10 +272,22 @@ def load(
     ``soft=True``) over a stored set; works with ``DataLoader(num_workers > 0)``.
 
     ``augment``: ``True`` for per-image DSA with the field's strategy (no flip for
-    digit data), a DSA strategy string such as ``"crop_scale"``, or any callable
-    (C, H, W) → (C, H, W).
+    digit data), a DSA strategy string such as ``"crop_scale"``, a kornia training
+    pipeline by name (``"kornia"`` or ``"random_crop"``: ``RandomCrop(padding=4)`` and a
+    flip; ``"resized_crop"``, ``"resized_crop_jitter"``: see
+    :data:`distill_data.augment.PRESETS`; no flip for digit data, normalisation from
+    the store) or as an :class:`~distill_data.augment.AugmentPipeline`, or any callable
+    (C, H, W) → (C, H, W). Strategies and pipelines are applied per item, each
+    DataLoader worker drawing from its own generator; to augment per batch instead,
+    call an ``AugmentPipeline`` on each batch with your generator (and mix batches with
+    :func:`~distill_data.augment.sample_mix` and :func:`~distill_data.augment.apply_mix`).
     """
-    if augment is True:
+    if is_preset(augment):
+        meta = path.meta if isinstance(path, SyntheticSet) else read_meta(path)
+        augment = AugmentPipeline.preset(augment, meta)
+    if isinstance(augment, AugmentPipeline):
+        augment = PerSampleAugment(augment)
+    elif augment is True:
         augment = strategy_for(is_digit_name(read_meta(path).dataset))
     if isinstance(augment, str):
         augment = PerSampleDSA(augment)
@@ -262,16 +327,18 @@ def evaluate(
     cfg = make_config(EvalConfig, protocol)
     _check_seed(cfg.seed)
     if dataset is None and not store.meta.dataset:
-        raise StoreError("the store does not name its dataset; pass dataset=")
+        raise StoreError(f"the store does not name its dataset; pass {opt('dataset')}")
+    if isinstance(baselines, str) or not all(isinstance(b, str) for b in baselines):
+        raise ConfigError(f"baselines must be a list of names, got {baselines!r}")
     net = None
-    if teacher is not None:
+    teachers = _teacher_list(teacher)
+    if teachers:
         if not soft:
             raise ConfigError(
-                "--teacher is only used with --soft (it relabels the random "
-                "baseline); drop it or add --soft"
+                f"{opt('teacher')} is only used with {opt('soft', True)} (it relabels the "
+                f"random baseline); drop it or add {opt('soft', True)}"
             )
-        many = isinstance(teacher, Sequence) and not isinstance(teacher, (str, os.PathLike))
-        loaded = [_load_teacher(t) for t in (teacher if many else [teacher])]
+        loaded = [_load_teacher(t) for t in teachers]
         if dataset is None:
             dataset = find_dataset(store.meta.dataset, store.meta.extra.get("dataset_source", ""))
         if not isinstance(dataset, RealDataset):
@@ -298,23 +365,41 @@ def evaluate(
     return report
 
 
+def input_paths(*specs: Any, store: str | os.PathLike | None = None) -> list[Path]:
+    """The files and folders a command will read, for :func:`~distill_data.paths.check_outputs`:
+    the existing paths among ``specs`` (teachers may be given as a list) and, for a
+    stored set, the store and the real data it records."""
+    flat: list[Any] = []
+    for spec in specs:
+        flat += list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if store is not None:
+        flat.append(store)
+        if os.path.isfile(store):
+            meta = read_meta(store)
+            flat += [meta.dataset, meta.extra.get("dataset_source", "")]
+    return existing_paths(flat)
+
+
 def teacher(
     dataset: str | RealDataset,
     out: str | os.PathLike,
     *,
     device: str | torch.device = "cpu",
     quiet: bool = False,
+    force: bool = False,
     **settings: Any,
 ) -> dict:
     """Train a BatchNorm teacher on real data and save it to ``out``; returns a report.
 
     ``settings`` are :class:`~distill_data.train.TeacherConfig` fields (``model``,
     ``epochs``, ``lr``, ...). The file loads with ``torch.load(..., weights_only=True)``.
+    ``force`` replaces an existing ``out`` that is not a network file (never the data).
+    A run whose loss becomes NaN stops with a :class:`DivergedError` and saves nothing.
     """
     cfg = make_config(TeacherConfig, settings)
     _check_seed(cfg.seed)
     device = resolve_device(device)
-    out_path = _check_out(out)
+    (out_path,) = check_outputs([(out, "model")], reads=[dataset], force=force)
     data = (
         dataset if isinstance(dataset, RealDataset) else load_dataset(dataset, progress=not quiet)
     )
@@ -344,17 +429,22 @@ def quantize(
     net, meta = _load_teacher(teacher)
     if dataset is None:
         if not meta.get("dataset"):
-            raise ConfigError("the teacher does not name its dataset; pass --dataset")
+            raise ConfigError(f"the teacher does not name its dataset; pass {opt('dataset')}")
         dataset = find_dataset(meta["dataset"], meta.get("dataset_source", ""))
     data = dataset if isinstance(dataset, RealDataset) else load_dataset(dataset)
     _check_teacher_fits(net, meta, data)
-    calibs = [calib] if isinstance(calib, str) else list(calib)
-    if not calibs:
-        raise ConfigError("give a calibration set: --calib F.h5, real:N or noise:N")
+    calibs = [calib] if isinstance(calib, (str, os.PathLike)) else list(calib)
+    if not calibs or not all(isinstance(c, (str, os.PathLike)) for c in calibs):
+        raise ConfigError(
+            f"give calibration sets as names: {opt('calib', 'F.h5')}, real:N or noise:N"
+        )
+    calibs = [os.fspath(c) for c in calibs]
     if compare:
         n = len(calibration_images(calibs[0], data, seed)[0])
         calibs += [c for c in (f"real:{n}", f"noise:{n}") if c not in calibs]
     bit_list = [bits] if isinstance(bits, str) else list(bits)
+    if not all(isinstance(b, str) for b in bit_list):
+        raise ConfigError(f"bits must be names such as 'w8a8', got {bits!r}")
     _check_seed(seed)
     cfg = make_config(PTQConfig, {"seed": seed, **ptq})
     return compare_calibrations(net, data, calibs, bit_list, cfg, seed=seed)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,8 +16,10 @@ import click
 from distill_data import api
 from distill_data._version import __version__
 from distill_data.config import parse_set_options
-from distill_data.errors import DistillDataError
+from distill_data.errors import DistillDataError, DistillDataWarning, cli_spelling
 from distill_data.evaluation.protocol import RECIPES
+from distill_data.models import MODELS
+from distill_data.paths import check_outputs
 from distill_data.runtime import tune_allocator
 
 
@@ -23,14 +27,27 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+#: What to tell the user when Ctrl-C stops the running command (set by the command).
+_interrupt_hint: Callable[[], str] = lambda: "interrupted"  # noqa: E731
+
+
 def _write_json(path: str, obj: dict) -> None:
+    """Write a report atomically; NaN is refused (JSON has no NaN, and none is saved)."""
     from distill_data.store import atomic_write
 
-    p = Path(path)
-    if not p.parent.exists():
-        raise DistillDataError(f"output folder {p.parent} does not exist; create it first")
-    with atomic_write(p) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise DistillDataError(f"refusing to write {path}: the report holds NaN ({e})") from None
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+_FORCE = click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing output file of another kind (never one of the inputs).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -96,19 +113,49 @@ def cli() -> None:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a method setting (repeatable), e.g. --set batch_size=128.",
+    help="Override a method setting (repeatable), e.g. --set lr_img=0.5 for dm; "
+    "`distill-data methods METHOD` lists a method's keys and defaults.",
 )
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option(
+    "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:N, mps, xpu."
+)
+@_FORCE
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def build(
-    dataset, method, ipc, count, teachers, out, iterations, seed, resume, sets, device, quiet
+    dataset,
+    method,
+    ipc,
+    count,
+    teachers,
+    out,
+    iterations,
+    seed,
+    resume,
+    sets,
+    device,
+    force,
+    quiet,
 ) -> None:
     """Build a synthetic set with METHOD and write it to OUT.
 
     \b
     Condense real data:   --dataset mnist5k --method dm --ipc 10 --out set.h5
     Data-free from a net: --method zeroq --teacher t.pt --count 256 --out calib.h5
+
+    Long builds checkpoint to OUT.ckpt.pt; after Ctrl-C or a crash, the same command
+    with --resume continues from there.
     """
+    global _interrupt_hint
+    from distill_data.store import checkpoint_path_for
+    from distill_data.synth.base import size_label
+
+    ckpt = checkpoint_path_for(out)
+    _interrupt_hint = lambda: (  # noqa: E731
+        f"interrupted; the last checkpoint is {ckpt}: rerun the same command with --resume "
+        "to continue from it"
+        if ckpt.exists()
+        else "interrupted before the first checkpoint; nothing was written"
+    )
     options = parse_set_options(sets)
     log = None if quiet else (lambda m: click.echo(m, err=True))
     synset = api.build(
@@ -125,11 +172,12 @@ def build(
         device=device,
         quiet=quiet,
         log=log,
+        force=force,
     )
+    m = synset.meta
     click.echo(
-        f"wrote {out}: {len(synset)} images ({synset.meta.generator}, "
-        f"{f'ipc={ipc}' if ipc is not None else f'count={count}'}, "
-        f"{synset.meta.iterations} iterations)"
+        f"wrote {out}: {len(synset)} images ({m.generator}, {size_label(m.ipc, m.count)}, "
+        f"{m.iterations} iterations)"
     )
 
 
@@ -141,7 +189,13 @@ def build(
     default=None,
     help="Real dataset to test on (default: the one the store names).",
 )
-@click.option("--model", default="convnet", show_default=True, help="Architecture to train.")
+@click.option(
+    "--model",
+    default="convnet",
+    show_default=True,
+    type=click.Choice(MODELS.names()),
+    help="Architecture to train (the field's standard is convnet).",
+)
 @click.option(
     "--runs",
     type=int,
@@ -220,6 +274,7 @@ def build(
     "--device", default="cpu", show_default=True, help="torch device for training, e.g. cuda."
 )
 @click.option("--json", "json_out", default=None, help="Write the full report here.")
+@_FORCE
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_cmd(
     store,
@@ -238,13 +293,14 @@ def eval_cmd(
     seed,
     device,
     json_out,
+    force,
     quiet,
 ) -> None:
     """Train fresh networks on STORE and test them on the real test split."""
     from distill_data.evaluation import format_report
 
-    if json_out and not Path(json_out).parent.exists():
-        raise DistillDataError(f"output folder {Path(json_out).parent} does not exist")
+    reads = api.input_paths(dataset, teachers, store=store)
+    check_outputs([(json_out, "json")], reads=reads, force=force)
     report = api.evaluate(
         store,
         dataset,
@@ -290,24 +346,27 @@ def eval_cmd(
 @click.option("--width", type=int, default=None, help="Network width (default: the model's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every draw.")
 @click.option("--out", "-o", required=True, help="Teacher file to write (.pt).")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option(
+    "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:N, mps, xpu."
+)
 @click.option("--json", "json_out", default=None, help="Write the report here.")
+@_FORCE
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def teacher(
-    dataset, model, epochs, lr, batch_size, width, seed, out, device, json_out, quiet
+    dataset, model, epochs, lr, batch_size, width, seed, out, device, json_out, force, quiet
 ) -> None:
     """Train a BatchNorm teacher on real data and report its test accuracy.
 
     The file holds the architecture, its constructor arguments, the weights, the input
     shape, normalisation and class names, and loads with torch.load(weights_only=True).
     """
-    if json_out and not Path(json_out).parent.exists():
-        raise DistillDataError(f"output folder {Path(json_out).parent} does not exist")
+    check_outputs([(out, "model"), (json_out, "json")], reads=api.input_paths(dataset), force=force)
     report = api.teacher(
         dataset,
         out,
         device=device,
         quiet=quiet,
+        force=force,
         model=model,
         epochs=epochs,
         lr=lr,
@@ -373,8 +432,9 @@ def teacher(
     help="Seed of real:N / noise:N draws and observer sampling.",
 )
 @click.option("--json", "json_out", default=None, help="Write the report here.")
+@_FORCE
 def quantize(
-    teacher, calibs, dataset, bits, observer, first_last_bits, compare, seed, json_out
+    teacher, calibs, dataset, bits, observer, first_last_bits, compare, seed, json_out, force
 ) -> None:
     """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
 
@@ -387,8 +447,9 @@ def quantize(
     """
     from distill_data.quant.calibrate import format_comparison
 
-    if json_out and not Path(json_out).parent.exists():
-        raise DistillDataError(f"output folder {Path(json_out).parent} does not exist")
+    check_outputs(
+        [(json_out, "json")], reads=api.input_paths(teacher, dataset, calibs), force=force
+    )
     report = api.quantize(
         teacher,
         list(calibs),
@@ -426,6 +487,7 @@ def inspect(store, as_json) -> None:
         "dataset_fingerprint": m.dataset_fingerprint,
         "ipc": m.ipc,
         "seed": m.seed,
+        "count": m.count,
         "iterations": m.iterations,
         "classes": m.classes,
         "mean": list(m.mean),
@@ -453,14 +515,13 @@ def inspect(store, as_json) -> None:
     show_default=True,
     help="Columns per class row.",
 )
-def show(store, out, max_per_class) -> None:
+@_FORCE
+def show(store, out, max_per_class, force) -> None:
     """Write a picture grid of STORE (one row per class) to a PNG."""
     from distill_data.store import read_store
     from distill_data.viz import save_grid
 
-    p = Path(out)
-    if not p.parent.exists():
-        raise DistillDataError(f"output folder {p.parent} does not exist; create it first")
+    (p,) = check_outputs([(out, "png")], reads=[store], force=force)
     save_grid(read_store(store), p, max_per_class=max_per_class)
     click.echo(f"wrote {out}")
 
@@ -492,11 +553,25 @@ def datasets() -> None:
     )
 
 
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings meant for the user (DistillDataWarning) as ``note:`` lines."""
+    if issubclass(category, DistillDataWarning):
+        _err(f"note: {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit code 2 for every user error."""
     tune_allocator()  # see distill_data.runtime: large CPU tensors reuse heap pages
     try:
-        cli.main(args=argv, prog_name="distill-data", standalone_mode=False)
+        with cli_spelling(), warnings.catch_warnings():
+            warnings.showwarning = _show_note
+            warnings.simplefilter("always", DistillDataWarning)
+            cli.main(args=argv, prog_name="distill-data", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # pragma: no cover - click>=8.2
         click.echo(e.ctx.get_help() if e.ctx else str(e))
         sys.exit(0)
@@ -507,11 +582,10 @@ def main(argv: list[str] | None = None) -> None:
     except DistillDataError as e:
         _err(f"error: {e}")
         sys.exit(2)
-    except click.Abort:
-        _err("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        _err("interrupted (an interrupted build continues with --resume)")
+    except (click.Abort, KeyboardInterrupt) as e:
+        # click turns Ctrl-C into Abort; a bare Abort (e.g. EOF at a prompt) is no interrupt
+        ctrl_c = isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt)
+        _err(_interrupt_hint() if ctrl_c else "aborted")
         sys.exit(130)
     except OSError as e:
         _err(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))

@@ -384,7 +384,7 @@ def test_eval_bad_baseline_is_a_usage_error(run_cli, built, tmp_path) -> None:
     [
         (["--runs", "0"], "runs must be >= 1"),
         (["--epochs", "0"], "epochs must be >= 1"),
-        (["--model", "vit"], "unknown model"),
+        (["--model", "vit"], "'vit' is not one of 'convnet'"),
         (["--dataset", "no_such_dataset"], "no_such_dataset"),
     ],
 )

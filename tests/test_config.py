@@ -96,7 +96,7 @@ def test_bool_false_words(word: str) -> None:
         ("count", "1.5", "expected an integer"),
         ("rate", "fast", "expected a number"),
         ("flag", "maybe", "expected true or false"),
-        ("maybe", "seven", "not a valid"),
+        ("maybe", "seven", "expected an integer"),
         ("sizes", "[1,", "expected JSON"),
     ],
 )

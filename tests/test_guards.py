@@ -82,7 +82,7 @@ def test_seed_out_of_range(tiny_npz, tmp_path, seed):
 def test_eval_teacher_without_soft_is_refused(teacher_file, tiny_npz, tmp_path):
     out = tmp_path / "r.h5"
     dd.build(str(tiny_npz), "random", 1, out, quiet=True)
-    with pytest.raises(ConfigError, match="only used with --soft"):
+    with pytest.raises(ConfigError, match="only used with soft=True"):
         dd.evaluate(out, teacher=teacher_file, runs=1, epochs=1, quiet=True)
     with pytest.raises(ConfigError, match="hard-label"):
         dd.evaluate(out, soft=True, scores=True, runs=1, epochs=1, quiet=True)

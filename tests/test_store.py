@@ -150,7 +150,7 @@ def test_raw_attributes_follow_the_documented_schema(store: Path) -> None:
     with h5py.File(store, "r") as f:
         a = f.attrs
         assert a["format"] == FORMAT_NAME == "distill-data"
-        assert int(a["format_version"]) == FORMAT_VERSION == 1
+        assert int(a["format_version"]) == FORMAT_VERSION == 2
         assert json.loads(a["config"])["net"] == {"depth": 3}
         assert json.loads(a["classes"]) == ["class_0", "class_1", "class_2", "class_3"]
         assert json.loads(a["extra"])["note"] == "ünïcode ok"
@@ -220,7 +220,7 @@ def test_read_info_reads_shapes_without_data(store: Path) -> None:
     assert isinstance(info, StoreInfo)
     assert info.num_images == 8 and info.image_shape == (3, 8, 8)
     assert info.has_soft_labels and info.temperature == 4.0
-    assert info.format_version == 1 and info.num_classes == 4
+    assert info.format_version == 2 and info.num_classes == 4
     assert info.file_size == store.stat().st_size
     assert read_meta(store) == info.meta
 
@@ -295,7 +295,7 @@ def test_write_failing_midway_leaves_old_file_and_no_temp(tmp_path: Path, monkey
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(store_io, "_write_attrs", boom)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises(StoreError, match="cannot write .*out.h5: the write failed .disk on fire"):
         write_store(path, make_set(seed=2))
     assert len(seen) == 1 and len(seen[0]) == 2  # the temp file did exist mid-write
     assert any(name.startswith(".out.h5.tmp-") for name in seen[0])
@@ -456,7 +456,7 @@ def test_foreign_hdf5_file(tmp_path: Path) -> None:
 def test_newer_format_version(store: Path) -> None:
     with h5py.File(store, "a") as f:
         f.attrs["format_version"] = FORMAT_VERSION + 1
-    with pytest.raises(StoreError, match="format version 2.*upgrade distill-data"):
+    with pytest.raises(StoreError, match="format version 3.*upgrade distill-data"):
         read_store(store)
     with pytest.raises(StoreError, match="upgrade distill-data"):
         SyntheticDataset(store)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from distill_data.errors import DataError
+from distill_data.errors import DataError, DistillDataWarning
 
 MIN_SIZE = 8
 
@@ -213,12 +214,20 @@ def make_real_dataset(
         raise DataError(f"{name}: images must be at least {MIN_SIZE}x{MIN_SIZE}, got {h}x{w}")
     if len(xtr) == 0 or len(xte) == 0:
         raise DataError(f"{name}: train and test splits must both be non-empty")
-    k = int(max(ytr.max(), yte.max())) + 1
     if classes is None:
-        classes = [str(i) for i in range(k)]
+        ytr, yte, classes = _number_classes(name, ytr, yte)
     classes = [str(c_) for c_ in classes]
+    k = int(max(ytr.max(), yte.max())) + 1
     if len(classes) < k:
         raise DataError(f"{name}: labels go up to {k - 1} but only {len(classes)} class names")
+    counts = np.bincount(ytr, minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"{name}: class {empty[0]!r}{more} has no training images; every class needs "
+            "at least one (drop the class from 'classes' or add its images)"
+        )
     mean = tuple(float(v) for v in xtr.mean(axis=(0, 2, 3), dtype=np.float64))
     std = tuple(max(float(v), 1e-6) for v in xtr.std(axis=(0, 2, 3), dtype=np.float64))
     return RealDataset(
@@ -233,6 +242,27 @@ def make_real_dataset(
         fingerprint=fingerprint_arrays(xtr, ytr, xte, yte),
         source=source,
     )
+
+
+def _number_classes(
+    name: str, ytr: np.ndarray, yte: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Class names for data that gives none: the labels themselves. Labels that are not
+    0..K-1 (``{3, 7, 9}``, or one stray 2**40) are renumbered in sorted order, so K is
+    the number of distinct labels, never the largest one; the names keep the original
+    labels and a :class:`DistillDataWarning` says so."""
+    present = np.union1d(ytr, yte)
+    if int(present[-1]) + 1 == len(present):
+        return ytr, yte, [str(i) for i in range(len(present))]
+    shown = ", ".join(str(v) for v in present[:6]) + (", ..." if len(present) > 6 else "")
+    warnings.warn(
+        f"{name}: the labels ({shown}) are not 0..K-1; renumbered to 0..{len(present) - 1} "
+        "in sorted order, and the class names keep the original labels",
+        DistillDataWarning,
+        stacklevel=3,
+    )
+    remap = np.searchsorted(present, ytr), np.searchsorted(present, yte)
+    return remap[0].astype(np.int64), remap[1].astype(np.int64), [str(v) for v in present]
 
 
 def _labels(y: np.ndarray, what: str, n: int) -> np.ndarray:

@@ -121,6 +121,11 @@ def load_npz(path: PathLike) -> RealDataset:
     name, source = _name_source(path)
     arrays: dict[str, np.ndarray] = {}
     classes: list[str] | None = None
+    if not zipfile.is_zipfile(path):  # else np.load tries it as a pickle and says so
+        raise DataError(
+            f"{source}: not a .npz archive (numpy.savez writes a zip of .npy arrays; this "
+            "file is not a zip: damaged, or another kind of file)"
+        )
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from distill_data.errors import StoreError
+from distill_data.errors import DivergedError, StoreError
 from distill_data.store.io import PathLike, atomic_write, check_readable
 
 __all__ = ["atomic_write", "checkpoint_path_for", "load_checkpoint", "save_checkpoint"]
@@ -64,6 +64,8 @@ def save_checkpoint(path: PathLike, payload: dict[str, Any]) -> None:
         payload: plain data only (see the module docstring).
 
     Raises:
+        DivergedError: a floating-point tensor in ``payload`` holds NaN or infinity
+            (nothing NaN is ever saved).
         TypeError: ``payload`` holds something other than plain data (a programming
             error in the caller; the message gives the key path, e.g. ``['opt']['x']``).
         StoreError: the folder is missing or the file cannot be written.
@@ -71,6 +73,11 @@ def save_checkpoint(path: PathLike, payload: dict[str, Any]) -> None:
     if type(payload) not in (dict, collections.OrderedDict):
         raise TypeError(f"checkpoint payload must be a dict, got {type(payload).__name__}")
     _check_plain(payload, "payload", depth=0)
+    bad = _nonfinite(payload, "payload")
+    if bad:
+        raise DivergedError(
+            f"refusing to write checkpoint {path}: {bad} holds NaN or infinite values"
+        )
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
 
@@ -114,6 +121,26 @@ def _corrupt(p: Path, exc: BaseException) -> StoreError:
         f"{p} is not a readable checkpoint (corrupt or truncated): {reason}; delete it to "
         "start the run afresh"
     )
+
+
+def _nonfinite(value: Any, where: str) -> str | None:
+    """Where in a (plain) payload a floating-point tensor holds NaN or infinity."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return where
+        return None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, (list, tuple, set))
+        else ()
+    )
+    for key, item in items:
+        found = _nonfinite(item, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
 
 
 def _check_plain(value: Any, where: str, depth: int) -> None:

@@ -10,9 +10,12 @@ leaves either the old file or the new one. Reads turn every way a file can be wr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -26,11 +29,13 @@ import torch
 from distill_data._version import __version__
 from distill_data.errors import ConfigError, DataError, StoreError
 from distill_data.store.schema import (
+    DATASET_ATTRS,
     FORMAT_NAME,
     FORMAT_VERSION,
     GZIP_LEVEL,
     IMAGES,
     LABELS,
+    OLDEST_VERSION,
     REQUIRED_ATTRS,
     SOFT_LABELS,
     TEMPERATURE,
@@ -118,10 +123,29 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError):
-            raise StoreError(f"cannot write {target}: {exc}") from exc
+        # torch.save and h5py report a failed write (disk full, quota, file size
+        # limit) as RuntimeError, the OS as OSError: either way one line, and the
+        # previous file at ``path`` is untouched
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, StoreError):
+            raise StoreError(f"cannot write {target}: {_write_failure(exc, folder)}") from exc
         raise
     _fsync_dir(folder)
+
+
+def _write_failure(exc: BaseException, folder: Path) -> str:
+    """One line saying why a write failed, naming a full disk when that is the cause."""
+    text = str(exc).strip()
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    reason = (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text
+    if not full:
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(folder).free < (1 << 20)
+    if full:
+        return f"no space left on the device ({reason}); free some space and rerun"
+    if isinstance(exc, RuntimeError):
+        return f"the write failed ({reason}); is the disk full or the file too large?"
+    return reason
 
 
 def _fsync_path(path: Path) -> None:
@@ -151,7 +175,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_store(path: PathLike, synset: SyntheticSet) -> None:
-    """Save a synthetic set as a distill-data store (format version 1), atomically.
+    """Save a synthetic set as a distill-data store (format version 2), atomically.
 
     The set is validated first, so bad data (NaN, wrong shapes, labels out of range)
     raises before any file is created. ``meta.created`` is filled with the current UTC
@@ -167,6 +191,8 @@ def write_store(path: PathLike, synset: SyntheticSet) -> None:
     meta = synset.meta
     if not meta.created:
         meta = replace(meta, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if not meta.ipc and not meta.count:  # a set made without either: its size is the count
+        meta = replace(meta, count=len(synset))
     images = synset.images.detach().to("cpu", torch.float32).contiguous().numpy()
     labels = synset.labels.detach().to("cpu", torch.int64).contiguous().numpy()
     soft = None
@@ -187,12 +213,18 @@ def _write_datasets(
     n = images.shape[0]
     rows = images_per_chunk(n, images.shape[1:])
     opts: dict[str, Any] = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
-    f.create_dataset(IMAGES, data=images, chunks=(rows, *images.shape[1:]), **opts)
-    f.create_dataset(LABELS, data=labels, chunks=(min(n, 4096),), **opts)
+    written = {
+        IMAGES: f.create_dataset(IMAGES, data=images, chunks=(rows, *images.shape[1:]), **opts),
+        LABELS: f.create_dataset(LABELS, data=labels, chunks=(min(n, 4096),), **opts),
+    }
     if soft is not None:
         soft_rows = images_per_chunk(n, soft.shape[1:])
         ds = f.create_dataset(SOFT_LABELS, data=soft, chunks=(soft_rows, soft.shape[1]), **opts)
         ds.attrs[TEMPERATURE] = float(temperature)  # validate() made sure it is set
+        written[SOFT_LABELS] = ds
+    for name, ds in written.items():
+        for key, text in DATASET_ATTRS[name].items():
+            ds.attrs[key] = text
 
 
 def _write_attrs(f: h5py.File, meta: StoreMeta) -> None:
@@ -211,6 +243,7 @@ def _write_attrs(f: h5py.File, meta: StoreMeta) -> None:
     a["package_version"] = meta.package_version
     a["created"] = meta.created
     a["iterations"] = _int_attr(meta.iterations)
+    a["count"] = _int_attr(meta.count)
     a["extra"] = to_json(meta.extra, "StoreMeta.extra")
 
 
@@ -339,9 +372,9 @@ def _info(f: h5py.File, p: Path) -> StoreInfo:
             f"{__version__} reads only up to version {FORMAT_VERSION}; upgrade distill-data "
             "(pip install -U distill-data)"
         )
-    if version < 1:
+    if version < OLDEST_VERSION:
         raise StoreError(f"{p} has invalid format_version {version} (damaged store)")
-    missing = [name for name in REQUIRED_ATTRS if name not in attrs]
+    missing = [name for name in REQUIRED_ATTRS[version] if name not in attrs]
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise StoreError(
@@ -363,6 +396,7 @@ def _info(f: h5py.File, p: Path) -> StoreInfo:
         std=_get_floats(attrs, "std", p),
         classes=_get_json(attrs, "classes", p, list),
         iterations=_get_int(attrs, "iterations", p),
+        count=_get_int(attrs, "count", p) if "count" in attrs else 0,
         package_version=_get_str(attrs, "package_version", p),
         created=_get_str(attrs, "created", p),
         extra=_get_json(attrs, "extra", p, dict),
@@ -381,6 +415,8 @@ def _info(f: h5py.File, p: Path) -> StoreInfo:
             f"{p}: 'labels' must be a 1-D integer dataset of length {n} (one per image), "
             f"got shape {labels.shape} of {labels.dtype}"
         )
+    if version == 1 and meta.ipc == 0:  # version 1 had no count: a count set's size
+        meta.count = n
     channels = int(images.shape[1])
     for name in ("mean", "std"):
         if len(getattr(meta, name)) != channels:

@@ -1,9 +1,11 @@
-"""The distill-data HDF5 store format, version 1, and its in-memory twin.
+"""The distill-data HDF5 store format, version 2, and its in-memory twin.
 
 Every generator writes one HDF5 file with this layout; every consumer (evaluation,
 ``load()``, the quantization / distillation trainer, ``distill-data inspect``) reads it.
+A file read with plain h5py says what it holds: each dataset carries attributes that
+give its layout, value space and meaning.
 
-Format ``distill-data``, version 1
+Format ``distill-data``, version 2
 ----------------------------------
 
 Datasets (all chunked, gzip level 4, shuffle filter):
@@ -12,14 +14,34 @@ Datasets (all chunked, gzip level 4, shuffle filter):
 name            dtype   shape     meaning
 =============== ======= ========= ================================================
 ``images``      float32 (N,C,H,W) synthetic images in the *normalised* space
-                                  generators optimise in, ``(x - mean) / std``;
-                                  ``x * std + mean`` gives [0, 1]-ish pixels.
+                                  generators optimise in, ``(x - mean) / std`` per
+                                  channel, where ``x`` are pixels in [0, 1];
+                                  ``images * std + mean`` gives the pixels back
+                                  (``mean``/``std``: file attributes, one value per
+                                  channel, broadcast over N, H, W).
 ``labels``      int64   (N,)      class index of each image, in
-                                  ``[0, len(classes))``.
-``soft_labels`` float32 (N,K)     optional; teacher logits, ``K = len(classes)``.
-                                  Attribute ``temperature`` (float > 0) on this
-                                  dataset: the distillation temperature to use.
+                                  ``[0, len(classes))``: ``classes[labels[i]]`` is
+                                  the name of image ``i``'s class.
+``soft_labels`` float32 (N,K)     optional; teacher logits (before softmax), row
+                                  ``i`` for image ``i``, column ``k`` for
+                                  ``classes[k]``. Attribute ``temperature`` (float >
+                                  0): distil with ``softmax(soft_labels / T)``.
 =============== ======= ========= ================================================
+
+Attributes of the datasets (strings; descriptive, for readers that do not know this
+format; distill-data itself does not need them):
+
+=============== ================ ==============================================
+dataset         attribute        value
+=============== ================ ==============================================
+``images``      ``layout``       ``"NCHW"``
+``images``      ``value_space``  ``"normalised: (pixel - mean) / std per channel,
+                                 pixel in [0, 1]"``
+``images``      ``to_pixels``    ``"images * std + mean"`` (+ where mean/std are)
+``images``      ``description``  one sentence on what the images are
+``labels``      ``description``  class index into ``classes``
+``soft_labels`` ``description``  teacher logits, their columns, how to use them
+=============== ================ ==============================================
 
 An ``images`` chunk holds whole images, up to 64 and about 1 MiB at most
 (``min(N, 64)`` for 3x32x32 images and smaller), so reading one image decompresses only
@@ -31,13 +53,17 @@ File attributes:
 name                    type     meaning
 ======================= ======== ==================================================
 ``format``              str      always ``"distill-data"``; marks the file as ours.
-``format_version``      int      layout version (this document: 1). Readers refuse
+``format_version``      int      layout version (this document: 2). Readers refuse
                                  files newer than they know.
 ``generator``           str      registered generator name, e.g. ``"dm"``.
 ``config``              str      JSON object: the generator's full config.
 ``dataset``             str      name of the real dataset distilled.
 ``dataset_fingerprint`` str      hash of the real data (not its path).
-``ipc``                 int      images per class; 0 when not per-class.
+``ipc``                 int      images per class; 0 when the set was asked for
+                                 by total size (``count``).
+``count``               int      total images asked for (``--count``); 0 for a
+                                 per-class set (``ipc`` > 0). Exactly one of
+                                 ``ipc`` and ``count`` is non-zero.
 ``seed``                int      seed of the run (uint64 when >= 2**63).
 ``mean``                float[C] per-channel mean used for normalisation.
 ``std``                 float[C] per-channel std used for normalisation.
@@ -49,8 +75,11 @@ name                    type     meaning
 ======================= ======== ==================================================
 
 JSON values round-trip as JSON does: tuples come back as lists, dict keys as strings.
-Readers ignore attributes and datasets they do not know, so a version-1 reader can
-read files that only *add* things; anything else bumps ``format_version``.
+Readers ignore attributes and datasets they do not know, so a reader can read files
+that only *add* things; anything else bumps ``format_version``.
+
+Version 1 (before 2026-12) had no ``count`` attribute and no dataset attributes; it is
+read as it is, ``count`` taken as N for sets with ``ipc`` 0.
 """
 
 from __future__ import annotations
@@ -68,15 +97,17 @@ from distill_data._version import __version__
 from distill_data.errors import ConfigError, DataError
 
 FORMAT_NAME = "distill-data"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The oldest layout this reader still reads.
+OLDEST_VERSION = 1
 
 IMAGES = "images"
 LABELS = "labels"
 SOFT_LABELS = "soft_labels"
 TEMPERATURE = "temperature"
 
-#: File attributes every version-1 store must carry.
-REQUIRED_ATTRS: tuple[str, ...] = (
+#: File attributes every version-1 store carries (version 2 adds ``count``).
+REQUIRED_ATTRS_V1: tuple[str, ...] = (
     "format",
     "format_version",
     "generator",
@@ -93,6 +124,31 @@ REQUIRED_ATTRS: tuple[str, ...] = (
     "iterations",
     "extra",
 )
+
+#: File attributes every store of a version must carry.
+REQUIRED_ATTRS: dict[int, tuple[str, ...]] = {
+    1: REQUIRED_ATTRS_V1,
+    2: (*REQUIRED_ATTRS_V1, "count"),
+}
+
+#: The descriptive attributes written on each dataset (format version 2).
+DATASET_ATTRS: dict[str, dict[str, str]] = {
+    IMAGES: {
+        "layout": "NCHW",
+        "value_space": "normalised: (pixel - mean) / std per channel, pixel in [0, 1]",
+        "to_pixels": "images * std + mean, with the file attributes mean and std "
+        "(one value per channel, broadcast over N, H and W)",
+        "description": "synthetic images, one per row, in the space the networks are trained in",
+    },
+    LABELS: {
+        "description": "class index of each image into the file attribute 'classes' "
+        "(a JSON list of names): classes[labels[i]] names image i's class",
+    },
+    SOFT_LABELS: {
+        "description": "teacher logits before softmax, row i for image i, column k for "
+        "classes[k]; distil with softmax(soft_labels / temperature)",
+    },
+}
 
 #: Most images per chunk, and the byte budget a chunk aims to stay under.
 CHUNK_IMAGES = 64
@@ -124,12 +180,14 @@ class StoreMeta:
         config: the generator's full config, JSON-serialisable.
         dataset: name of the real dataset.
         dataset_fingerprint: hash of the real data, so a store can be matched to it.
-        ipc: images per class; 0 when the set is not organised per class.
+        ipc: images per class; 0 when the set was asked for by total size.
         seed: seed of the run.
         mean: per-channel mean of the normalisation the images live in.
         std: per-channel std of that normalisation.
         classes: class names; label ``i`` means ``classes[i]``.
         iterations: generator iterations done (lets a resumed run continue counting).
+        count: total images asked for when the set is not per class (``ipc`` 0);
+            0 for per-class sets.
         package_version: distill-data version that made the set.
         created: ISO-8601 UTC time; filled by :func:`write_store` when empty.
         extra: JSON-serialisable dict for anything else (scores, notes, ...).
@@ -145,6 +203,7 @@ class StoreMeta:
     std: tuple[float, ...]
     classes: list[str]
     iterations: int = 0
+    count: int = 0
     package_version: str = __version__
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +232,7 @@ class StoreMeta:
             ("ipc", 0, _UINT64_MAX),
             ("seed", _INT64_MIN, _UINT64_MAX),
             ("iterations", 0, _UINT64_MAX),
+            ("count", 0, _UINT64_MAX),
         ):
             value = _as_int(getattr(self, name), f"StoreMeta.{name}")
             if not lo <= value <= hi:

@@ -11,9 +11,12 @@ the checkpoint), a resumed build ends with the same result as an uninterrupted o
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
 import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +27,7 @@ from tqdm.auto import tqdm
 
 from distill_data.config import config_to_dict, require
 from distill_data.data import ImageSpace, RealDataset
-from distill_data.errors import ConfigError
+from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
 from distill_data.registry import Registry
 from distill_data.store import (
     StoreMeta,
@@ -122,8 +125,24 @@ class Generator(abc.ABC):
             if ipc > counts[worst]:
                 raise ConfigError(
                     f"ipc {ipc} is more than class {data.classes[worst]!r} of {data.name} "
-                    f"holds ({counts[worst]} training images); use --ipc {counts[worst]} or less"
+                    f"holds ({counts[worst]} training images); use {opt('ipc', counts[worst])} "
+                    "or less"
                 )
+
+    @classmethod
+    def check_size(cls, data: ImageSpace, n_images: int) -> None:
+        """Refuse a set that this machine's memory cannot hold (ConfigError), before any
+        work: the finished set is assembled in host memory and written from there."""
+        c, (h, w) = data.channels, data.im_size
+        per_image = 4 * c * h * w
+        need = 2 * n_images * per_image  # the batches, and the set they are joined into
+        free = available_memory()
+        if free is not None and need > free:
+            raise ConfigError(
+                f"{n_images:,} images of {c}x{h}x{w} need about {_bytes(need)} of memory "
+                f"to assemble, but {_bytes(free)} is available here; at most about "
+                f"{free // (2 * per_image):,} fit"
+            )
 
     @classmethod
     def check_config(cls, config: GeneratorConfig) -> None:
@@ -158,6 +177,14 @@ class Generator(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
+
+    def state_template(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The structure (keys, types, tensor shapes) a checkpoint's ``state`` must have
+        to be loaded into this freshly set-up generator; resuming checks it first, so a
+        damaged or hand-edited checkpoint is refused with the place that differs.
+        Generators whose state changes shape as the build goes on override this (raise
+        ValueError for a state that fits no point of the build)."""
+        return self.state_dict()
 
     def total_steps(self) -> int:
         """Number of :meth:`step` calls a build makes (default: ``config.iterations``)."""
@@ -204,7 +231,10 @@ def run_generator(
     """Run ``gen`` to completion and write ``out`` atomically; returns the stored set.
 
     With ``resume`` and a matching checkpoint next to ``out``, continues from it; a
-    checkpoint made with other settings is refused rather than silently mixed in.
+    checkpoint made with other settings is refused rather than silently mixed in, and
+    one whose contents do not fit this build (a damaged or hand-edited file) is refused
+    with the reason. A NaN or infinite loss stops the run, naming the learning-rate
+    settings to lower; nothing is written then.
     """
     out = Path(out)
     cfg = gen.config
@@ -218,20 +248,7 @@ def run_generator(
     gen.setup()
     if resume and ckpt.exists():
         payload = load_checkpoint(ckpt)
-        mismatch = [k for k, v in sig.items() if payload.get("signature", {}).get(k) != v]
-        if mismatch:
-            raise ConfigError(
-                f"checkpoint {ckpt} was made with different {', '.join(mismatch)}; "
-                "rerun without --resume to start over"
-            )
-        gen.load_state_dict(payload["state"])
-        gen.rng.set_state(payload["rng"])
-        start = int(payload["iteration"])
-        if start > gen.total_steps():
-            raise ConfigError(
-                f"checkpoint {ckpt} is at step {start}, past the {gen.total_steps()} steps "
-                "asked for; raise --iterations or rerun without --resume"
-            )
+        start = _restore(gen, payload, sig, ckpt)
         if log:
             log(f"resuming {method} from iteration {start} ({ckpt})")
     elif resume and log:
@@ -254,26 +271,23 @@ def run_generator(
             range(start, total),
             initial=start,
             total=total,
-            desc=f"{method} ipc={gen.ipc}",
+            desc=f"{method} {size_label(gen.ipc, gen.n_images)}",
             disable=quiet,
             dynamic_ncols=True,
         )
-        it = start
+        t0 = time.perf_counter()
         try:
             for it in bar:
                 loss = gen.step(it)
                 if not math.isfinite(loss):
-                    raise ConfigError(
-                        f"{method} diverged: the loss is {loss} at iteration {it}; lower the "
-                        "learning rate (--set ...) and rerun without --resume"
-                    )
+                    raise DivergedError(_diverged(gen, method, loss, it))
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                if it == start and log and total - start > 1:
+                    _cost_note(log, time.perf_counter() - t0, total - start)
                 if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total:
                     checkpoint(it + 1)
-        except KeyboardInterrupt:
+        finally:
             bar.close()
-            raise
-        bar.close()
 
     images, labels, soft = gen.result()
     meta = StoreMeta(
@@ -287,6 +301,7 @@ def run_generator(
         std=tuple(gen.data.std),
         classes=list(gen.data.classes),
         iterations=max(total, start),
+        count=0 if gen.ipc else gen.n_images,
         extra={
             **gen.extra_meta(),
             "dataset_source": gen.data.source,
@@ -303,3 +318,168 @@ def run_generator(
     write_store(out, synset)
     ckpt.unlink(missing_ok=True)
     return synset
+
+
+def size_label(ipc: int, count: int) -> str:
+    """``ipc=10`` for per-class sets, ``count=256`` for sets of a total size."""
+    return f"ipc={ipc}" if ipc else f"count={count}"
+
+
+def _diverged(gen: Generator, method: str, loss: float, it: int) -> str:
+    """The divergence message, naming the method's learning-rate settings."""
+    lrs = [
+        (f.name, getattr(gen.config, f.name))
+        for f in dataclasses.fields(gen.config)
+        if (f.name.startswith("lr") or "_lr" in f.name)
+        and isinstance(getattr(gen.config, f.name), float)
+    ]
+    fix = (
+        " or ".join(f"{setting(k, float(f'{v / 10:g}'))} (now {v:g})" for k, v in lrs)
+        or "its settings"
+    )
+    return (
+        f"{method} diverged: the loss is {loss} at iteration {it}; lower {fix} and rerun "
+        f"without {opt('resume', True)}"
+    )
+
+
+def _cost_note(log: Any, first_step: float, steps: int) -> None:
+    """After the first step, say how long the whole build will take when that is long."""
+    eta = first_step * steps
+    if eta >= 600:
+        log(
+            f"note: the first step took {first_step:.2g} s; the {steps:,} steps will take "
+            f"about {_duration(eta)} (the progress bar refines this)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"  # pragma: no cover
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give this process now (Linux MemAvailable), or
+    None where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+_RESUME_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
+def _restore(gen: Generator, payload: dict, sig: dict, ckpt: Path) -> int:
+    """Load a checkpoint into a freshly set-up ``gen``; returns the iteration to go on
+    from. Every way the file can fail to fit the build is one StoreError/ConfigError."""
+    fix = f"delete it or rerun without {opt('resume', True)} to start afresh"
+    kinds = {"iteration": int, "state": dict, "rng": torch.Tensor, "signature": dict}
+    for key, kind in kinds.items():
+        value = payload.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise StoreError(
+                f"checkpoint {ckpt} has no valid {key!r} (damaged or not a build checkpoint); {fix}"
+            )
+    mismatch = [k for k, v in sig.items() if payload["signature"].get(k) != v]
+    if mismatch:
+        raise ConfigError(
+            f"checkpoint {ckpt} was made with different {', '.join(mismatch)}; "
+            f"rerun without {opt('resume', True)} to start over"
+        )
+    start = payload["iteration"]
+    if start < 0:
+        raise StoreError(f"checkpoint {ckpt} is at a negative step {start}; {fix}")
+    if start > gen.total_steps():
+        raise ConfigError(
+            f"checkpoint {ckpt} is at step {start}, past the {gen.total_steps()} steps "
+            f"asked for; raise {opt('iterations')} or rerun without {opt('resume', True)}"
+        )
+    try:
+        problem = _state_mismatch(gen.state_template(payload["state"]), payload["state"], "state")
+        if problem is None:
+            gen.load_state_dict(payload["state"])
+            gen.rng.set_state(payload["rng"])
+            problem = _optimizer_mismatch(gen)
+    except _RESUME_ERRORS as e:
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if problem is not None:
+        raise StoreError(f"checkpoint {ckpt} does not fit this build ({problem}); {fix}")
+    return start
+
+
+def _state_mismatch(fresh: Any, loaded: Any, where: str) -> str | None:
+    """The first place where a loaded state differs in structure from a fresh one
+    (missing keys, other types, other tensor shapes), or None. Optimiser and scheduler
+    states and lists that grow as a build goes on are checked by loading them."""
+    if isinstance(fresh, dict):
+        if not isinstance(loaded, dict):
+            return f"{where} should be a dict, not {type(loaded).__name__}"
+        for key, value in fresh.items():
+            if key not in loaded:
+                return f"{where} lacks {key!r}"
+            if key in ("optimizers", "schedulers"):
+                continue
+            found = _state_mismatch(value, loaded[key], f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(fresh, torch.Tensor):
+        if not isinstance(loaded, torch.Tensor):
+            return f"{where} should be a tensor, not {type(loaded).__name__}"
+        if loaded.shape != fresh.shape or loaded.dtype != fresh.dtype:
+            return (
+                f"{where} is {tuple(loaded.shape)} {loaded.dtype}, this build has "
+                f"{tuple(fresh.shape)} {fresh.dtype}"
+            )
+        if loaded.is_floating_point() and not bool(torch.isfinite(loaded).all()):
+            return f"{where} holds NaN or infinite values"
+        return None
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(loaded, (list, tuple)):
+            return f"{where} should be a list, not {type(loaded).__name__}"
+        if len(loaded) == len(fresh):
+            for i, (a, b) in enumerate(zip(fresh, loaded)):
+                found = _state_mismatch(a, b, f"{where}[{i}]")
+                if found:
+                    return found
+        return None
+    if isinstance(fresh, (int, float)) and not isinstance(fresh, bool):
+        if isinstance(loaded, bool) or not isinstance(loaded, (int, float)):
+            return f"{where} should be a number, not {loaded!r}"
+    return None
+
+
+def _optimizer_mismatch(gen: Generator) -> str | None:
+    """A loaded optimiser state whose buffers do not match their parameters' shapes."""
+    found: list[torch.optim.Optimizer] = []
+    for value in vars(gen).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        found += [v for v in items if isinstance(v, torch.optim.Optimizer)]
+    for opt_ in found:
+        for param, state in opt_.state.items():
+            for key, buf in state.items():
+                if isinstance(buf, torch.Tensor) and buf.dim() > 0 and buf.shape != param.shape:
+                    return (
+                        f"optimiser buffer {key!r} is {tuple(buf.shape)} for a parameter of "
+                        f"{tuple(param.shape)}"
+                    )
+    return None

@@ -119,6 +119,22 @@ class BatchedInversion(Generator):
             "schedulers": [s.state_dict() for s in self.schedulers],
         }
 
+    def state_template(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Batch ``state['batch']``'s learnable state, and one finished batch of the
+        planned size per entry of ``done`` (shapes only: meta tensors)."""
+        b, done = state.get("batch"), state.get("done")
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < len(self.sizes):
+            raise ValueError(f"state['batch'] = {b!r} is not a batch of this build")
+        if not isinstance(done, list) or len(done) not in (b, b + 1):
+            raise ValueError(f"state['done'] does not hold the {b} batches finished before")
+        self.start_batch(b)
+        template = self.state_dict()
+        shape = tuple(self.images().shape[1:])
+        template["done"] = [
+            torch.empty(self.sizes[i], *shape, device="meta") for i in range(len(done))
+        ]
+        return template
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batch = int(state["batch"])
         self.start_batch(self.batch)

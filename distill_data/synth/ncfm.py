@@ -77,7 +77,7 @@ from distill_data.augment import DSA, strategy_for
 from distill_data.config import require
 from distill_data.data import RealDataset
 from distill_data.data.builtin import cache_dir
-from distill_data.errors import StoreError
+from distill_data.errors import DivergedError, StoreError, setting
 from distill_data.models import build_model, init_params_, load_model, save_model
 from distill_data.runtime import to_device
 from distill_data.synth.base import GENERATORS
@@ -258,17 +258,23 @@ def feature_pool(
             disable=quiet,
             dynamic_ncols=True,
         ) as bar:
-            fit(
-                net,
-                x,
-                y,
-                epochs=cfg.pretrain_epochs,
-                generator=g,
-                lr=cfg.pretrain_lr,
-                batch_size=cfg.pretrain_batch,
-                dsa=dsa,
-                bar=bar,
-            )
+            try:
+                fit(
+                    net,
+                    x,
+                    y,
+                    epochs=cfg.pretrain_epochs,
+                    generator=g,
+                    lr=cfg.pretrain_lr,
+                    batch_size=cfg.pretrain_batch,
+                    dsa=dsa,
+                    bar=bar,
+                )
+            except DivergedError as e:
+                raise DivergedError(
+                    f"ncfm's network pool: {e}; lower "
+                    f"{setting('pretrain_lr', cfg.pretrain_lr / 10)}"
+                ) from None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             ref = _shell(cfg, data)

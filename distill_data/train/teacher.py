@@ -4,6 +4,7 @@ classes) so that BN-statistic inversion never needs the dataset again."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -12,10 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill_data.augment import DSA, strategy_for
+from distill_data.augment import DSA, PRESETS, AugmentPipeline, is_preset, strategy_for
 from distill_data.config import require
 from distill_data.data import RealDataset
-from distill_data.errors import ConfigError
+from distill_data.errors import ConfigError, DivergedError, StoreError, opt
 from distill_data.models import build_model, load_model, save_model
 from distill_data.train.fit import fit
 
@@ -31,6 +32,9 @@ class TeacherConfig:
         epochs: training epochs over the real training split.
         lr, momentum, weight_decay, batch_size: SGD; lr ×0.1 at half the epochs.
         augment: DSA on every batch (no flip for digit data).
+        pipeline: augment with a kornia training pipeline instead of DSA (a name in
+            :data:`distill_data.augment.PRESETS`, e.g. ``random_crop``: the usual
+            ``RandomCrop(padding=4)`` + flip, no flip for digits); None: DSA.
         width: network width override (None: the architecture's default).
         seed: seed of initialisation, shuffling and augmentation.
     """
@@ -44,8 +48,13 @@ class TeacherConfig:
     augment: bool = True
     width: int | None = None
     seed: int = 0
+    pipeline: str | None = None
 
     def __post_init__(self) -> None:
+        require(
+            self.pipeline is None or is_preset(self.pipeline),
+            f"unknown pipeline {self.pipeline!r}; choose from: " + ", ".join(PRESETS),
+        )
         require(
             self.model in TEACHER_MODELS,
             f"teacher model must be a BatchNorm network ({', '.join(TEACHER_MODELS)}), "
@@ -98,24 +107,31 @@ def train_teacher(
     model = build_model(
         cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
     ).to(device)
-    dsa = DSA(strategy_for(data.is_digits) if cfg.augment else "none")
+    pipeline = AugmentPipeline.preset(cfg.pipeline, data) if cfg.augment and cfg.pipeline else None
+    dsa = DSA(strategy_for(data.is_digits) if cfg.augment and pipeline is None else "none")
     t0 = time.perf_counter()
     with tqdm(
         total=cfg.epochs, desc=f"teacher {cfg.model}", disable=quiet, dynamic_ncols=True
     ) as bar:
-        fit(
-            model,
-            data.normalize(data.x_train),
-            data.y_train,
-            epochs=cfg.epochs,
-            generator=g,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
-            dsa=dsa,
-            bar=bar,
-        )
+        try:
+            fit(
+                model,
+                data.normalize(data.x_train),
+                data.y_train,
+                epochs=cfg.epochs,
+                generator=g,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                batch_size=cfg.batch_size,
+                dsa=dsa,
+                augment=pipeline,
+                bar=bar,
+            )
+        except DivergedError as e:
+            raise DivergedError(
+                f"teacher {e}; lower {opt('lr')} (now {cfg.lr:g}) and rerun"
+            ) from None
     seconds = time.perf_counter() - t0
     acc = accuracy(model, data, device)
     meta = {
@@ -141,11 +157,64 @@ def train_teacher(
 
 
 def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Load a teacher file (weights_only) and check it has BatchNorm layers."""
+    """Load a teacher file (weights_only), check it has BatchNorm layers and that what
+    it records about its data (shape, normalisation, classes) is well-formed."""
     model, meta = load_model(path)
     if not has_batchnorm(model):
         raise ConfigError(
             f"teacher {path} has no BatchNorm layers; BN-statistic methods "
             "need a network with BatchNorm (e.g. resnet, convnet_bn)"
         )
+    check_teacher_meta(path, meta, model)
     return model.eval(), meta
+
+
+def check_teacher_meta(path: str | os.PathLike, meta: dict, model: nn.Module) -> None:
+    """Refuse a teacher file whose recorded image space is malformed (StoreError): each
+    key a data-free build reads must have the type it needs and agree with the network."""
+    cfg = getattr(model, "config", {})
+
+    def bad(key: str, want: str) -> StoreError:
+        return StoreError(f"{path}: meta {key!r} must be {want}, got {meta[key]!r}")
+
+    def ints(v: object, n: int) -> bool:
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) == n
+            and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v)
+        )
+
+    channels = cfg.get("channels")
+    if "input_shape" in meta:
+        shape = meta["input_shape"]
+        if not ints(shape, 3):
+            raise bad("input_shape", "[channels, height, width]")
+        if channels is not None and shape[0] != channels:
+            raise StoreError(
+                f"{path}: meta 'input_shape' has {shape[0]} channels but the network "
+                f"takes {channels}"
+            )
+    for key in ("mean", "std"):
+        if key in meta:
+            v = meta[key]
+            if not isinstance(v, (list, tuple)) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in v
+            ):
+                raise bad(key, "a list of finite numbers, one per channel")
+            if channels is not None and len(v) != channels:
+                raise bad(key, f"{channels} value(s), one per channel")
+            if key == "std" and any(x <= 0 for x in v):
+                raise bad(key, "positive per channel")
+    if "classes" in meta:
+        names = meta["classes"]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
+            raise bad("classes", "a list of class names")
+        k = cfg.get("num_classes")
+        if k is not None and len(names) != k:
+            raise StoreError(
+                f"{path}: meta 'classes' names {len(names)} classes but the network predicts {k}"
+            )
+    for key in ("dataset", "dataset_source", "dataset_fingerprint"):
+        if key in meta and not isinstance(meta[key], str):
+            raise bad(key, "a string")
