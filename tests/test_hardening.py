@@ -492,3 +492,13 @@ def test_teacher_load_errors_are_whole_sentences(tmp_path):
         dd.build(None, "zeroq", None, tmp_path / "z.h5", teacher=bad, count=2)
     text = str(info.value)
     assert text.endswith(")") and "\n" not in text
+
+
+def test_a_long_build_says_how_long_it_will_take():
+    from distill_data.synth.base import _cost_note
+
+    lines: list[str] = []
+    _cost_note(lines.append, 2.0, 50)  # 100 s: the bar is enough
+    assert lines == []
+    _cost_note(lines.append, 1.5, 10_000)
+    assert lines and "about 4.2 h" in lines[0] and "10,000 steps" in lines[0]

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -159,6 +160,62 @@ def test_raw_attributes_follow_the_documented_schema(store: Path) -> None:
         assert a["package_version"] == __version__
         assert f["images"].dtype == "float32" and f["labels"].dtype == "int64"
         assert f["soft_labels"].attrs["temperature"] == 4.0
+
+
+def test_datasets_describe_themselves_to_plain_h5py(store: Path) -> None:
+    """Read with h5py alone, the attributes say enough to get pixels and class names."""
+    synset = read_store(store)
+    with h5py.File(store, "r") as f:
+        img = f["images"]
+        assert img.attrs["layout"] == "NCHW"
+        assert "(pixel - mean) / std" in img.attrs["value_space"]
+        assert img.attrs["to_pixels"].startswith("images * std + mean")
+        # following the recipe on the raw arrays gives the documented pixels back
+        mean = np.asarray(f.attrs["mean"]).reshape(1, -1, 1, 1)
+        std = np.asarray(f.attrs["std"]).reshape(1, -1, 1, 1)
+        pixels = img[...] * std + mean
+        assert np.allclose(pixels, synset.denormalized().numpy(), atol=1e-6)
+        assert "classes[labels[i]]" in f["labels"].attrs["description"]
+        text = f["soft_labels"].attrs["description"]
+        assert "logits" in text and "softmax(soft_labels / temperature)" in text
+
+
+def test_count_is_stored_and_exactly_one_of_ipc_and_count_is_set(tmp_path: Path) -> None:
+    per_class = make_set()  # ipc 2
+    write_store(tmp_path / "p.h5", per_class)
+    by_count = make_set()
+    by_count.meta.ipc = 0  # a set made without either: its size becomes its count
+    write_store(tmp_path / "c.h5", by_count)
+    assert by_count.meta.count == 0  # the caller's meta is not modified
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert int(f.attrs["ipc"]) == 2 and int(f.attrs["count"]) == 0
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert int(f.attrs["ipc"]) == 0 and int(f.attrs["count"]) == 8
+    assert read_meta(tmp_path / "c.h5").count == 8
+
+
+def test_version_1_files_still_read(tmp_path: Path) -> None:
+    """A store written before version 2: no count, no dataset attributes."""
+    path = tmp_path / "v1.h5"
+    synset = make_set(soft=True)
+    synset.meta.ipc = 0
+    write_store(path, synset)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 1
+        del f.attrs["count"]
+        for name in ("images", "labels", "soft_labels"):
+            for key in list(f[name].attrs):
+                if key != "temperature":
+                    del f[name].attrs[key]
+    back = read_store(path)
+    assert read_info(path).format_version == 1
+    assert back.meta.count == 8 and back.meta.ipc == 0  # a count set: its size
+    assert torch.equal(back.images, synset.images)
+    assert len(SyntheticDataset(path)) == 8
+    with h5py.File(path, "a") as f:  # version 2 requires the count
+        f.attrs["format_version"] = 2
+    with pytest.raises(StoreError, match="'count'"):
+        read_store(path)
 
 
 def test_other_dtypes_are_stored_as_float32_int64(tmp_path: Path) -> None:
