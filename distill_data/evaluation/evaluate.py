@@ -11,9 +11,9 @@ import torch
 from distill_data.data import RealDataset, find_dataset, load_dataset
 from distill_data.errors import ConfigError, DataError
 from distill_data.evaluation.protocol import (
-    RECIPE_SETTINGS,
     EvalConfig,
     evaluate_set,
+    fit_settings,
     label_mode,
 )
 from distill_data.evaluation.report import machine_info, now_iso
@@ -271,7 +271,7 @@ def evaluate(
                 {"optimizer": "SGD", "lr_decay": "x0.1 at epochs/2"}
                 if cfg.recipe == "dc"
                 else {
-                    **RECIPE_SETTINGS[cfg.recipe],
+                    **fit_settings(cfg),
                     "momentum": None,
                     "optimizer": "AdamW",
                     "lr_decay": "cosine to 0 over the epochs",
@@ -295,7 +295,9 @@ def format_report(report: dict) -> str:
     lines.append(
         f"{s['generator']} ipc={s['ipc']} ({s['n_images']} images) on {report['dataset']['name']}:"
         f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']},"
-        f" {p['labels']} labels"
+        + (f" augment={p['pipeline']}," if p.get("pipeline") else "")
+        + (f" mix={p['mix']}," if p.get("mix") else "")
+        + f" {p['labels']} labels"
         + (f", {p['recipe']} student recipe" if p.get("recipe", "dc") != "dc" else "")
     )
     for name, r in report["results"].items():

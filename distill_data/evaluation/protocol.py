@@ -10,9 +10,12 @@ the mean ± std over the R models **at the final epoch** (never the best epoch).
 does (VILA-Lab/SRe2L ``relabel_cifar.py``): AdamW (lr 1e-3, weight decay 0.01), a cosine
 schedule over the epochs, batch 128, mixup (α = 0.8) on every batch with the teacher
 labelling the mixed batch, KL at the store's temperature without the T² factor. It keeps
-our architecture, DSA (in place of the code's random crop and flip) and the final epoch
-(the code also saves the last checkpoint), so it needs soft labels relabelled online by
-a teacher.
+our architecture, DSA (in place of the code's random crop and flip; ``pipeline=
+"random_crop"`` runs the code's ``RandomCrop(padding=4)`` and flip instead, on kornia)
+and the final epoch (the code also saves the last checkpoint), so it needs soft labels
+relabelled online by a teacher. ``mix="cutmix"`` mixes by CutMix (α = 1) instead of
+mixup, the other ``--mix-type`` of SRe2L's ImageNet relabelling (``relabel/
+generate_soft_label.py``).
 
 ``recipe="infer"`` is INFER's student recipe (zhangxin-xd/UFC, ``val_static.py`` and
 ``val_dyn.py`` as ``sh/ufc_cifar.sh`` runs them): the same optimiser, schedule, mixup and
@@ -32,9 +35,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill_data.augment import DSA, strategy_for
+from distill_data.augment import (
+    DSA,
+    MIXES,
+    PRESETS,
+    AugmentPipeline,
+    is_preset,
+    strategy_for,
+)
 from distill_data.config import require
 from distill_data.data import RealDataset
+from distill_data.errors import DivergedError, opt
 from distill_data.models import MODELS, build_model
 from distill_data.train import fit
 
@@ -52,6 +63,8 @@ RECIPE_SETTINGS = {
 }
 RECIPE_SETTINGS["infer"] = {**RECIPE_SETTINGS["sre2l"], "batch_size": 64}  # sh/ufc_cifar.sh
 RECIPES = ("dc", *RECIPE_SETTINGS)
+#: CutMix's α where a recipe mixes by CutMix (SRe2L relabel/generate_soft_label.py --cutmix)
+CUTMIX_ALPHA = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,12 @@ class EvalConfig:
         recipe: ``dc`` (the field's protocol above, with the SGD settings here) or
             ``sre2l`` / ``infer`` (the official SRe2L / INFER student recipes; their own
             optimiser settings, ``RECIPE_SETTINGS``).
+        pipeline: augment with a kornia training pipeline instead of DSA (a name in
+            :data:`distill_data.augment.PRESETS`; ``random_crop`` is the official SRe2L
+            and INFER students' ``RandomCrop(padding=4)`` + flip, no flip for digits);
+            None: DSA.
+        mix: batch mixing of the ``sre2l``/``infer`` recipes: ``mixup`` (theirs, α 0.8)
+            or ``cutmix`` (α :data:`CUTMIX_ALPHA`); None: the recipe's own.
     """
 
     model: str = "convnet"
@@ -87,6 +106,8 @@ class EvalConfig:
     width: int | None = None
     seed: int = 0
     recipe: str = "dc"
+    pipeline: str | None = None
+    mix: str | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -102,11 +123,47 @@ class EvalConfig:
         require(self.full_epochs >= 1, f"full_epochs must be >= 1, got {self.full_epochs}")
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.lr > 0, "lr must be > 0")
+        require(
+            self.pipeline is None or is_preset(self.pipeline),
+            f"unknown pipeline {self.pipeline!r}; choose from: " + ", ".join(PRESETS),
+        )
+        require(
+            self.mix is None or self.mix in MIXES,
+            f"unknown mix {self.mix!r}; choose from: " + ", ".join(MIXES),
+        )
+        require(
+            self.mix is None or self.recipe in RECIPE_SETTINGS,
+            f"mix is an option of the soft-label recipes ({', '.join(RECIPE_SETTINGS)}), "
+            f"not of recipe {self.recipe!r}",
+        )
 
     def strategy(self, data: RealDataset) -> str:
-        if not self.augment:
+        """The DSA strategy of the training runs ("none" without DSA)."""
+        if not self.augment or self.pipeline is not None:
             return "none"
         return self.dsa_strategy if self.dsa_strategy is not None else strategy_for(data.is_digits)
+
+
+def fit_settings(cfg: EvalConfig) -> dict:
+    """The optimiser, batch and mixing settings :func:`fit` gets under ``cfg``'s recipe."""
+    if cfg.recipe == "dc":
+        return {
+            "lr": cfg.lr,
+            "momentum": cfg.momentum,
+            "weight_decay": cfg.weight_decay,
+            "batch_size": cfg.batch_size,
+        }
+    settings = dict(RECIPE_SETTINGS[cfg.recipe])
+    if cfg.mix == "cutmix":
+        settings.update(mixup=0.0, cutmix=CUTMIX_ALPHA)
+    return settings
+
+
+def training_pipeline(cfg: EvalConfig, data: RealDataset) -> AugmentPipeline | None:
+    """The kornia pipeline of ``cfg`` for ``data`` (None when DSA or nothing augments)."""
+    if not cfg.augment or cfg.pipeline is None:
+        return None
+    return AugmentPipeline.preset(cfg.pipeline, data)
 
 
 @torch.no_grad()
@@ -141,7 +198,8 @@ def train_and_test(
     With ``soft`` (teacher logits per image), the model is trained by knowledge
     distillation at ``temperature`` instead of with the hard labels; with ``teacher``,
     by distillation from the teacher's logits on every augmented batch (online). All randomness
-    (init, shuffling, DSA) comes from a generator seeded with ``cfg.seed + run``.
+    (init, shuffling, DSA or the pipeline, mixing) comes from a generator seeded with
+    ``cfg.seed·1000 + run``.
     """
     device = torch.device(device)
     epochs = epochs or cfg.epochs
@@ -150,29 +208,27 @@ def train_and_test(
     model = build_model(
         cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
     ).to(device)
-    train = (
-        {
-            "lr": cfg.lr,
-            "momentum": cfg.momentum,
-            "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size,
-        }
-        if cfg.recipe == "dc"
-        else RECIPE_SETTINGS[cfg.recipe]
-    )
-    fit(
-        model,
-        images,
-        labels,
-        epochs=epochs,
-        generator=g,
-        **train,
-        dsa=DSA(cfg.strategy(data)),
-        bar=bar,
-        soft_targets=soft,
-        temperature=temperature,
-        teacher=teacher,
-    )
+    train = fit_settings(cfg)
+    try:
+        fit(
+            model,
+            images,
+            labels,
+            epochs=epochs,
+            generator=g,
+            **train,
+            dsa=DSA(cfg.strategy(data)),
+            augment=training_pipeline(cfg, data),
+            bar=bar,
+            soft_targets=soft,
+            temperature=temperature,
+            teacher=teacher,
+        )
+    except DivergedError as e:
+        raise DivergedError(
+            f"evaluation run {run} ({cfg.model}, recipe {cfg.recipe}, lr {train['lr']:g}): "
+            f"{e}; check the set's images for extreme values, or lower {opt('lr')}"
+        ) from None
     return test_accuracy(model, data, device)
 
 

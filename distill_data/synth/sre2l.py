@@ -38,7 +38,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import hflip
 
+from distill_data.augment.pipeline import boxes_from_corners, resized_crop
 from distill_data.config import require
 from distill_data.synth.base import GENERATORS, GeneratorConfig
 from distill_data.synth.bnstats import BNStatLoss
@@ -56,18 +58,23 @@ def random_view(
     """One augmentation for the whole batch: random resized crop (if ``crop_min_scale`` <
     1), horizontal flip (p = 0.5), and a shift of up to ``jitter`` pixels each way:
     ``shift="roll"`` circular (``torch.roll``, the official codes'), ``"translate"`` a
-    translation whose uncovered border repeats the edge pixels (nothing wraps around)."""
+    translation whose uncovered border repeats the edge pixels (nothing wraps around).
+
+    The crop (a square-ratio box of area U(crop_min_scale, 1), bilinear resize without
+    corner alignment) and the flip are kornia's ``crop_by_indices`` and ``hflip``, which
+    give the same numbers as the slice-and-``F.interpolate`` and ``Tensor.flip`` used
+    before (``bench/kornia_aug.py`` checks it); the integer shifts stay index ops."""
     h, w = x.shape[-2:]
     if crop_min_scale < 1.0:
         scale = crop_min_scale + (1 - crop_min_scale) * float(torch.rand((), generator=g))
         ch, cw = max(1, round(h * math.sqrt(scale))), max(1, round(w * math.sqrt(scale)))
         y0 = int(torch.randint(0, h - ch + 1, (), generator=g))
         x0 = int(torch.randint(0, w - cw + 1, (), generator=g))
-        x = F.interpolate(
-            x[..., y0 : y0 + ch, x0 : x0 + cw], size=(h, w), mode="bilinear", align_corners=False
-        )
+        n = x.shape[0]
+        box = boxes_from_corners(*(torch.full((n,), v) for v in (y0, x0, ch, cw)))
+        x = resized_crop(x, box)
     if flip and float(torch.rand((), generator=g)) < 0.5:
-        x = x.flip(-1)
+        x = hflip(x)
     if jitter > 0:
         dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
         if shift == "roll":
