@@ -101,6 +101,14 @@ def _is_store(path: Path) -> bool:
     return fmt == FORMAT_NAME
 
 
+def kind_phrase(path: Path) -> str | None:
+    """``"an .npz dataset"``, ``"a PNG picture"``, ...: what an existing file is, for a
+    message that refuses it as something else; None when its kind is unknown."""
+    found = file_kind(path)
+    what = KIND_NAMES.get(found) or (None if found == "other" else _OTHER_NAMES.get(found))
+    return None if what is None else f"{_article(what)} {what}"
+
+
 def _zip_kind(path: Path) -> str:
     """``torch.save`` writes a zip holding ``<name>/data.pkl``; numpy's ``.npz`` a zip of
     ``.npy`` members. Checkpoints and network files are both torch zips; the name tells

@@ -502,3 +502,14 @@ def test_a_long_build_says_how_long_it_will_take():
     assert lines == []
     _cost_note(lines.append, 1.5, 10_000)
     assert lines and "about 4.2 h" in lines[0] and "10,000 steps" in lines[0]
+
+
+def test_a_file_of_another_kind_is_named_for_what_it_is(run_cli, store, teacher_file, tiny_npz):
+    res = run_cli("inspect", teacher_file)
+    assert_one_error_line(*res)
+    assert "is a network file (torch.save), not a distill-data store" in res[2]
+    res = run_cli("eval", tiny_npz)
+    assert "is an .npz dataset, not a distill-data store" in res[2]
+    res = run_cli("quantize", "--teacher", store, "--calib", "noise:4")
+    assert_one_error_line(*res)
+    assert "is a distill-data store (HDF5), not a network file" in res[2]

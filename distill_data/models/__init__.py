@@ -126,6 +126,11 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.M
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means an unusable file
+        from distill_data.paths import kind_phrase
+
+        what = kind_phrase(p)
+        if what is not None and "torch.save" not in what:
+            raise StoreError(f"{p} is {what}, not a network file (.pt)") from None
         raise StoreError(f"{p} is not a readable distill-data model file ({_reason(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise StoreError(f"{p} is not a distill-data model file (no format tag)")

@@ -350,6 +350,11 @@ def open_h5(p: Path, **h5_kwargs: Any) -> h5py.File:
 
 
 def _corrupt(p: Path, exc: BaseException) -> StoreError:
+    from distill_data.paths import kind_phrase
+
+    what = kind_phrase(p)
+    if what is not None and "HDF5" not in what:  # another kind of file given as a store
+        return StoreError(f"{p} is {what}, not a distill-data store (.h5)")
     reason = str(exc).strip() or type(exc).__name__
     return StoreError(f"{p} is not a readable HDF5 file (corrupt or truncated): {reason}")
 

@@ -273,7 +273,7 @@ def feature_pool(
             except DivergedError as e:
                 raise DivergedError(
                     f"ncfm's network pool: {e}; lower "
-                    f"{setting('pretrain_lr', cfg.pretrain_lr / 10)}"
+                    f"{setting('pretrain_lr', float(f'{cfg.pretrain_lr / 10:g}'))}"
                 ) from None
         try:
             folder.mkdir(parents=True, exist_ok=True)
