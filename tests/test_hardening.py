@@ -504,6 +504,17 @@ def test_a_long_build_says_how_long_it_will_take():
     assert lines and "about 4.2 h" in lines[0] and "10,000 steps" in lines[0]
 
 
+def test_a_large_build_says_its_size_before_it_starts(teacher_file, tmp_path, monkeypatch):
+    from distill_data.synth.zeroq import ZeroQ
+
+    monkeypatch.setattr(ZeroQ, "setup", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):  # stop right after the note
+        dd.build(None, "zeroq", None, tmp_path / "z.h5", teacher=teacher_file,
+                 count=200_000, log=lines.append, quiet=True)  # fmt: skip
+    assert any("200,000 images" in x and "optimisation steps" in x for x in lines), lines
+
+
 def test_a_file_of_another_kind_is_named_for_what_it_is(run_cli, store, teacher_file, tiny_npz):
     res = run_cli("inspect", teacher_file)
     assert_one_error_line(*res)

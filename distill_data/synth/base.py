@@ -245,6 +245,7 @@ def run_generator(
     if log:
         for note in gen.notes():
             log(f"note: {note}")
+        _size_note(log, gen)
     gen.setup()
     if resume and ckpt.exists():
         payload = load_checkpoint(ckpt)
@@ -341,6 +342,17 @@ def _diverged(gen: Generator, method: str, loss: float, it: int) -> str:
         f"{method} diverged: the loss is {loss} at iteration {it}; lower {fix} and rerun "
         f"without {opt('resume', True)}"
     )
+
+
+def _size_note(log: Any, gen: Generator) -> None:
+    """Before a large build starts, say how large it is: images, bytes and steps."""
+    steps = gen.total_steps()
+    size = 4 * gen.n_images * gen.data.channels * math.prod(gen.data.im_size)
+    if steps >= 100_000 or size >= 1 << 30:
+        log(
+            f"note: {gen.n_images:,} images ({_bytes(size)} as float32) in {steps:,} "
+            "optimisation steps; the time they take is told after the first step"
+        )
 
 
 def _cost_note(log: Any, first_step: float, steps: int) -> None:
