@@ -135,6 +135,9 @@ def test_params_are_checked() -> None:
     with pytest.raises(ConfigError, match="height"):
         pipe.sample(4, 0, 12)
     assert pipe.apply(images(0), pipe.sample(0, 12, 12, gen())).shape == (0, 3, 12, 12)
+    two = AugmentPipeline(PipelineConfig(), mean=[0.1, 0.2], std=[0.3, 0.3])
+    with pytest.raises(DataError, match="2 channels"):
+        two(images(4), generator=gen())
 
 
 # ----------------------------------------------------------------------------- ops

@@ -224,9 +224,7 @@ def boxes_from_corners(
     """
     x0, y0 = left.to(torch.float32), top.to(torch.float32)
     x1, y1 = x0 + width.to(torch.float32) - 1, y0 + height.to(torch.float32) - 1
-    return torch.stack(
-        [torch.stack(p, -1) for p in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], dim=1
-    )
+    return torch.stack([x0, y0, x1, y0, x1, y1, x0, y1], dim=-1).view(-1, 4, 2)
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -489,6 +487,7 @@ class AugmentPipeline:
         self.std = torch.as_tensor(std, dtype=torch.float64).flatten()
         if (self.std <= 0).any():
             raise ConfigError(f"std must be > 0, got {std!r}")
+        self._cache: dict = {}
 
     @classmethod
     def preset(
@@ -656,25 +655,30 @@ class AugmentPipeline:
         out = x
         if params.boxes is not None:
             if self.config.crop == "pad":
-                black = (0.0 - self._stat(self.mean, x)) / self._stat(self.std, x)
-                out = pad_crop(out, params.boxes, self.config.padding, black)
+                out = pad_crop(out, params.boxes, self.config.padding, self._norm(x)[2])
             else:
                 out = resized_crop(out, params.boxes)
         if params.flip is not None:
             out = flip_where(out, params.flip)
         if params.order:
-            out = color_jitter(
-                out, params.jitter, params.order, self._stat(self.mean, x), self._stat(self.std, x)
-            )
+            mean, std, _ = self._norm(x)
+            out = color_jitter(out, params.jitter, params.order, mean, std)
         return out
 
-    @staticmethod
-    def _stat(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if v.numel() not in (1, x.shape[1]):
-            raise DataError(
-                f"pipeline normalisation has {v.numel()} channels, images have {x.shape[1]}"
-            )
-        return v.to(device=x.device, dtype=x.dtype)
+    def _norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mean, std and the normalised black, per channel in ``x``'s dtype and device
+        (kept per dtype and device: per-image use calls this for every item)."""
+        key = (x.dtype, x.device, x.shape[1])
+        hit = self._cache.get(key)
+        if hit is None:
+            for v in (self.mean, self.std):
+                if v.numel() not in (1, x.shape[1]):
+                    raise DataError(
+                        f"pipeline normalisation has {v.numel()} channels, images have {x.shape[1]}"
+                    )
+            mean, std = (v.to(device=x.device, dtype=x.dtype) for v in (self.mean, self.std))
+            hit = self._cache[key] = (mean, std, (0.0 - mean) / std)
+        return hit
 
     def __call__(
         self,

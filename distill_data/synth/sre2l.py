@@ -70,9 +70,8 @@ def random_view(
         ch, cw = max(1, round(h * math.sqrt(scale))), max(1, round(w * math.sqrt(scale)))
         y0 = int(torch.randint(0, h - ch + 1, (), generator=g))
         x0 = int(torch.randint(0, w - cw + 1, (), generator=g))
-        n = x.shape[0]
-        box = boxes_from_corners(*(torch.full((n,), v) for v in (y0, x0, ch, cw)))
-        x = resized_crop(x, box)
+        box = boxes_from_corners(*torch.tensor([[y0], [x0], [ch], [cw]]))
+        x = resized_crop(x, box.expand(x.shape[0], 4, 2))
     if flip and float(torch.rand((), generator=g)) < 0.5:
         x = hflip(x)
     if jitter > 0:
