@@ -14,6 +14,10 @@ from distill_data.evaluation.report import machine_info, now_iso
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+#: the layout of bench/results/*.json. Raise it when a benchmark changes what a field
+#: means or stops writing one make_table reads, and add the step that converts older
+#: files to bench/upgrade_results.py; make_table reads only files at this version.
+SCHEMA_VERSION = 1
 
 
 _CHILD = """
@@ -61,10 +65,16 @@ def run_measured(args: list[str]) -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """Write ``bench/results/NAME.json`` with date and machine facts added."""
+    """Write ``bench/results/NAME.json`` with the schema version, date and machine facts
+    added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    doc = {"date": now_iso(), "machine": machine_info(), **payload}
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "date": now_iso(),
+        "machine": machine_info(),
+        **payload,
+    }
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, out)
