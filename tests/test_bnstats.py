@@ -260,7 +260,7 @@ def test_eval_with_soft_labels(sre2l_store, teacher_file, tiny_npz, tmp_path):
     assert rep["results"]["random"]["labels"] == "soft (KD from stored logits, T=30)"
     hard = dd.evaluate(out, str(tiny_npz), **kw)
     assert hard["protocol"]["labels"] == "hard"
-    with pytest.raises(ConfigError, match="needs --teacher"):
+    with pytest.raises(ConfigError, match="needs teacher to give"):
         dd.evaluate(out, str(tiny_npz), soft=True, baselines=["random"], **kw)
     coreset = tmp_path / "r.h5"
     dd.build(str(tiny_npz), "random", 2, coreset, quiet=True)
@@ -434,7 +434,7 @@ def test_eval_online_relabel_report_and_errors(sre2l_store, teacher_file, tiny_n
     for part in ("synthetic", "random"):
         assert rep["results"][part]["labels"].startswith("soft (KD from the teacher on each")
     assert rep["protocol"]["relabel"] == "online"
-    with pytest.raises(ConfigError, match="needs --soft and --teacher"):
+    with pytest.raises(ConfigError, match="needs soft=True and teacher"):
         dd.evaluate(out, str(tiny_npz), soft=True, relabel="online", **kw)
     with pytest.raises(ConfigError, match="unknown relabel"):
         dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, relabel="bogus", **kw)
@@ -588,7 +588,7 @@ def test_eval_sre2l_recipe_report_and_errors(sre2l_store, teacher_file, tiny_npz
     for part in ("synthetic", "random"):
         assert "mixed batch" in rep["results"][part]["labels"]
     assert "sre2l student recipe" in dd.evaluation.format_report(rep)
-    with pytest.raises(ConfigError, match="needs --soft --relabel online"):
+    with pytest.raises(ConfigError, match="needs soft=True, relabel=.online. and teacher="):
         dd.evaluate(out, str(tiny_npz), soft=True, teacher=teacher_file, recipe="sre2l", **kw)
     with pytest.raises(ConfigError, match="full-data baseline"):
         _eval_online(out, tiny_npz, teacher_file, baselines=["full"], recipe="sre2l")

@@ -11,7 +11,7 @@ import os
 from distill_data.data.base import DataSpec, ImageSpace, RealDataset, make_real_dataset
 from distill_data.data.builtin import DATASETS
 from distill_data.data.formats import detect_format, load_path
-from distill_data.errors import DataError
+from distill_data.errors import DataError, opt
 
 __all__ = [
     "DATASETS",
@@ -58,7 +58,7 @@ def find_dataset(name: str, source: str = "") -> str:
         return name
     if os.path.exists(source):
         return source
-    raise DataError(f"the data came from {source!r}, which no longer exists; pass --dataset")
+    raise DataError(f"the data came from {source!r}, which no longer exists; pass {opt('dataset')}")
 
 
 def list_datasets() -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from distill_data.data import RealDataset, find_dataset, load_dataset
-from distill_data.errors import ConfigError, DataError
+from distill_data.errors import ConfigError, DataError, opt
 from distill_data.evaluation.protocol import (
     EvalConfig,
     evaluate_set,
@@ -37,7 +37,7 @@ def check_compatible(synset: SyntheticSet, data: RealDataset) -> None:
     if shape != want:
         raise DataError(
             f"stored images are {shape} but dataset {data.name!r} has {want}; "
-            "evaluate on the dataset the set was built from (--dataset)"
+            f"evaluate on the dataset the set was built from ({opt('dataset')})"
         )
     if len(synset.meta.classes) != data.num_classes:
         raise DataError(
@@ -124,36 +124,42 @@ def evaluate(
     soft_syn = None
     if soft and scores:
         raise ConfigError(
-            "DD-Ranking scores are defined on hard-label training; run --scores without --soft"
+            f"DD-Ranking scores are defined on hard-label training; ask for "
+            f"{opt('scores', True)} without {opt('soft', True)}"
         )
     if "random" in baselines and ipc > min(data.class_counts()):
         raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
     if relabel not in ("stored", "online"):
         raise ConfigError(f"unknown relabel mode {relabel!r}; choose stored or online")
     if relabel == "online" and not (soft and teacher is not None):
-        raise ConfigError("--relabel online needs --soft and --teacher (the teacher relabels)")
+        raise ConfigError(
+            f"{opt('relabel', 'online')} needs {opt('soft', True)} and {opt('teacher')} "
+            "(the teacher relabels)"
+        )
     online = teacher if relabel == "online" else None
     if cfg.recipe == "sre2l" and online is None:
         raise ConfigError(
-            "--recipe sre2l distils from the teacher on every mixed batch: "
-            "it needs --soft --relabel online --teacher T.pt"
+            f"{opt('recipe', 'sre2l')} distils from the teacher on every mixed batch: it "
+            f"needs {opt('soft', True)}, {opt('relabel', 'online')} and {opt('teacher', 'T.pt')}"
         )
     if cfg.recipe != "dc" and not soft:
-        raise ConfigError(f"--recipe {cfg.recipe} is a soft-label recipe: it needs --soft")
+        raise ConfigError(
+            f"{opt('recipe', cfg.recipe)} is a soft-label recipe: it needs {opt('soft', True)}"
+        )
     if cfg.recipe != "dc" and ({"full"} & set(baselines) or scores):
         raise ConfigError(
-            f"--recipe {cfg.recipe} is a soft-label recipe: the full-data baseline and "
-            "--scores are hard-label protocols; drop them"
+            f"{opt('recipe', cfg.recipe)} is a soft-label recipe: the full-data baseline and "
+            f"{opt('scores', True)} are hard-label protocols; drop them"
         )
     if soft:
         if synset.soft_labels is None:
-            raise ConfigError("the store has no soft labels; evaluate without --soft")
+            raise ConfigError(f"the store has no soft labels; evaluate without {opt('soft', True)}")
         temperature = float(synset.temperature or 1.0)
         soft_syn = synset.soft_labels if online is None else None  # online: teacher per batch
         if "random" in baselines and teacher is None:
             raise ConfigError(
-                "--soft with the random baseline needs --teacher to give the "
-                "random subset the same kind of soft labels"
+                f"{opt('soft', True)} with the random baseline needs {opt('teacher')} to give "
+                "the random subset the same kind of soft labels"
             )
 
     @torch.no_grad()

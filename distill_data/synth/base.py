@@ -150,7 +150,7 @@ class Generator(abc.ABC):
         if not cls.iterative and config.iterations > 0:
             raise ConfigError(
                 "this method selects real images in one pass and does not iterate; "
-                "drop --iterations"
+                f"drop {opt('iterations')}"
             )
 
     # -- lifecycle -------------------------------------------------------------------

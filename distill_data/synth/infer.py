@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from distill_data.config import require
 from distill_data.data import RealDataset
-from distill_data.errors import ConfigError
+from distill_data.errors import ConfigError, opt
 from distill_data.synth.base import GENERATORS, GeneratorConfig
 from distill_data.synth.bnstats import BNStatLoss
 from distill_data.synth.inversion import BatchedInversion
@@ -114,7 +114,7 @@ class INFER(BatchedInversion):
 
     def setup(self) -> None:
         if not isinstance(self.data, RealDataset):
-            raise ConfigError("infer needs real images: pass --dataset")
+            raise ConfigError(f"infer needs real images: pass {opt('dataset')}")
         self._check_groups()
         self.teachers = [t.to(self.device).eval() for t in self.teachers]
         for t in self.teachers:
