@@ -102,7 +102,7 @@ DEFAULT_PRESET = "random_crop"
 
 def is_preset(name: object) -> bool:
     """Whether ``name`` names a pipeline (a :data:`PRESETS` key or ``"kornia"``)."""
-    return isinstance(name, str) and (name.strip().lower() in PRESETS or name == "kornia")
+    return isinstance(name, str) and name.strip().lower() in (*PRESETS, "kornia")
 
 
 # ----------------------------------------------------------------------------- config
@@ -515,7 +515,8 @@ class AugmentPipeline:
         Raises:
             ConfigError: For an unknown preset or field.
         """
-        key = DEFAULT_PRESET if name == "kornia" else str(name).strip().lower()
+        key = str(name).strip().lower()
+        key = DEFAULT_PRESET if key == "kornia" else key
         if key not in PRESETS:
             raise ConfigError(
                 f"unknown augmentation pipeline {name!r}; choose from: "
