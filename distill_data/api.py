@@ -23,7 +23,7 @@ from distill_data.config import check_int, config_to_dict, make_config, resolve_
 from distill_data.data import DataSpec, RealDataset, find_dataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
 from distill_data.errors import ConfigError, StoreError, opt
-from distill_data.evaluation import EvalConfig
+from distill_data.evaluation import EvalConfig, EvalRequest
 from distill_data.evaluation import evaluate as _evaluate
 from distill_data.models import nonfinite_tensors
 from distill_data.paths import check_outputs, existing_paths
@@ -320,24 +320,23 @@ def evaluate(
     INFER's ensemble labels its set: pass the same teachers the set was built with.
     """
     device = resolve_device(device)
+    request = EvalRequest(
+        config=make_config(EvalConfig, protocol),
+        baselines=tuple(baselines) if not isinstance(baselines, str) else baselines,
+        scores=scores,
+        soft=soft,
+        relabel=relabel,
+    )
+    _check_seed(request.config.seed)
     path = None
     if not isinstance(store, SyntheticSet):
         path = str(store)
         store = read_store(store)
-    cfg = make_config(EvalConfig, protocol)
-    _check_seed(cfg.seed)
     if dataset is None and not store.meta.dataset:
         raise StoreError(f"the store does not name its dataset; pass {opt('dataset')}")
-    if isinstance(baselines, str) or not all(isinstance(b, str) for b in baselines):
-        raise ConfigError(f"baselines must be a list of names, got {baselines!r}")
-    net = None
+    net, members = None, []
     teachers = _teacher_list(teacher)
     if teachers:
-        if not soft:
-            raise ConfigError(
-                f"{opt('teacher')} is only used with {opt('soft', True)} (it relabels the "
-                f"random baseline); drop it or add {opt('soft', True)}"
-            )
         loaded = [_load_teacher(t) for t in teachers]
         if dataset is None:
             dataset = find_dataset(store.meta.dataset, store.meta.extra.get("dataset_source", ""))
@@ -348,17 +347,7 @@ def evaluate(
         members = [member for member, _ in loaded]
         net = (members[0] if len(members) == 1 else TeacherEnsemble(members)).eval().to(device)
     report = _evaluate(
-        store,
-        dataset,
-        cfg,
-        baselines=baselines,
-        scores=scores,
-        device=device,
-        quiet=quiet,
-        store_path=path,
-        soft=soft,
-        teacher=net,
-        relabel=relabel,
+        store, dataset, request, teacher=net, device=device, quiet=quiet, store_path=path
     )
     if net is not None:
         report["protocol"]["teachers"] = len(members)

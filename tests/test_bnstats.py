@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -14,6 +15,7 @@ from distill_data.models import build_model, save_model
 from distill_data.store import checkpoint_path_for, read_store
 from distill_data.synth.bnstats import BNStatLoss, feature_stats, input_prior, stat_distance
 from distill_data.synth.zeroq import ZeroQ
+from distill_data.train import get_recipe
 
 
 def fixed(shape, seed=0):
@@ -229,7 +231,7 @@ def test_sre2l_is_data_free(teacher_file, tmp_path):
 
 
 def test_kd_loss_golden_and_zero():
-    from distill_data.train.fit import kd_loss
+    from distill_data.train.losses import hinton_kd as kd_loss
 
     t = torch.tensor([[2.0, 0.0, -1.0]])
     assert float(kd_loss(t, t, 3.0)) == pytest.approx(0.0, abs=1e-7)
@@ -379,7 +381,7 @@ def test_online_relabel_without_augmentation_equals_stored_logits(teacher_file, 
 
 def test_online_relabel_asks_the_teacher_for_every_augmented_batch(tiny_npz):
     """With DSA on, each batch the student sees is the one the teacher labels."""
-    from distill_data.train.fit import fit
+    from distill_data.train import TrainData, TrainRecipe, fit
 
     data = dd.data.load_dataset(tiny_npz)
     seen: list[torch.Tensor] = []
@@ -395,12 +397,9 @@ def test_online_relabel_asks_the_teacher_for_every_augmented_batch(tiny_npz):
     x = data.normalize(data.x_train[:6])
     fit(
         student,
-        x,
-        data.y_train[:6],
-        epochs=2,
+        TrainData(x, data.y_train[:6]),
+        TrainRecipe(epochs=2, batch_size=4, dsa_strategy="color_crop_cutout_scale_rotate"),
         generator=torch.Generator().manual_seed(0),
-        batch_size=4,
-        dsa=dd.augment.DSA("color_crop_cutout_scale_rotate"),
         teacher=Spy(),
     )
     assert len(seen) == len(fed) == 4  # 2 epochs x 2 batches
@@ -447,7 +446,7 @@ def test_mixup_feeds_teacher_and_student_convex_pairs_of_the_batch():
     """fit(mixup=α): each training batch is λ·x + (1−λ)·x[perm], one λ per batch, and the
     teacher labels exactly that mixed batch. One-hot images make the check exact: a
     mixed row has at most two non-zero entries, which sum to 1."""
-    from distill_data.train.fit import fit
+    from distill_data.train import TrainData, TrainRecipe, fit
 
     n = 8
     x = torch.eye(n).view(n, 1, 1, n)  # image i is the one-hot row i
@@ -461,19 +460,15 @@ def test_mixup_feeds_teacher_and_student_convex_pairs_of_the_batch():
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 2))
     fed: list[torch.Tensor] = []
     student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
+    recipe = dataclasses.replace(
+        get_recipe("sre2l"), epochs=3, batch_size=4, augment="none", temperature=30.0
+    )
     fit(
         student,
-        x,
-        torch.zeros(n, dtype=torch.long),
-        epochs=3,
+        TrainData(x, torch.zeros(n, dtype=torch.long)),
+        recipe,
         generator=torch.Generator().manual_seed(0),
-        batch_size=4,
         teacher=Spy(),
-        mixup=0.8,
-        optimizer="adamw",
-        schedule="cosine",
-        kd_t2=False,
-        temperature=30.0,
     )
     assert len(seen) == len(fed) == 6
     mixed_any = False
@@ -499,23 +494,21 @@ def test_mixup_mixes_stored_logits_with_the_images_partners_and_lambda(monkeypat
     targets: list[torch.Tensor] = []
     real_kd = fit_mod.kd_loss
 
-    def spy_kd(student, teacher, temperature, t2=True):
+    def spy_kd(name, student, teacher, *args, **kwargs):
         targets.append(teacher.detach().clone())
-        return real_kd(student, teacher, temperature, t2)
+        return real_kd(name, student, teacher, *args, **kwargs)
 
     monkeypatch.setattr(fit_mod, "kd_loss", spy_kd)
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, n))
     student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
+    recipe = fit_mod.TrainRecipe(
+        epochs=3, batch_size=4, augment="none", mix="mixup", mix_alpha=0.8, temperature=30.0
+    )
     fit_mod.fit(
         student,
-        x,
-        torch.zeros(n, dtype=torch.long),
-        epochs=3,
+        fit_mod.TrainData(x, torch.zeros(n, dtype=torch.long), soft=z),
+        recipe,
         generator=torch.Generator().manual_seed(0),
-        batch_size=4,
-        soft_targets=z,
-        mixup=0.8,
-        temperature=30.0,
     )
     assert len(fed) == len(targets) == 6
     mixed_any = False
@@ -527,20 +520,21 @@ def test_mixup_mixes_stored_logits_with_the_images_partners_and_lambda(monkeypat
 
 
 def test_mixup_needs_labels_to_mix_and_options_are_checked():
-    from distill_data.train.fit import fit
+    from distill_data.train import TrainData, TrainRecipe, fit
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    x, y, g = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.Generator()
+    data = TrainData(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long))
+    mixing = TrainRecipe(epochs=1, augment="none", mix="mixup", mix_alpha=0.8)
     with pytest.raises(ValueError, match="mixup needs soft targets or a teacher"):
-        fit(net, x, y, epochs=1, generator=g, mixup=0.8)
-    with pytest.raises(ValueError, match="unknown optimizer"):
-        fit(net, x, y, epochs=1, generator=g, optimizer="lamb")
-    with pytest.raises(ValueError, match="unknown schedule"):
-        fit(net, x, y, epochs=1, generator=g, schedule="linear")
+        fit(net, data, mixing, generator=torch.Generator())
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        TrainRecipe(optimizer="lamb")
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        TrainRecipe(schedule="linear")
 
 
 def test_kd_loss_without_t2_is_the_plain_kl():
-    from distill_data.train.fit import kd_loss
+    from distill_data.train.losses import hinton_kd as kd_loss
 
     s, t = torch.randn(5, 3), torch.randn(5, 3)
     assert float(kd_loss(s, t, 4.0, t2=False)) * 16 == pytest.approx(float(kd_loss(s, t, 4.0)))
@@ -548,7 +542,7 @@ def test_kd_loss_without_t2_is_the_plain_kl():
 
 def test_cosine_schedule_anneals_per_epoch(monkeypatch):
     """schedule="cosine": epoch e trains at lr·(1 + cos(π e / E)) / 2."""
-    from distill_data.train.fit import fit
+    from distill_data.train import TrainData, fit
 
     lrs: list[float] = []
     real_step = torch.optim.AdamW.step
@@ -560,16 +554,10 @@ def test_cosine_schedule_anneals_per_epoch(monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "step", spy_step)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     x, y = torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
-    fit(
-        net,
-        x,
-        y,
-        epochs=4,
-        generator=torch.Generator(),
-        optimizer="adamw",
-        schedule="cosine",
-        lr=1.0,
+    recipe = dataclasses.replace(
+        get_recipe("sre2l"), epochs=4, lr=1.0, augment="none", mix="none", mix_alpha=0.0
     )
+    fit(net, TrainData(x, y), recipe, generator=torch.Generator())
     assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
 
 

@@ -90,20 +90,20 @@ def test_same_seed_same_accuracies(store, tiny_npz) -> None:
 def test_train_and_test_is_deterministic_per_run(data) -> None:
     x, y = random_subset(data, 2, seed=0)
     cfg = EvalConfig(width=8, epochs=2)
-    a = train_and_test(x, y, data, cfg, run=0)
-    assert a == train_and_test(x, y, data, cfg, run=0)
-    assert 0.0 <= a <= 1.0
+    acc, loss = train_and_test(x, y, data, cfg, run=0)
+    assert (acc, loss) == train_and_test(x, y, data, cfg, run=0)
+    assert 0.0 <= acc <= 1.0 and loss > 0
 
 
 def test_final_epoch_accuracy_one_test_per_run(store, tiny_npz, monkeypatch) -> None:
     calls = []
-    real = protocol_mod.test_accuracy
+    real = protocol_mod.test_metrics
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(protocol_mod, "test_accuracy", counting)
+    monkeypatch.setattr(protocol_mod, "test_metrics", counting)
     distill_data.evaluate(store, str(tiny_npz), quiet=True, **{**TINY, "epochs": 3})
     assert len(calls) == 2  # tested once per run, after the last epoch (no best-epoch pick)
 

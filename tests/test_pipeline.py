@@ -4,6 +4,7 @@ SRe2L's random view."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -299,24 +300,19 @@ def _spy_fit(monkeypatch, **kw):
     targets: list[torch.Tensor] = []
     real_kd = fit_mod.kd_loss
 
-    def spy_kd(student, teacher, temperature, t2=True):
+    def spy_kd(name, student, teacher, *args, **kwargs):
         targets.append(teacher.detach().clone())
-        return real_kd(student, teacher, temperature, t2)
+        return real_kd(name, student, teacher, *args, **kwargs)
 
     monkeypatch.setattr(fit_mod, "kd_loss", spy_kd)
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * n, n))
     student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
-    fit_mod.fit(
-        student,
-        x,
-        torch.zeros(n, dtype=torch.long),
-        epochs=4,
-        generator=gen(0),
-        batch_size=4,
-        soft_targets=10.0 * torch.eye(n),
-        temperature=30.0,
-        **kw,
+    augment = kw.pop("augment", None)
+    recipe = fit_mod.TrainRecipe(
+        epochs=4, batch_size=4, augment="none", temperature=30.0, **kw
     )
+    data = fit_mod.TrainData(x, torch.zeros(n, dtype=torch.long), soft=10.0 * torch.eye(n))
+    fit_mod.fit(student, data, recipe, generator=gen(0), augment=augment)
     return fed, targets
 
 
@@ -325,7 +321,7 @@ def test_fit_cutmix_mixes_stored_logits_by_the_kept_area(monkeypatch) -> None:
     batch and takes its partner's inside; its target is λ'·z_i + (1 − λ')·z_j with λ'
     the share of the image it kept. Pixel values name their source image, so the
     target must be 10 × the share of each source's pixels."""
-    fed, targets = _spy_fit(monkeypatch, cutmix=1.0)
+    fed, targets = _spy_fit(monkeypatch, mix="cutmix", mix_alpha=1.0)
     assert len(fed) == len(targets) == 8
     cut_any = False
     for a, t in zip(fed, targets):
@@ -337,17 +333,19 @@ def test_fit_cutmix_mixes_stored_logits_by_the_kept_area(monkeypatch) -> None:
     assert cut_any
 
 
-def test_fit_mixup_and_cutmix_are_exclusive_and_need_labels() -> None:
-    from distill_data.train.fit import fit
+def test_fit_mixing_needs_labels_and_a_callable_augment() -> None:
+    from distill_data.train import TrainData, TrainRecipe, fit
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
-    x, y = torch.randn(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
-    with pytest.raises(ValueError, match="not both"):
-        fit(net, x, y, epochs=1, generator=gen(), mixup=0.8, cutmix=1.0)
+    data = TrainData(torch.randn(4, 1, 4, 4), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="mix_alpha must be > 0"):
+        TrainRecipe(mix="cutmix")  # one mixing kind, with its alpha
+    cut = TrainRecipe(epochs=1, augment="none", mix="cutmix", mix_alpha=1.0)
     with pytest.raises(ValueError, match="cutmix needs soft targets"):
-        fit(net, x, y, epochs=1, generator=gen(), cutmix=1.0)
+        fit(net, data, cut, generator=gen())
+    plain = TrainRecipe(epochs=1, augment="none")
     with pytest.raises(ValueError, match="callable"):
-        fit(net, x, y, epochs=1, generator=gen(), augment="random_crop")
+        fit(net, data, plain, generator=gen(), augment="random_crop")
 
 
 def test_fit_applies_the_pipeline_with_its_generator(monkeypatch) -> None:
@@ -366,32 +364,25 @@ def test_fit_applies_the_pipeline_with_its_generator(monkeypatch) -> None:
 
 def test_eval_config_pipeline_and_mix(tiny_npz) -> None:
     from distill_data.data import load_dataset
-    from distill_data.evaluation.protocol import (
-        CUTMIX_ALPHA,
-        RECIPE_SETTINGS,
-        EvalConfig,
-        fit_settings,
-        train_and_test,
-        training_pipeline,
-    )
+    from distill_data.evaluation.protocol import CUTMIX_ALPHA, EvalConfig, train_and_test
+    from distill_data.train import get_recipe
 
     data = load_dataset(tiny_npz)
     dc = EvalConfig()
-    assert dc.pipeline is None and dc.mix is None and training_pipeline(dc, data) is None
-    assert fit_settings(dc) == {
-        "lr": 0.01,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 256,
-    }
-    assert fit_settings(EvalConfig(recipe="sre2l")) == RECIPE_SETTINGS["sre2l"]
-    cut = fit_settings(EvalConfig(recipe="infer", mix="cutmix"))
-    assert (cut["mixup"], cut["cutmix"], cut["batch_size"]) == (0.0, CUTMIX_ALPHA, 64)
+    assert dc.pipeline is None and dc.mix is None
+    assert dc.train_recipe() == dataclasses.replace(get_recipe("dc"), epochs=dc.epochs)
+    r = dc.train_recipe()
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.augment) == (
+        0.01, 0.9, 5e-4, 256, "dsa"
+    )  # fmt: skip
+    sre2l = EvalConfig(recipe="sre2l").train_recipe()
+    assert sre2l == dataclasses.replace(get_recipe("sre2l"), epochs=1000)
+    cut = EvalConfig(recipe="infer", mix="cutmix").train_recipe()
+    assert (cut.mixup, cut.cutmix, cut.batch_size) == (0.0, CUTMIX_ALPHA, 64)
     cfg = EvalConfig(pipeline="random_crop", width=8, epochs=2, runs=1)
     assert cfg.strategy(data) == "none"  # the pipeline replaces DSA
-    pipe = training_pipeline(cfg, data)
-    assert isinstance(pipe, AugmentPipeline) and pipe.config.crop == "pad"
-    assert training_pipeline(EvalConfig(pipeline="random_crop", augment=False), data) is None
+    assert cfg.train_recipe().augment == "random_crop"
+    assert EvalConfig(pipeline="random_crop", augment=False).train_recipe().augment == "none"
     x, y = data.normalize(data.x_train), data.y_train
     a = train_and_test(x, y, data, cfg, run=0)
     assert a == train_and_test(x, y, data, cfg, run=0)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from distill_data.data import RealDataset, find_dataset, load_dataset
 from distill_data.errors import ConfigError, DataError, opt
-from distill_data.evaluation.protocol import (
-    EvalConfig,
-    evaluate_set,
-    fit_settings,
-    label_mode,
-)
+from distill_data.evaluation.protocol import EvalConfig, evaluate_set, label_mode
 from distill_data.evaluation.report import machine_info, now_iso
 from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
 from distill_data.store import SyntheticSet
@@ -68,99 +64,130 @@ def random_baseline_subset(
     return random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
 
 
-def evaluate(
-    synset: SyntheticSet,
-    data: RealDataset | str | None = None,
-    config: EvalConfig | None = None,
-    baselines: Sequence[str] = (),
-    scores: bool = False,
-    device: str | torch.device = "cpu",
-    quiet: bool = False,
-    store_path: str | None = None,
-    soft: bool = False,
-    teacher: torch.nn.Module | None = None,
-    relabel: str = "stored",
-) -> dict:
-    """Train-from-scratch evaluation of ``synset``; returns a JSON-ready report.
+RELABEL = ("stored", "online")
 
-    Args:
-        synset: the stored set (see :func:`distill_data.store.read_store`).
-        data: the real dataset (object, built-in name or path); default: the store's.
-        config: protocol settings; defaults are the papers'.
-        baselines: any of ``random`` (random real subset at the same IPC, a fresh draw
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What an evaluation trains and compares, validated before any work.
+
+    Attributes:
+        config: the protocol (model, runs, epochs, student recipe, ...).
+        baselines: any of ``random`` (a random real subset at the same IPC, a fresh draw
             per run) and ``full`` (the whole training set, ``full_epochs`` epochs).
         scores: also compute DD-Ranking's LRS and ARS; implies both baselines and adds
             runs without augmentation for the synthetic set and the random subset.
         soft: train by knowledge distillation from the store's soft labels (teacher
             logits) at the store's temperature, instead of with hard labels.
-        teacher: relabels the random-subset baseline when ``soft`` (same soft labels).
         relabel: with ``soft``: ``stored`` trains on the store's logits (one vector per
-            image, whatever the augmentation); ``online`` asks ``teacher`` for the logits
+            image, whatever the augmentation); ``online`` asks the teacher for the logits
             of every augmented batch (SRe2L/FKD's protocol), for the synthetic set and
-            the random baseline alike. Either way at the store's temperature.
+            the random baseline alike.
     """
-    cfg = config or EvalConfig()
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ConfigError(f"unknown baseline {', '.join(unknown)}; choose from: random, full")
-    if data is None:
-        data = _dataset_of(synset)
-    if isinstance(data, str):
-        data = load_dataset(data, progress=not quiet)
-    check_compatible(synset, data)
-    if synset.meta.dataset_fingerprint != data.fingerprint and not quiet:
-        print(
-            f"note: store was built from data with fingerprint {synset.meta.dataset_fingerprint},"
-            f" evaluating on {data.name} ({data.fingerprint})",
-            file=sys.stderr,
-        )
-    baselines = set(baselines) | ({"random", "full"} if scores else set())
-    images = _to_data_space(synset, data)
-    labels = synset.labels
-    counts = torch.bincount(labels, minlength=data.num_classes)
-    ipc = int(synset.meta.ipc) or max(1, round(len(labels) / data.num_classes))
 
-    temperature = 1.0
-    soft_syn = None
-    if soft and scores:
-        raise ConfigError(
-            f"DD-Ranking scores are defined on hard-label training; ask for "
-            f"{opt('scores', True)} without {opt('soft', True)}"
-        )
-    if "random" in baselines and ipc > min(data.class_counts()):
-        raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
-    if relabel not in ("stored", "online"):
-        raise ConfigError(f"unknown relabel mode {relabel!r}; choose stored or online")
-    if relabel == "online" and not (soft and teacher is not None):
-        raise ConfigError(
-            f"{opt('relabel', 'online')} needs {opt('soft', True)} and {opt('teacher')} "
-            "(the teacher relabels)"
-        )
-    online = teacher if relabel == "online" else None
-    if cfg.recipe == "sre2l" and online is None:
-        raise ConfigError(
-            f"{opt('recipe', 'sre2l')} distils from the teacher on every mixed batch: it "
-            f"needs {opt('soft', True)}, {opt('relabel', 'online')} and {opt('teacher', 'T.pt')}"
-        )
-    if cfg.recipe != "dc" and not soft:
-        raise ConfigError(
-            f"{opt('recipe', cfg.recipe)} is a soft-label recipe: it needs {opt('soft', True)}"
-        )
-    if cfg.recipe != "dc" and ({"full"} & set(baselines) or scores):
-        raise ConfigError(
-            f"{opt('recipe', cfg.recipe)} is a soft-label recipe: the full-data baseline and "
-            f"{opt('scores', True)} are hard-label protocols; drop them"
-        )
-    if soft:
-        if synset.soft_labels is None:
+    config: EvalConfig = field(default_factory=EvalConfig)
+    baselines: tuple[str, ...] = ()
+    scores: bool = False
+    soft: bool = False
+    relabel: str = "stored"
+
+    def __post_init__(self) -> None:
+        baselines = (self.baselines,) if isinstance(self.baselines, str) else self.baselines
+        if not all(isinstance(b, str) for b in baselines):
+            raise ConfigError(f"baselines must be names, got {self.baselines!r}")
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise ConfigError(
+                f"unknown baseline {', '.join(unknown)}; choose from: {', '.join(BASELINES)}"
+            )
+        wanted = set(baselines) | ({"random", "full"} if self.scores else set())
+        object.__setattr__(self, "baselines", tuple(b for b in BASELINES if b in wanted))
+        if self.relabel not in RELABEL:
+            raise ConfigError(f"unknown relabel mode {self.relabel!r}; choose stored or online")
+        recipe = self.config.recipe
+        if self.soft and self.scores:
+            raise ConfigError(
+                f"DD-Ranking scores are defined on hard-label training; ask for "
+                f"{opt('scores', True)} without {opt('soft', True)}"
+            )
+        if recipe == "sre2l" and not (self.soft and self.relabel == "online"):
+            raise ConfigError(
+                f"{opt('recipe', 'sre2l')} distils from the teacher on every mixed batch: it "
+                f"needs {opt('soft', True)}, {opt('relabel', 'online')} and "
+                f"{opt('teacher', 'T.pt')}"
+            )
+        if recipe != "dc" and not self.soft:
+            raise ConfigError(
+                f"{opt('recipe', recipe)} is a soft-label recipe: it needs {opt('soft', True)}"
+            )
+        if recipe != "dc" and ("full" in self.baselines or self.scores):
+            raise ConfigError(
+                f"{opt('recipe', recipe)} is a soft-label recipe: the full-data baseline and "
+                f"{opt('scores', True)} are hard-label protocols; drop them"
+            )
+
+    def check(self, synset: SyntheticSet, data: RealDataset, teacher: object | None) -> None:
+        """The checks that need the store, the real data and the teacher."""
+        check_compatible(synset, data)
+        if teacher is not None and not self.soft:
+            raise ConfigError(
+                f"{opt('teacher')} is only used with {opt('soft', True)} (it relabels the "
+                f"random baseline); drop it or add {opt('soft', True)}"
+            )
+        if self.relabel == "online" and not (self.soft and teacher is not None):
+            raise ConfigError(
+                f"{opt('relabel', 'online')} needs {opt('soft', True)} and {opt('teacher')} "
+                "(the teacher relabels)"
+            )
+        if self.soft and synset.soft_labels is None:
             raise ConfigError(f"the store has no soft labels; evaluate without {opt('soft', True)}")
-        temperature = float(synset.temperature or 1.0)
-        soft_syn = synset.soft_labels if online is None else None  # online: teacher per batch
-        if "random" in baselines and teacher is None:
+        if self.soft and "random" in self.baselines and teacher is None:
             raise ConfigError(
                 f"{opt('soft', True)} with the random baseline needs {opt('teacher')} to give "
                 "the random subset the same kind of soft labels"
             )
+        ipc = store_ipc(synset, data)
+        if "random" in self.baselines and ipc > min(data.class_counts()):
+            raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
+
+
+def store_ipc(synset: SyntheticSet, data: RealDataset) -> int:
+    """Images per class of a store (for a set made by total count: its size / K)."""
+    return int(synset.meta.ipc) or max(1, round(len(synset.labels) / data.num_classes))
+
+
+@dataclass
+class PlannedSet:
+    """One row of an evaluation: what trains ``config.runs`` fresh models.
+
+    ``draw(run)`` gives the run's ``(images, labels[, soft])`` when the set is redrawn per
+    run (the random baseline); otherwise ``images``/``labels``/``soft`` are used as they
+    are. ``teacher`` labels every batch online.
+    """
+
+    key: str
+    title: str
+    config: EvalConfig
+    images: torch.Tensor
+    labels: torch.Tensor
+    soft: torch.Tensor | None = None
+    temperature: float = 1.0
+    teacher: torch.nn.Module | None = None
+    epochs: int | None = None
+    draw: Callable[[int], tuple[torch.Tensor, ...]] | None = None
+
+
+def plan(
+    request: EvalRequest, synset: SyntheticSet, data: RealDataset, teacher: object | None
+) -> list[PlannedSet]:
+    """The rows an evaluation trains, in report order (synthetic, baselines, no-aug)."""
+    cfg = request.config
+    images = _to_data_space(synset, data)
+    labels = synset.labels
+    ipc = store_ipc(synset, data)
+    online = teacher if request.relabel == "online" else None
+    temperature = float(synset.temperature or 1.0) if request.soft else 1.0
+    soft = synset.soft_labels if request.soft and online is None else None
 
     @torch.no_grad()
     def relabel_set(x: torch.Tensor) -> torch.Tensor:
@@ -169,74 +196,101 @@ def evaluate(
             [teacher.eval()(x[i : i + 256].to(dev)).cpu() for i in range(0, len(x), 256)]
         )
 
-    results: dict[str, dict] = {}
-    results["synthetic"] = evaluate_set(
-        images,
-        labels,
-        data,
-        cfg,
-        "synthetic",
-        device=device,
-        quiet=quiet,
-        soft=soft_syn,
-        temperature=temperature,
-        teacher=online,
-    )
-
     def rnd(run: int) -> tuple[torch.Tensor, ...]:
         x, y = random_baseline_subset(data, ipc, cfg, run)
-        return (x, y, relabel_set(x)) if soft and online is None else (x, y)
+        return (x, y, relabel_set(x)) if request.soft and online is None else (x, y)
 
-    if "random" in baselines:
-        results["random"] = evaluate_set(
-            images,
-            labels,
-            data,
-            cfg,
-            f"random ipc={ipc}",
-            device=device,
-            quiet=quiet,
-            resample=rnd,
-            temperature=temperature,
-            teacher=online,
+    rows = [PlannedSet("synthetic", "synthetic", cfg, images, labels, soft, temperature, online)]
+    if "random" in request.baselines:
+        rows.append(
+            PlannedSet(
+                "random",
+                f"random ipc={ipc}",
+                cfg,
+                images,
+                labels,
+                None,
+                temperature,
+                online,
+                draw=rnd,
+            )  # fmt: skip
         )
-    if "full" in baselines:
-        x_full = data.normalize(data.x_train)
-        results["full"] = evaluate_set(
-            x_full,
-            data.y_train,
+    if "full" in request.baselines:
+        full_x = data.normalize(data.x_train)
+        rows.append(
+            PlannedSet("full", "full data", cfg, full_x, data.y_train, epochs=cfg.full_epochs)
+        )
+    if request.scores:
+        noaug = replace(cfg, augment=False)
+        rows += [
+            PlannedSet(
+                "synthetic_noaug", "synthetic (no aug)", noaug, images, labels, soft, temperature
+            ),
+            PlannedSet(
+                "random_noaug",
+                "random (no aug)",
+                noaug,
+                images,
+                labels,
+                None,
+                temperature,
+                draw=rnd,
+            ),  # fmt: skip
+        ]
+    return rows
+
+
+def evaluate(
+    synset: SyntheticSet,
+    data: RealDataset | str | None = None,
+    request: EvalRequest | None = None,
+    *,
+    teacher: torch.nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+    store_path: str | None = None,
+) -> dict:
+    """Train-from-scratch evaluation of ``synset``; returns a JSON-ready report.
+
+    Args:
+        synset: the stored set (see :func:`distill_data.store.read_store`).
+        data: the real dataset (object, built-in name or path); default: the store's.
+        request: what to train and compare (:class:`EvalRequest`); default: the papers'
+            protocol on the set alone.
+        teacher: relabels the random-subset baseline when ``request.soft`` (same soft
+            labels), and every batch with ``relabel="online"``.
+    """
+    request = request or EvalRequest()
+    cfg = request.config
+    if data is None:
+        data = _dataset_of(synset)
+    if isinstance(data, str):
+        data = load_dataset(data, progress=not quiet)
+    request.check(synset, data, teacher)
+    if synset.meta.dataset_fingerprint != data.fingerprint and not quiet:
+        print(
+            f"note: store was built from data with fingerprint {synset.meta.dataset_fingerprint},"
+            f" evaluating on {data.name} ({data.fingerprint})",
+            file=sys.stderr,
+        )
+    results: dict[str, dict] = {}
+    for row in plan(request, synset, data, teacher):
+        results[row.key] = evaluate_set(
+            row.images,
+            row.labels,
             data,
-            cfg,
-            "full data",
-            epochs=cfg.full_epochs,
+            row.config,
+            row.title,
+            epochs=row.epochs,
             device=device,
             quiet=quiet,
+            resample=row.draw,
+            soft=row.soft,
+            temperature=row.temperature,
+            teacher=row.teacher,
         )
     score_block = None
-    if scores:
-        noaug = dataclasses.replace(cfg, augment=False)
-        results["synthetic_noaug"] = evaluate_set(
-            images,
-            labels,
-            data,
-            noaug,
-            "synthetic (no aug)",
-            device=device,
-            quiet=quiet,
-            soft=soft_syn,
-            temperature=temperature,
-        )
-        results["random_noaug"] = evaluate_set(
-            images,
-            labels,
-            data,
-            noaug,
-            "random (no aug)",
-            device=device,
-            quiet=quiet,
-            resample=rnd,
-            temperature=temperature,
-        )
+    if request.scores:
         f = {k: v["mean"] / 100.0 for k, v in results.items()}
         score_block = {
             **label_robust_score(f["synthetic"], f["random"], f["full"]),
@@ -246,15 +300,19 @@ def evaluate(
             "computed_from": "mean accuracies over runs, as fractions",
         }
     m = synset.meta
-    report = {
+    online = request.relabel == "online" and teacher is not None
+    temperature = float(synset.temperature or 1.0) if request.soft else 1.0
+    recipe = cfg.train_recipe()
+    return {
         "kind": "distill-data evaluation",
         "created": now_iso(),
         "store": {
             "path": store_path,
             "generator": m.generator,
             "ipc": m.ipc,
-            "n_images": len(labels),
-            "per_class": counts.tolist(),
+            "count": m.count,
+            "n_images": len(synset.labels),
+            "per_class": torch.bincount(synset.labels, minlength=data.num_classes).tolist(),
             "iterations": m.iterations,
             "seed": m.seed,
             "config": m.config,
@@ -270,19 +328,23 @@ def evaluate(
         },
         "protocol": {
             **dataclasses.asdict(cfg),
+            **{k: getattr(recipe, k) for k in ("lr", "momentum", "weight_decay", "batch_size")},
             "dsa_strategy": cfg.strategy(data),
-            "labels": label_mode(soft, online is not None, temperature, cfg.recipe),
-            "relabel": relabel if soft else None,
-            **(
-                {"optimizer": "SGD", "lr_decay": "x0.1 at epochs/2"}
-                if cfg.recipe == "dc"
-                else {
-                    **fit_settings(cfg),
-                    "momentum": None,
-                    "optimizer": "AdamW",
-                    "lr_decay": "cosine to 0 over the epochs",
-                }
+            "labels": label_mode(request.soft, online, temperature, cfg.recipe),
+            "relabel": request.relabel if request.soft else None,
+            "optimizer": {"sgd": "SGD", "adamw": "AdamW"}[recipe.optimizer],
+            "lr_decay": (
+                f"x{recipe.decay_factor:g} at epochs*{recipe.decay_at:g}"
+                if recipe.schedule == "step"
+                else "cosine to 0 over the epochs"
+                if recipe.schedule == "cosine"
+                else "none"
             ),
+            "schedule": recipe.schedule,
+            "mixup": recipe.mixup,
+            "cutmix": recipe.cutmix,
+            "kd_t2": recipe.kd_t2,
+            "train_recipe": dataclasses.asdict(recipe),
             "reported": "mean ± std over runs of the final-epoch test accuracy (percent)",
         },
         "results": results,
@@ -290,7 +352,6 @@ def evaluate(
         "machine": machine_info(),
         "device": str(device),
     }
-    return report
 
 
 def format_report(report: dict) -> str:

@@ -29,40 +29,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distill_data.augment import (
-    DSA,
-    MIXES,
-    PRESETS,
-    AugmentPipeline,
-    is_preset,
-    strategy_for,
-)
+from distill_data.augment import MIXES, PRESETS, is_preset, strategy_for
+from distill_data.augment.pipeline import DEFAULT_PRESET
 from distill_data.config import require
 from distill_data.data import RealDataset
 from distill_data.errors import DivergedError, opt
 from distill_data.models import MODELS, build_model
-from distill_data.train import fit
+from distill_data.train import TrainData, TrainRecipe, fit, get_recipe
+from distill_data.train.recipe import RECIPES as TRAIN_RECIPES
 
-#: fit() settings of each student recipe but ``dc`` (whose SGD settings are EvalConfig's)
-RECIPE_SETTINGS = {
-    "sre2l": {  # VILA-Lab/SRe2L relabel_cifar.py
-        "optimizer": "adamw",
-        "lr": 1e-3,
-        "weight_decay": 0.01,
-        "batch_size": 128,
-        "schedule": "cosine",
-        "mixup": 0.8,
-        "kd_t2": False,
-    },
-}
-RECIPE_SETTINGS["infer"] = {**RECIPE_SETTINGS["sre2l"], "batch_size": 64}  # sh/ufc_cifar.sh
-RECIPES = ("dc", *RECIPE_SETTINGS)
+#: The student recipes evaluation offers (presets of :mod:`distill_data.train.recipe`).
+RECIPES = ("dc", "sre2l", "infer")
+#: The soft-label recipes: their students mix every batch and need soft targets.
+SOFT_RECIPES = tuple(r for r in RECIPES if TRAIN_RECIPES[r].mix != "none")
 #: CutMix's α where a recipe mixes by CutMix (SRe2L relabel/generate_soft_label.py --cutmix)
 CUTMIX_ALPHA = 1.0
 
@@ -77,14 +63,16 @@ class EvalConfig:
         epochs: training epochs on the condensed set (papers: 1000).
         full_epochs: epochs for the full-training-set baseline (it has far more steps
             per epoch; 30 epochs of 4000 MNIST images is ~500 steps).
-        lr, momentum, weight_decay, batch_size: SGD settings.
-        augment: DSA during training.
+        lr, momentum, weight_decay, batch_size: override the recipe's optimiser settings
+            (None: the recipe's; ``dc``: SGD lr 0.01, momentum 0.9, weight decay 5e-4,
+            batch 256).
+        augment: augment the training batches (DSA, or ``pipeline``).
         dsa_strategy: override the strategy; default: the field's, without flip for digits.
         width: network width override (None: the architecture's default).
         seed: base seed; run r draws from a generator seeded with seed·1000 + r.
-        recipe: ``dc`` (the field's protocol above, with the SGD settings here) or
-            ``sre2l`` / ``infer`` (the official SRe2L / INFER student recipes; their own
-            optimiser settings, ``RECIPE_SETTINGS``).
+        recipe: the students' training protocol, a preset of
+            :mod:`distill_data.train.recipe`: ``dc`` (the field's protocol above) or
+            ``sre2l`` / ``infer`` (the official SRe2L / INFER student recipes).
         pipeline: augment with a kornia training pipeline instead of DSA (a name in
             :data:`distill_data.augment.PRESETS`; ``random_crop`` is the official SRe2L
             and INFER students' ``RandomCrop(padding=4)`` + flip, no flip for digits);
@@ -97,10 +85,10 @@ class EvalConfig:
     runs: int = 5
     epochs: int = 1000
     full_epochs: int = 30
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
     augment: bool = True
     dsa_strategy: str | None = None
     width: int | None = None
@@ -121,8 +109,6 @@ class EvalConfig:
         require(self.runs >= 1, f"runs must be >= 1, got {self.runs}")
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         require(self.full_epochs >= 1, f"full_epochs must be >= 1, got {self.full_epochs}")
-        require(self.batch_size >= 1, "batch_size must be >= 1")
-        require(self.lr > 0, "lr must be > 0")
         require(
             self.pipeline is None or is_preset(self.pipeline),
             f"unknown pipeline {self.pipeline!r}; choose from: " + ", ".join(PRESETS),
@@ -132,10 +118,11 @@ class EvalConfig:
             f"unknown mix {self.mix!r}; choose from: " + ", ".join(MIXES),
         )
         require(
-            self.mix is None or self.recipe in RECIPE_SETTINGS,
-            f"mix is an option of the soft-label recipes ({', '.join(RECIPE_SETTINGS)}), "
+            self.mix is None or self.recipe in SOFT_RECIPES,
+            f"mix is an option of the soft-label recipes ({', '.join(SOFT_RECIPES)}), "
             f"not of recipe {self.recipe!r}",
         )
+        self.train_recipe()  # the overrides must make a valid recipe
 
     def strategy(self, data: RealDataset) -> str:
         """The DSA strategy of the training runs ("none" without DSA)."""
@@ -143,41 +130,42 @@ class EvalConfig:
             return "none"
         return self.dsa_strategy if self.dsa_strategy is not None else strategy_for(data.is_digits)
 
-
-def fit_settings(cfg: EvalConfig) -> dict:
-    """The optimiser, batch and mixing settings :func:`fit` gets under ``cfg``'s recipe."""
-    if cfg.recipe == "dc":
-        return {
-            "lr": cfg.lr,
-            "momentum": cfg.momentum,
-            "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size,
-        }
-    settings = dict(RECIPE_SETTINGS[cfg.recipe])
-    if cfg.mix == "cutmix":
-        settings.update(mixup=0.0, cutmix=CUTMIX_ALPHA)
-    return settings
-
-
-def training_pipeline(cfg: EvalConfig, data: RealDataset) -> AugmentPipeline | None:
-    """The kornia pipeline of ``cfg`` for ``data`` (None when DSA or nothing augments)."""
-    if not cfg.augment or cfg.pipeline is None:
-        return None
-    return AugmentPipeline.preset(cfg.pipeline, data)
+    def train_recipe(self, epochs: int | None = None) -> TrainRecipe:
+        """The :class:`TrainRecipe` the evaluation models train with: the preset
+        ``recipe`` with this config's overrides, for ``epochs`` (default ``self.epochs``)."""
+        base = get_recipe(self.recipe)
+        changes: dict = {"epochs": epochs or self.epochs}
+        for key in ("lr", "momentum", "weight_decay", "batch_size"):
+            if getattr(self, key) is not None:
+                changes[key] = getattr(self, key)
+        if not self.augment:
+            changes["augment"] = "none"
+        elif self.pipeline is not None:
+            name = self.pipeline.strip().lower()
+            changes["augment"] = DEFAULT_PRESET if name == "kornia" else name
+        elif self.dsa_strategy is not None:
+            changes["dsa_strategy"] = self.dsa_strategy
+        if self.mix == "cutmix":
+            changes.update(mix="cutmix", mix_alpha=CUTMIX_ALPHA)
+        elif self.mix == "mixup":
+            changes.update(mix="mixup", mix_alpha=base.mix_alpha)
+        return replace(base, **changes)
 
 
 @torch.no_grad()
-def test_accuracy(
+def test_metrics(
     model: torch.nn.Module, data: RealDataset, device: torch.device, batch: int = 1000
-) -> float:
-    """Top-1 accuracy (fraction) on the real test split."""
+) -> tuple[float, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy on the real test split."""
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     for i in range(0, len(data.x_test), batch):
         x = data.normalize(data.x_test[i : i + batch]).to(device)
         y = data.y_test[i : i + batch].to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(data.x_test)
+        out = model(x)
+        correct += int((out.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(out, y, reduction="sum"))
+    return correct / len(data.x_test), loss / len(data.x_test)
 
 
 def train_and_test(
@@ -192,51 +180,39 @@ def train_and_test(
     soft: torch.Tensor | None = None,
     temperature: float = 1.0,
     teacher: torch.nn.Module | None = None,
-) -> float:
-    """Train one fresh model on ``(images, labels)`` (normalised) and return test accuracy.
+) -> tuple[float, float]:
+    """Train one fresh model on ``(images, labels)`` (normalised); return its test
+    accuracy (fraction) and test cross-entropy.
 
     With ``soft`` (teacher logits per image), the model is trained by knowledge
     distillation at ``temperature`` instead of with the hard labels; with ``teacher``,
-    by distillation from the teacher's logits on every augmented batch (online). All randomness
-    (init, shuffling, DSA or the pipeline, mixing) comes from a generator seeded with
-    ``cfg.seed·1000 + run``.
+    by distillation from the teacher's logits on every augmented batch (online). All
+    randomness (init, shuffling, DSA or the pipeline, mixing) comes from a generator
+    seeded with ``cfg.seed·1000 + run``.
     """
     device = torch.device(device)
-    epochs = epochs or cfg.epochs
+    recipe = cfg.train_recipe(epochs)
     g = torch.Generator().manual_seed((cfg.seed * 1000 + run) % 2**63)
     opts = {} if cfg.width is None else {"width": cfg.width}
     model = build_model(
         cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
     ).to(device)
-    train = fit_settings(cfg)
+    train = TrainData(images, labels, soft=soft, temperature=temperature, space=data)
     try:
-        fit(
-            model,
-            images,
-            labels,
-            epochs=epochs,
-            generator=g,
-            **train,
-            dsa=DSA(cfg.strategy(data)),
-            augment=training_pipeline(cfg, data),
-            bar=bar,
-            soft_targets=soft,
-            temperature=temperature,
-            teacher=teacher,
-        )
+        fit(model, train, recipe, generator=g, teacher=teacher, bar=bar)
     except DivergedError as e:
         raise DivergedError(
-            f"evaluation run {run} ({cfg.model}, recipe {cfg.recipe}, lr {train['lr']:g}): "
+            f"evaluation run {run} ({cfg.model}, recipe {cfg.recipe}, lr {recipe.lr:g}): "
             f"{e}; check the set's images for extreme values, or lower {opt('lr')}"
         ) from None
-    return test_accuracy(model, data, device)
+    return test_metrics(model, data, device)
 
 
 def label_mode(soft: bool, online: bool, temperature: float, recipe: str = "dc") -> str:
     """How the evaluation models were supervised, as reports say it."""
     if not soft:
         return "hard"
-    mixed = recipe in RECIPE_SETTINGS and RECIPE_SETTINGS[recipe]["mixup"] > 0
+    mixed = recipe in SOFT_RECIPES
     if online:
         batch = "augmented, mixed batch" if mixed else "augmented batch"
         return f"soft (KD from the teacher on each {batch}, T={temperature:g})"
@@ -265,22 +241,27 @@ def evaluate_set(
     per run (the random-subset baseline, whose spread includes the subset draw).
     ``soft``: teacher logits → knowledge-distillation training at ``temperature``;
     ``teacher``: distillation from the teacher's logits on each augmented batch instead.
+    The report holds each run's final test accuracy and test cross-entropy.
     """
     epochs = epochs or cfg.epochs
-    accs = []
+    accs, losses = [], []
     t0 = time.perf_counter()
     with tqdm(
         total=cfg.runs * epochs, desc=f"eval {name}", disable=quiet, dynamic_ncols=True
     ) as bar:
         for r in range(cfg.runs):
             x, y, s = (*resample(r), None)[:3] if resample is not None else (images, labels, soft)
-            acc = train_and_test(x, y, data, cfg, r, epochs, device, bar, s, temperature, teacher)
+            acc, loss = train_and_test(
+                x, y, data, cfg, r, epochs, device, bar, s, temperature, teacher
+            )
             accs.append(100.0 * acc)
+            losses.append(loss)
             bar.set_postfix(acc=f"{np.mean(accs):.2f}%", refresh=False)
     return {
         "accs": [round(a, 4) for a in accs],
         "mean": float(np.mean(accs)),
         "std": float(np.std(accs)),
+        "test_losses": [round(v, 6) for v in losses],
         "runs": cfg.runs,
         "epochs": epochs,
         "n_images": int(len(images)) if resample is None else int(len(x)),

@@ -1,17 +1,17 @@
-"""The one supervised training loop: cross-entropy or knowledge distillation (stored
-logits, or a teacher labelling every batch), SGD with step decay or AdamW with cosine
-decay, DSA or a kornia augmentation pipeline, optional mixup or CutMix.
+"""The one supervised training loop, ``fit(model, data, recipe)``: cross-entropy or
+knowledge distillation (stored logits, or a teacher labelling every batch), with the
+optimiser, schedule, augmentation, mixing and loss a :class:`TrainRecipe` names.
 
-Used by evaluation (train-from-scratch protocol and its ``sre2l``/``infer`` student
-recipes) and by generators that need briefly trained networks (NCFM's feature-extractor
-pool).
-Quantization-aware training extends this module.
+Used by evaluation (the train-from-scratch protocol and its student recipes), teacher
+training, generators that need briefly trained networks (NCFM's feature-extractor pool)
+and the student trainer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,130 +19,181 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill_data.augment import DSA, apply_mix, mix_targets, sample_mix
+from distill_data.augment import (
+    DSA,
+    AugmentPipeline,
+    apply_mix,
+    mix_targets,
+    sample_mix,
+    strategy_for,
+)
+from distill_data.data import ImageSpace
 from distill_data.errors import DivergedError
+from distill_data.train.losses import DEFAULT_TEMPERATURES, kd_loss
+from distill_data.train.recipe import TrainRecipe
 
 
-def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float, t2: bool = True
+@dataclass(eq=False)
+class TrainData:
+    """What :func:`fit` trains on.
+
+    Attributes:
+        images: normalised images ``(N, C, H, W)``.
+        labels: class indices ``(N,)``.
+        soft: optional stored teacher logits ``(N, K)``, one row per image.
+        temperature: the stored logits' temperature (used unless the recipe sets one).
+        space: the images' :class:`~distill_data.data.ImageSpace` (digit data get no
+            flips; kornia pipelines need its normalisation); required for
+            ``augment="dsa"`` without a ``dsa_strategy`` and for kornia presets.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    soft: torch.Tensor | None = None
+    temperature: float | None = None
+    space: ImageSpace | None = None
+
+
+def augmentation(recipe: TrainRecipe, space: ImageSpace | None) -> tuple[DSA, Any]:
+    """The DSA and the kornia pipeline ``recipe`` trains with on ``space``'s images
+    (a disabled DSA and None where the recipe does not use them)."""
+    if recipe.augment == "dsa":
+        strategy = recipe.dsa_strategy
+        if strategy is None:
+            if space is None:
+                raise ValueError("augment='dsa' without dsa_strategy needs TrainData.space")
+            strategy = strategy_for(space.is_digits)
+        return DSA(strategy), None
+    if recipe.augment == "none":
+        return DSA("none"), None
+    if space is None:
+        raise ValueError(f"the kornia pipeline {recipe.augment!r} needs TrainData.space")
+    return DSA("none"), AugmentPipeline.preset(recipe.augment, space)
+
+
+def resolve_temperature(recipe: TrainRecipe, data: TrainData) -> float:
+    """The distillation temperature: the recipe's, else the stored logits', else the
+    loss's paper default (1 when there is none)."""
+    if recipe.temperature is not None:
+        return recipe.temperature
+    if data.temperature is not None:
+        return float(data.temperature)
+    return DEFAULT_TEMPERATURES.get(recipe.kd) or 1.0
+
+
+def student_loss(
+    recipe: TrainRecipe,
+    out: torch.Tensor,
+    target: torch.Tensor | None,
+    y: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
-    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean (Hinton et al., 2015);
-    ``t2=False`` drops the T² factor (SRe2L's student training)."""
-    t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student / t, dim=1),
-        F.log_softmax(teacher / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return kl * (t * t) if t2 else kl
+    """The loss of one batch: cross-entropy without soft targets (or with ``kd="none"``),
+    else the recipe's distillation loss (:mod:`distill_data.train.losses`)."""
+    if target is None or recipe.kd == "none":
+        return F.cross_entropy(out, y)
+    if recipe.kd == "hinton":
+        return kd_loss(
+            "hinton", out, target, y, temperature, alpha=recipe.kd_alpha, t2=recipe.kd_t2
+        )
+    return kd_loss(recipe.kd, out, target, y, temperature, alpha=recipe.kd_alpha)
+
+
+def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``model``'s parameters."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def epoch_lr(recipe: TrainRecipe, epoch: int) -> float | None:
+    """The learning rate to set at the start of ``epoch``; None: leave it as it is."""
+    if recipe.schedule == "cosine":
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
+    if recipe.schedule == "step" and epoch == int(recipe.epochs * recipe.decay_at):
+        return recipe.lr * recipe.decay_factor
+    return None
 
 
 def fit(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    data: TrainData,
+    recipe: TrainRecipe,
     *,
-    epochs: int,
     generator: torch.Generator,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 256,
-    dsa: DSA | None = None,
-    decay_at: float | None = 0.5,
-    bar: tqdm | None = None,
-    soft_targets: torch.Tensor | None = None,
-    temperature: float = 1.0,
     teacher: nn.Module | None = None,
-    optimizer: str = "sgd",
-    schedule: str = "step",
-    mixup: float = 0.0,
-    kd_t2: bool = True,
-    cutmix: float = 0.0,
-    augment: Callable[..., torch.Tensor] | None = None,
+    bar: tqdm | None = None,
+    augment: Any = None,
 ) -> nn.Module:
-    """Train ``model`` in place on normalised ``images`` with cross-entropy, or, with
-    ``soft_targets`` (teacher logits, one row per image), by knowledge distillation:
-    ``T² · KL(softmax(t/T) || softmax(s/T))`` (Hinton et al., 2015). With ``teacher``
-    the targets are instead the teacher's logits on each augmented batch, computed as
-    the batch is drawn (online relabelling, as SRe2L's and FKD's training does).
+    """Train ``model`` in place on ``data`` as ``recipe`` says; the one training loop.
 
-    SGD with momentum and weight decay (``optimizer="adamw"``: AdamW, no momentum
-    setting); ``schedule="step"`` multiplies the learning rate by 0.1 from epoch
-    ``int(epochs * decay_at)`` on (the field's "×0.1 at half"), ``"cosine"`` anneals it
-    to 0 over the epochs (per epoch, as ``CosineAnnealingLR(T_max=epochs)``); ``dsa``
-    augments every batch. ``mixup`` > 0 (needs soft targets or ``teacher``) mixes every
-    augmented batch with a shuffled copy of itself, λ ~ Beta(mixup, mixup); the teacher
-    labels the mixed batch (SRe2L's small-dataset recipe), or the stored logits are mixed
-    with the same λ and partners, λ·z_i + (1 − λ)·z_j (INFER's static labels).
-    ``cutmix`` > 0 mixes by CutMix instead (Yun et al., ICCV 2019; λ ~ Beta(cutmix,
-    cutmix), one box per batch as SRe2L's FKD code, stored logits weighted by the share
-    of the image each kept); give one of ``mixup`` and ``cutmix``. ``augment`` (e.g. an
-    :class:`~distill_data.augment.AugmentPipeline`) is called as
-    ``augment(x, generator=generator)`` on every batch after ``dsa``, before mixing.
-    ``kd_t2=False`` drops the T² factor of the distillation loss. Shuffling, augmentation
-    and mixing draw only from ``generator``. ``bar`` (if given) advances by one per epoch.
+    Targets: the hard labels (cross-entropy), or the stored logits ``data.soft``, or,
+    with ``teacher``, the teacher's logits on every augmented (and mixed) batch, computed
+    as the batch is drawn (online relabelling, as SRe2L's and FKD's training does); soft
+    targets are trained on with the recipe's distillation loss. Mixing (``mix``) needs
+    soft targets or a teacher: the teacher labels the mixed batch (SRe2L's recipe), or
+    the stored logits are mixed with the same λ and partners (INFER's static labels;
+    CutMix weighs them by the area each image kept).
+
+    Each epoch draws a permutation, each batch DSA or the kornia pipeline and then the
+    mixing, all from ``generator`` only (λ ~ Beta(α, α) from a NumPy generator seeded by
+    it: torch has no seeded Beta). ``bar`` (if given) advances by one per epoch.
+    ``augment`` replaces the recipe's augmentation with any batch transform called as
+    ``augment(x, generator=generator)`` (e.g. an :class:`AugmentPipeline` of your own).
 
     Raises:
         DivergedError: a loss was NaN or infinite (checked at the end of every epoch);
             callers add which of their settings to change.
+        ValueError: mixing without soft targets or a teacher (a programming error; the
+            configs that reach here validate it).
     """
     device = next(model.parameters()).device
     if teacher is not None:
         teacher.eval()
-    if mixup > 0 and cutmix > 0:
-        raise ValueError("give mixup or cutmix, not both: each batch is mixed one way")
-    alpha, mix_kind = (mixup, "mixup") if mixup > 0 else (cutmix, "cutmix")
-    if alpha > 0 and teacher is None and soft_targets is None:
-        raise ValueError(f"{mix_kind} needs soft targets or a teacher to label the mixed batches")
+    if recipe.mix != "none" and teacher is None and data.soft is None:
+        raise ValueError(f"{recipe.mix} needs soft targets or a teacher to label the mixed batches")
     if augment is not None and not callable(augment):
         raise ValueError(f"augment must be callable as augment(x, generator=g), got {augment!r}")
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd or adamw")
-    if schedule not in ("step", "cosine"):
-        raise ValueError(f"unknown schedule {schedule!r}; choose step or cosine")
-    # λ ~ Beta from a NumPy generator seeded by ``generator``: torch has no seeded Beta
+    dsa, pipeline = (DSA("none"), augment) if augment else augmentation(recipe, data.space)
+    temperature = resolve_temperature(recipe, data)
+    opt = make_optimizer(model, recipe)
     mix_rng = (
         np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
-        if alpha > 0
+        if recipe.mix != "none"
         else None
     )
-    x_all, y_all = images.to(device), labels.to(device)
-    soft = None if soft_targets is None else soft_targets.to(device)
+    x_all, y_all = data.images.to(device), data.labels.to(device)
+    soft = None if data.soft is None else data.soft.to(device)
     n = len(x_all)
-    decay_epoch = None if decay_at is None else int(epochs * decay_at)
     # NaN/inf losses are counted on the device and checked once per epoch: one sync
     # per epoch instead of one per step, and a diverged run stops before it is used
     bad_steps = torch.zeros((), dtype=torch.int64, device=device)
-    for ep in range(epochs):
-        if schedule == "cosine":
+    for ep in range(recipe.epochs):
+        lr = epoch_lr(recipe, ep)
+        if lr is not None:
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * ep / epochs))
-        elif ep == decay_epoch:
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.1
+                group["lr"] = lr
         model.train()
         perm = torch.randperm(n, generator=generator).to(device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
+        for i in range(0, n, recipe.batch_size):
+            idx = perm[i : i + recipe.batch_size]
             x, y = x_all[idx], y_all[idx]
-            if dsa is not None and dsa.enabled:
+            if dsa.enabled:
                 x = dsa(x, generator=generator)
-            if augment is not None:
-                x = augment(x, generator=generator)
+            if pipeline is not None:
+                x = pipeline(x, generator=generator)
             # stored logits, unless a teacher labels the (mixed) batch below
             target = soft[idx] if soft is not None and teacher is None else None
             if mix_rng is not None:
-                lam = float(mix_rng.beta(alpha, alpha))
+                lam = float(mix_rng.beta(recipe.mix_alpha, recipe.mix_alpha))
                 h, w = x.shape[-2:]
-                mix = sample_mix(mix_kind, len(x), int(h), int(w), lam, generator, device)
+                mix = sample_mix(recipe.mix, len(x), int(h), int(w), lam, generator, device)
                 x = apply_mix(x, mix)
                 if target is not None:
                     target = mix_targets(target, mix)
@@ -150,18 +201,15 @@ def fit(
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(x)
-                loss = kd_loss(out, target, temperature, kd_t2)
-            elif target is None:
-                loss = F.cross_entropy(out, y)
-            else:
-                loss = kd_loss(out, target, temperature, kd_t2)
+            loss = student_loss(recipe, out, target, y, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             bad_steps += ~torch.isfinite(loss.detach())
         if int(bad_steps):
             raise DivergedError(
-                f"training diverged: the loss became NaN or infinite in epoch {ep + 1} of {epochs}"
+                "training diverged: the loss became NaN or infinite in epoch "
+                f"{ep + 1} of {recipe.epochs}"
             )
         if bar is not None:
             bar.update(1)

@@ -124,7 +124,7 @@ def _entropy_rows(log_p: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- losses
 
 
-def hinton_kd(s: Tensor, t: Teacher, temperature: float = 4.0) -> Tensor:
+def hinton_kd(s: Tensor, t: Teacher, temperature: float = 4.0, t2: bool = True) -> Tensor:
     """Soft-target distillation loss ``T² · KL(softmax(t/T) ‖ softmax(s/T))``.
 
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network" (arXiv
@@ -147,6 +147,8 @@ def hinton_kd(s: Tensor, t: Teacher, temperature: float = 4.0) -> Tensor:
         t: Teacher logits ``(B, K)``, or a list of them (target = mean of the teachers'
             tempered softmax, :func:`multi_teacher_target`). Detached.
         temperature: Softmax temperature ``T > 0``.
+        t2: multiply by ``T²`` (Hinton's scaling); ``False`` gives the plain KL that
+            SRe2L's and INFER's students train with.
 
     Returns:
         Scalar loss; 0 when student and teacher logits are equal.
@@ -155,7 +157,10 @@ def hinton_kd(s: Tensor, t: Teacher, temperature: float = 4.0) -> Tensor:
     temp = _check_temperature(temperature)
     log_q = _teacher_log_probs(s, t, temp)
     log_p = F.log_softmax(s / temp, dim=1)
-    return _kl_rows(log_q, log_p).mean() * (temp * temp)
+    # F.kl_div's batchmean: the evaluation protocol's arithmetic since the first
+    # release, so stored results reproduce bit for bit
+    kl = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    return kl * (temp * temp) if t2 else kl
 
 
 def polino_kd(
@@ -380,10 +385,18 @@ def feature_mse(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]
 # --------------------------------------------------------------------------- registry
 
 
-def _hinton(s: Tensor, t: Teacher, y: Tensor | None, temperature: float, *, alpha: float = 1.0):
+def _hinton(
+    s: Tensor,
+    t: Teacher,
+    y: Tensor | None,
+    temperature: float,
+    *,
+    alpha: float = 1.0,
+    t2: bool = True,
+):
     """Hinton et al. 2015: ``α · T²·KL + (1 − α) · CE`` (§2's weighted average)."""
     a = _check_alpha(alpha)
-    kd = hinton_kd(s, t, temperature)
+    kd = hinton_kd(s, t, temperature, t2)
     return kd if a == 1.0 else a * kd + (1.0 - a) * F.cross_entropy(s, _check_labels(s, y))
 
 

@@ -7,44 +7,48 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill_data.augment import DSA, PRESETS, AugmentPipeline, is_preset, strategy_for
+from distill_data.augment import PRESETS, is_preset
+from distill_data.augment.pipeline import DEFAULT_PRESET
 from distill_data.config import require
 from distill_data.data import RealDataset
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt
 from distill_data.models import build_model, load_model, save_model
-from distill_data.train.fit import fit
+from distill_data.train.fit import TrainData, fit
+from distill_data.train.recipe import TrainRecipe, get_recipe
 
 TEACHER_MODELS = ("resnet", "convnet_bn")
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """Teacher training settings.
+    """Teacher training settings: the architecture, and the ``teacher`` training recipe
+    (:mod:`distill_data.train.recipe`) with any of its settings overridden.
 
     Attributes:
         model: a BatchNorm architecture (``resnet`` or ``convnet_bn``).
-        epochs: training epochs over the real training split.
-        lr, momentum, weight_decay, batch_size: SGD; lr ×0.1 at half the epochs.
-        augment: DSA on every batch (no flip for digit data).
+        width: network width override (None: the architecture's default).
+        seed: seed of initialisation, shuffling and augmentation.
+        epochs, lr, momentum, weight_decay, batch_size: override the recipe's (None: the
+            ``teacher`` preset's: 30 epochs of SGD, lr 0.05 ×0.1 at half, momentum 0.9,
+            weight decay 5e-4, batch 128).
+        augment: DSA on every batch (no flip for digit data); False: no augmentation.
         pipeline: augment with a kornia training pipeline instead of DSA (a name in
             :data:`distill_data.augment.PRESETS`, e.g. ``random_crop``: the usual
             ``RandomCrop(padding=4)`` + flip, no flip for digits); None: DSA.
-        width: network width override (None: the architecture's default).
-        seed: seed of initialisation, shuffling and augmentation.
     """
 
     model: str = "resnet"
-    epochs: int = 30
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    epochs: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
     augment: bool = True
     width: int | None = None
     seed: int = 0
@@ -60,8 +64,21 @@ class TeacherConfig:
             f"teacher model must be a BatchNorm network ({', '.join(TEACHER_MODELS)}), "
             f"got {self.model!r}",
         )
-        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        require(self.lr > 0 and self.batch_size >= 1, "lr must be > 0 and batch_size >= 1")
+        self.train_recipe()  # the overrides must make a valid recipe
+
+    def train_recipe(self) -> TrainRecipe:
+        """The ``teacher`` preset with this config's overrides."""
+        changes = {
+            k: getattr(self, k)
+            for k in ("epochs", "lr", "momentum", "weight_decay", "batch_size")
+            if getattr(self, k) is not None
+        }
+        if not self.augment:
+            changes["augment"] = "none"
+        elif self.pipeline is not None:
+            name = self.pipeline.strip().lower()
+            changes["augment"] = DEFAULT_PRESET if name == "kornia" else name
+        return replace(get_recipe("teacher"), **changes)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -107,30 +124,22 @@ def train_teacher(
     model = build_model(
         cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
     ).to(device)
-    pipeline = AugmentPipeline.preset(cfg.pipeline, data) if cfg.augment and cfg.pipeline else None
-    dsa = DSA(strategy_for(data.is_digits) if cfg.augment and pipeline is None else "none")
+    recipe = cfg.train_recipe()
     t0 = time.perf_counter()
     with tqdm(
-        total=cfg.epochs, desc=f"teacher {cfg.model}", disable=quiet, dynamic_ncols=True
+        total=recipe.epochs, desc=f"teacher {cfg.model}", disable=quiet, dynamic_ncols=True
     ) as bar:
         try:
             fit(
                 model,
-                data.normalize(data.x_train),
-                data.y_train,
-                epochs=cfg.epochs,
+                TrainData(data.normalize(data.x_train), data.y_train, space=data),
+                recipe,
                 generator=g,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                batch_size=cfg.batch_size,
-                dsa=dsa,
-                augment=pipeline,
                 bar=bar,
             )
         except DivergedError as e:
             raise DivergedError(
-                f"teacher {e}; lower {opt('lr')} (now {cfg.lr:g}) and rerun"
+                f"teacher {e}; lower {opt('lr')} (now {recipe.lr:g}) and rerun"
             ) from None
     seconds = time.perf_counter() - t0
     acc = accuracy(model, data, device)
@@ -144,7 +153,8 @@ def train_teacher(
         "mean": list(data.mean),
         "std": list(data.std),
         "test_accuracy": acc,
-        "train_config": asdict(cfg),
+        "train_config": _resolved(cfg, recipe),
+        "train_recipe": asdict(recipe),
     }
     save_model(model.cpu(), out, meta=meta)
     return {
@@ -152,8 +162,14 @@ def train_teacher(
         "test_accuracy": acc,
         "train_seconds": round(seconds, 1),
         **{k: meta[k] for k in ("dataset", "dataset_fingerprint", "input_shape")},
-        "config": asdict(cfg),
+        "config": _resolved(cfg, recipe),
     }
+
+
+def _resolved(cfg: TeacherConfig, recipe: TrainRecipe) -> dict:
+    """The config as it ran: the recipe's values in place of the Nones."""
+    return {k: getattr(recipe, k) if v is None and hasattr(recipe, k) else v
+            for k, v in asdict(cfg).items()}  # fmt: skip
 
 
 def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
