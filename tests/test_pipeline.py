@@ -308,9 +308,7 @@ def _spy_fit(monkeypatch, **kw):
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * n, n))
     student.register_forward_pre_hook(lambda m, a: fed.append(a[0].detach().clone()))
     augment = kw.pop("augment", None)
-    recipe = fit_mod.TrainRecipe(
-        epochs=4, batch_size=4, augment="none", temperature=30.0, **kw
-    )
+    recipe = fit_mod.TrainRecipe(epochs=4, batch_size=4, augment="none", temperature=30.0, **kw)
     data = fit_mod.TrainData(x, torch.zeros(n, dtype=torch.long), soft=10.0 * torch.eye(n))
     fit_mod.fit(student, data, recipe, generator=gen(0), augment=augment)
     return fed, targets
