@@ -7,20 +7,32 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from distill_data import api
 from distill_data._version import __version__
 from distill_data.config import parse_set_options
 from distill_data.errors import DistillDataError, DistillDataWarning, cli_spelling
+from distill_data.evaluation import BASELINES, EvalConfig, EvalRequest
+from distill_data.evaluation.evaluate import RELABEL
 from distill_data.evaluation.protocol import RECIPES
 from distill_data.models import MODELS
 from distill_data.paths import check_outputs
+from distill_data.quant.ptq import PTQConfig
+from distill_data.quant.quantizers import OBSERVERS
 from distill_data.runtime import tune_allocator
+from distill_data.train import TeacherConfig, get_recipe
+from distill_data.train.teacher import TEACHER_MODELS
+
+#: The teacher recipe, whose settings the teacher command's defaults show.
+_TEACHER = get_recipe("teacher")
 
 
 def _err(msg: str) -> None:
@@ -48,6 +60,42 @@ _FORCE = click.option(
     is_flag=True,
     help="Replace an existing output file of another kind (never one of the inputs).",
 )
+
+
+def _setting(cls: type, name: str, *decls: str, shown: Any = None, **extra: Any):
+    """A click option for field ``name`` of config dataclass ``cls``: its default and
+    type come from the dataclass, so no default is written twice. ``shown`` is the
+    default to display when the field's own is None (e.g. "the recipe's")."""
+    default = cls.__dataclass_fields__[name].default
+    hint = typing.get_type_hints(cls)[name]
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    kwargs: dict[str, Any] = {
+        "default": default,
+        "type": base if base in (int, float, str) else str,
+        "show_default": True if default is not None else (None if shown is None else str(shown)),
+    }
+    kwargs.update(extra)
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), **kwargs)
+
+
+def _with_sets(ctx: click.Context, given: dict[str, Any], sets: tuple[str, ...]) -> dict:
+    """``given`` (option name → value) with the ``--set`` pairs added; a setting given
+    both as its own option and with ``--set`` is refused rather than silently ranked."""
+    extra = parse_set_options(sets)
+    for key in extra:
+        if key in given and ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
+            raise DistillDataError(f"{key} is given twice (--{key.replace('_', '-')} and --set)")
+    return {**given, **extra}
+
+
+def _set_option(what: str):
+    return click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help=f"Override any {what} setting (repeatable); an unknown key lists the valid ones.",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -189,39 +237,20 @@ def build(
     default=None,
     help="Real dataset to test on (default: the one the store names).",
 )
-@click.option(
-    "--model",
-    default="convnet",
-    show_default=True,
+@_setting(
+    EvalConfig,
+    "model",
     type=click.Choice(MODELS.names()),
     help="Architecture to train (the field's standard is convnet).",
 )
-@click.option(
-    "--runs",
-    type=int,
-    default=5,
-    show_default=True,
-    help="Fresh models trained; the report gives mean ± std.",
-)
-@click.option(
-    "--epochs",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Training epochs on the stored set (papers: 1000).",
-)
-@click.option(
-    "--full-epochs",
-    type=int,
-    default=30,
-    show_default=True,
-    help="Epochs for the full-data baseline.",
-)
+@_setting(EvalConfig, "runs", help="Fresh models trained; the report gives mean ± std.")
+@_setting(EvalConfig, "epochs", help="Training epochs on the stored set (papers: 1000).")
+@_setting(EvalConfig, "full_epochs", help="Epochs for the full-data baseline.")
 @click.option(
     "--baseline",
     "baselines",
     multiple=True,
-    type=click.Choice(["random", "full"]),
+    type=click.Choice(BASELINES),
     help="Also evaluate a random real subset at the same IPC and/or the full data.",
 )
 @click.option(
@@ -229,7 +258,7 @@ def build(
     is_flag=True,
     help="Also compute DD-Ranking's LRS and ARS (runs both baselines and no-aug runs).",
 )
-@click.option("--no-augment", is_flag=True, help="Train without DSA.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @click.option(
     "--soft",
     is_flag=True,
@@ -244,39 +273,34 @@ def build(
     "online, every batch). Repeat for an ensemble (mean of logits, as INFER labels its "
     "set): pass the teachers the set was built with.",
 )
-@click.option(
-    "--relabel",
-    type=click.Choice(["stored", "online"]),
-    default="stored",
-    show_default=True,
+@_setting(
+    EvalRequest,
+    "relabel",
+    type=click.Choice(RELABEL),
     help="With --soft: stored = the store's logits, one per image; online = --teacher "
     "labels every augmented batch (SRe2L/FKD's protocol), for the set and the baseline.",
 )
-@click.option(
-    "--recipe",
+@_setting(
+    EvalConfig,
+    "recipe",
     type=click.Choice(RECIPES),
-    default="dc",
-    show_default=True,
     help="How the students train: dc = the field's protocol (SGD, x0.1 at half, DSA); "
     "sre2l = the official SRe2L student recipe (AdamW, cosine, batch 128, mixup relabelled "
     "online, KL without T^2; needs --soft --relabel online --teacher); infer = INFER's "
     "(the same at batch 64; with --soft alone the stored logits are mixed as the images "
     "are, its static labels; with --relabel online the teacher labels each mixed batch).",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Base seed; run r is seeded with seed*1000 + r.",
-)
+@_setting(EvalConfig, "seed", help="Base seed; run r is seeded with seed*1000 + r.")
+@_set_option("evaluation (lr, batch_size, width, pipeline, mix, ...)")
 @click.option(
     "--device", default="cpu", show_default=True, help="torch device for training, e.g. cuda."
 )
 @click.option("--json", "json_out", default=None, help="Write the full report here.")
 @_FORCE
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
 def eval_cmd(
+    ctx,
     store,
     dataset,
     model,
@@ -291,6 +315,7 @@ def eval_cmd(
     relabel,
     recipe,
     seed,
+    sets,
     device,
     json_out,
     force,
@@ -301,6 +326,19 @@ def eval_cmd(
 
     reads = api.input_paths(dataset, teachers, store=store)
     check_outputs([(json_out, "json")], reads=reads, force=force)
+    protocol = _with_sets(
+        ctx,
+        {
+            "model": model,
+            "runs": runs,
+            "epochs": epochs,
+            "full_epochs": full_epochs,
+            "seed": seed,
+            "recipe": recipe,
+            **({"augment": False} if no_augment else {}),
+        },
+        sets,
+    )
     report = api.evaluate(
         store,
         dataset,
@@ -311,13 +349,7 @@ def eval_cmd(
         relabel=relabel,
         device=device,
         quiet=quiet,
-        model=model,
-        runs=runs,
-        epochs=epochs,
-        full_epochs=full_epochs,
-        augment=not no_augment,
-        seed=seed,
-        recipe=recipe,
+        **protocol,
     )
     click.echo(format_report(report))
     if json_out:
@@ -327,24 +359,18 @@ def eval_cmd(
 
 @cli.command()
 @click.option("--dataset", "-d", required=True, help="Real dataset to train on (name or path).")
-@click.option(
-    "--model",
-    default="resnet",
-    show_default=True,
-    type=click.Choice(["resnet", "convnet_bn"]),
-    help="BatchNorm architecture.",
-)
-@click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs.")
-@click.option(
-    "--lr",
-    type=float,
-    default=0.05,
-    show_default=True,
+@_setting(TeacherConfig, "model", type=click.Choice(TEACHER_MODELS), help="BatchNorm architecture.")
+@_setting(TeacherConfig, "epochs", shown=_TEACHER.epochs, help="Training epochs.")
+@_setting(
+    TeacherConfig,
+    "lr",
+    shown=_TEACHER.lr,
     help="SGD learning rate (x0.1 at half the epochs).",
 )
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Batch size.")
-@click.option("--width", type=int, default=None, help="Network width (default: the model's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every draw.")
+@_setting(TeacherConfig, "batch_size", shown=_TEACHER.batch_size, help="Batch size.")
+@_setting(TeacherConfig, "width", shown="the model's", help="Network width.")
+@_setting(TeacherConfig, "seed", help="Seed of every draw.")
+@_set_option("teacher (momentum, weight_decay, augment, pipeline, ...)")
 @click.option("--out", "-o", required=True, help="Teacher file to write (.pt).")
 @click.option(
     "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:N, mps, xpu."
@@ -352,28 +378,20 @@ def eval_cmd(
 @click.option("--json", "json_out", default=None, help="Write the report here.")
 @_FORCE
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
 def teacher(
-    dataset, model, epochs, lr, batch_size, width, seed, out, device, json_out, force, quiet
-) -> None:
+    ctx, dataset, model, epochs, lr, batch_size, width, seed, sets, out, device, json_out, force,
+    quiet,
+) -> None:  # fmt: skip
     """Train a BatchNorm teacher on real data and report its test accuracy.
 
     The file holds the architecture, its constructor arguments, the weights, the input
     shape, normalisation and class names, and loads with torch.load(weights_only=True).
     """
     check_outputs([(out, "model"), (json_out, "json")], reads=api.input_paths(dataset), force=force)
-    report = api.teacher(
-        dataset,
-        out,
-        device=device,
-        quiet=quiet,
-        force=force,
-        model=model,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        width=width,
-        seed=seed,
-    )
+    given = {"model": model, "epochs": epochs, "lr": lr, "batch_size": batch_size}
+    settings = _with_sets(ctx, {**given, "width": width, "seed": seed}, sets)
+    report = api.teacher(dataset, out, device=device, quiet=quiet, force=force, **settings)
     click.echo(
         f"wrote {out}: {model} on {report['dataset']}, test accuracy "
         f"{report['test_accuracy']:.2f}% ({report['train_seconds']:.0f} s)"
@@ -402,21 +420,15 @@ def teacher(
     "--bits",
     "bits",
     multiple=True,
-    default=("w8a8",),
+    default=(PTQConfig().bits,),
     show_default=True,
     help="Weight/activation bit widths, e.g. w8a8, w4a8, w4a4 (repeatable; 2-8).",
 )
-@click.option(
-    "--observer",
-    type=click.Choice(["minmax", "percentile", "mse"]),
-    default="minmax",
-    show_default=True,
-    help="Activation range observer.",
-)
-@click.option(
-    "--first-last-bits",
-    default="8",
-    show_default=True,
+@_setting(PTQConfig, "observer", type=click.Choice(OBSERVERS), help="Activation range observer.")
+@_setting(
+    PTQConfig,
+    "first_last_bits",
+    type=str,  # a width or 'none'
     help="Bits of the first and last layer (or 'none' to quantize them like the rest).",
 )
 @click.option(
@@ -424,18 +436,15 @@ def teacher(
     is_flag=True,
     help="Also calibrate on real:N and noise:N, N = the size of the first set.",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of real:N / noise:N draws and observer sampling.",
-)
+@_setting(PTQConfig, "seed", help="Seed of real:N / noise:N draws and observer sampling.")
+@_set_option("quantization (percentile, fold_bn, calib_batch, max_samples, ...)")
 @click.option("--json", "json_out", default=None, help="Write the report here.")
 @_FORCE
+@click.pass_context
 def quantize(
-    teacher, calibs, dataset, bits, observer, first_last_bits, compare, seed, json_out, force
-) -> None:
+    ctx, teacher, calibs, dataset, bits, observer, first_last_bits, compare, seed, sets,
+    json_out, force,
+) -> None:  # fmt: skip
     """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
 
     Per-channel symmetric weights, per-tensor activations (min/max, percentile or MSE
@@ -450,15 +459,9 @@ def quantize(
     check_outputs(
         [(json_out, "json")], reads=api.input_paths(teacher, dataset, calibs), force=force
     )
+    ptq = _with_sets(ctx, {"observer": observer, "first_last_bits": first_last_bits}, sets)
     report = api.quantize(
-        teacher,
-        list(calibs),
-        dataset,
-        bits=list(bits),
-        compare=compare,
-        seed=seed,
-        observer=observer,
-        first_last_bits=first_last_bits,  # "none" or a width: make_config coerces it
+        teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed, **ptq
     )
     click.echo(format_comparison(report))
     if json_out:

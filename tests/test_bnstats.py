@@ -446,7 +446,7 @@ def test_mixup_feeds_teacher_and_student_convex_pairs_of_the_batch():
     """fit(mixup=α): each training batch is λ·x + (1−λ)·x[perm], one λ per batch, and the
     teacher labels exactly that mixed batch. One-hot images make the check exact: a
     mixed row has at most two non-zero entries, which sum to 1."""
-    from distill_data.train import TrainData, TrainRecipe, fit
+    from distill_data.train import TrainData, fit
 
     n = 8
     x = torch.eye(n).view(n, 1, 1, n)  # image i is the one-hot row i

@@ -428,3 +428,36 @@ def test_build_notes_fyi_on_digit_data(run_cli, make_npz, tiny_npz, tmp_path) ->
     assert "FYI assumes" not in err
     code, _, err = run_cli(*build_args(digits, tmp_path / "h.h5", "dm", 1, *tiny))
     assert code == 0 and "FYI assumes" not in err
+
+
+def test_eval_teacher_quantize_take_set_and_show_their_dataclass_defaults(
+    run_cli, built, tiny_npz, tmp_path
+) -> None:
+    code, out, err = run_cli("eval", built, "--dataset", tiny_npz, "--runs", 1, "--epochs", 1,
+                             "--set", "width=8", "--set", "lr=0.02", "--json",
+                             tmp_path / "r.json", "-q")  # fmt: skip
+    assert code == 0, err
+    protocol = json.loads((tmp_path / "r.json").read_text())["protocol"]
+    assert protocol["width"] == 8 and protocol["lr"] == 0.02
+    res = run_cli("eval", built, "--dataset", tiny_npz, "--epochs", 1, "--set", "epochs=2")
+    assert_one_error_line(*res)
+    assert "epochs is given twice" in res[2]
+    res = run_cli("eval", built, "--dataset", tiny_npz, "--set", "lr=fast")
+    assert_one_error_line(*res)
+    assert "lr='fast'" in res[2]
+    res = run_cli("teacher", "-d", tiny_npz, "--out", tmp_path / "t.pt", "--set", "nope=1")
+    assert_one_error_line(*res)
+    assert "unknown setting nope for TeacherConfig" in res[2]
+    code, out, err = run_cli("teacher", "-d", tiny_npz, "--model", "convnet_bn", "--epochs", 1,
+                             "--set", "width=4", "--set", "momentum=0.5", "--out",
+                             tmp_path / "t.pt", "--json", tmp_path / "t.json", "-q")  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "t.json").read_text())["config"]
+    assert (cfg["width"], cfg["momentum"], cfg["lr"], cfg["epochs"]) == (4, 0.5, 0.05, 1)
+    res = run_cli("quantize", "--teacher", tmp_path / "t.pt", "--calib", "noise:4",
+                  "--set", "observer=mse", "--observer", "minmax")  # fmt: skip
+    assert_one_error_line(*res)
+    assert "observer is given twice" in res[2]
+    for command, default in (("eval", "[default: 1000]"), ("teacher", "[default: (30)]")):
+        code, out, _ = run_cli(command, "--help")
+        assert code == 0 and default in " ".join(out.split())
