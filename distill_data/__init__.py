@@ -6,10 +6,12 @@ Public API::
     dd.build("mnist5k", "herding", ipc=10, out="mnist_herding.h5")
     ds = dd.load("mnist_herding.h5")          # a torch Dataset
     report = dd.evaluate("mnist_herding.h5", runs=3, epochs=300)
+    dd.train("mnist5k", "student.pt", teacher="t.pt", quant="lsq", bits="w4a4")
     dd.list_methods(); dd.list_datasets()
     dd.tune_allocator()   # optional: faster CPU runs (glibc keeps freed pages for reuse)
 """
 
+from distill_data import train  # the package, callable as dd.train(...) (api.train)
 from distill_data._version import __version__
 from distill_data.api import (
     build,
@@ -33,5 +35,6 @@ __all__ = [
     "load",
     "quantize",
     "teacher",
+    "train",
     "tune_allocator",
 ]

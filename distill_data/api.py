@@ -395,6 +395,108 @@ def teacher(
     return train_teacher(data, cfg, out_path, device=device, quiet=quiet)
 
 
+def train(
+    dataset: str | RealDataset | None,
+    out: str | os.PathLike,
+    *,
+    data: str | os.PathLike | SyntheticSet | None = None,
+    teacher: str | os.PathLike | nn.Module | Sequence[str | os.PathLike | nn.Module] | None = None,
+    recipe: str = "student",
+    kd: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+    **student: Any,
+) -> dict:
+    """Train a student (optionally quantized) and save it to ``out``; returns its report.
+
+    Args:
+        dataset: real data for testing (and training when ``data`` is None); default:
+            the one the stored set or the teacher records.
+        data: a stored set to train on (hard or soft labels, or a data-free calibration
+            set, which needs ``teacher``); None trains on the real training split.
+        teacher: teacher file(s) or module(s) to distil from (copied, never changed);
+            several are one target, the mean of their softmax outputs.
+        recipe: a :data:`~distill_data.train.RECIPES` preset (``student``, ``polino``,
+            ``zsqat``, ``dc``, ...); ``kd`` picks the loss (``hinton``, ``polino``,
+            ``bdkd``, ``none``) at its paper's weight and temperature; ``options`` are
+            :class:`~distill_data.train.TrainRecipe` overrides (``epochs``, ``lr``, ...).
+        student: :class:`~distill_data.train.student.StudentConfig` fields (``model``,
+            ``quant``, ``bits``, ``init``, ...).
+
+    The report gives the float and quantized test accuracy, parameters, bytes on disk,
+    compression against fp32 and seconds per epoch; a quantized student is saved as
+    packed integer codes and reloaded to check it predicts as the trained network does.
+    """
+    from distill_data.evaluation.evaluate import _to_data_space, check_compatible
+    from distill_data.train.student import (
+        StudentConfig,
+        StudentData,
+        student_recipe,
+        train_student,
+    )
+
+    cfg = make_config(StudentConfig, student)
+    _check_seed(cfg.seed)
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"options must be a dict of settings, got {type(options).__name__}")
+    train_recipe = student_recipe(recipe, dict(options or {}), kd)
+    device = resolve_device(device)
+    teachers = _teacher_list(teacher)
+    store_path = None if data is None or isinstance(data, SyntheticSet) else data
+    check_outputs(
+        [(out, "model"), (checkpoint_path_for(out), "checkpoint")],
+        reads=[dataset, store_path, *teachers],
+        force=force,
+    )
+    synset = read_store(data) if store_path is not None else data
+    loaded = [_load_teacher(t) for t in teachers]
+    if dataset is None:
+        if synset is not None and synset.meta.dataset:
+            dataset = find_dataset(synset.meta.dataset, synset.meta.extra.get("dataset_source", ""))
+        elif loaded and loaded[0][1].get("dataset"):
+            meta = loaded[0][1]
+            dataset = find_dataset(meta["dataset"], meta.get("dataset_source", ""))
+        else:
+            raise ConfigError(f"name the real data to test on: {opt('dataset')}")
+    real = (
+        dataset if isinstance(dataset, RealDataset) else load_dataset(dataset, progress=not quiet)
+    )
+    for net, meta in loaded:
+        _check_teacher_fits(net, meta, real)
+    if synset is None:
+        train_data = StudentData(real.normalize(real.x_train), real.y_train)
+    else:
+        check_compatible(synset, real)
+        m = synset.meta
+        train_data = StudentData(
+            _to_data_space(synset, real),
+            synset.labels,
+            synset.soft_labels,
+            synset.temperature,
+            source=str(store_path) if store_path is not None else f"{m.generator} set",
+            data_free=m.ipc == 0,
+            extra={"generator": m.generator, "ipc": m.ipc, "count": m.count},
+        )
+    report = train_student(
+        real,
+        train_data,
+        cfg,
+        train_recipe,
+        out,
+        teachers=[n for n, _ in loaded],
+        teacher_meta={"files": [str(t) for t in teachers if not isinstance(t, nn.Module)]},
+        device=device,
+        quiet=quiet,
+        resume=resume,
+        log=log,
+    )
+    return {"kind": "distill-data student", "dataset": real.name, **report}
+
+
 def quantize(
     teacher: str | os.PathLike | nn.Module,
     calib: str | Sequence[str],
@@ -439,4 +541,13 @@ def quantize(
     return compare_calibrations(net, data, calibs, bit_list, cfg, seed=seed)
 
 
-__all__ = ["build", "evaluate", "list_datasets", "list_methods", "load", "quantize", "teacher"]
+__all__ = [
+    "build",
+    "evaluate",
+    "list_datasets",
+    "list_methods",
+    "load",
+    "quantize",
+    "teacher",
+    "train",
+]

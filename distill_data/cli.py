@@ -26,9 +26,12 @@ from distill_data.evaluation.protocol import RECIPES
 from distill_data.models import MODELS
 from distill_data.paths import check_outputs
 from distill_data.quant.ptq import PTQConfig
+from distill_data.quant.qat import QUANT_METHODS
 from distill_data.quant.quantizers import OBSERVERS
 from distill_data.runtime import tune_allocator
 from distill_data.train import TeacherConfig, get_recipe
+from distill_data.train.recipe import RECIPES as TRAIN_RECIPES
+from distill_data.train.student import KD_CHOICES, StudentConfig, format_student_report
 from distill_data.train.teacher import TEACHER_MODELS
 
 #: The teacher recipe, whose settings the teacher command's defaults show.
@@ -78,10 +81,12 @@ def _setting(cls: type, name: str, *decls: str, shown: Any = None, **extra: Any)
     return click.option(*(decls or (f"--{name.replace('_', '-')}",)), **kwargs)
 
 
-def _with_sets(ctx: click.Context, given: dict[str, Any], sets: tuple[str, ...]) -> dict:
+def _with_sets(
+    ctx: click.Context, given: dict[str, Any], sets: tuple[str, ...] | dict[str, str]
+) -> dict:
     """``given`` (option name → value) with the ``--set`` pairs added; a setting given
     both as its own option and with ``--set`` is refused rather than silently ranked."""
-    extra = parse_set_options(sets)
+    extra = sets if isinstance(sets, dict) else parse_set_options(sets)
     for key in extra:
         if key in given and ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
             raise DistillDataError(f"{key} is given twice (--{key.replace('_', '-')} and --set)")
@@ -464,6 +469,135 @@ def quantize(
         teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed, **ptq
     )
     click.echo(format_comparison(report))
+    if json_out:
+        _write_json(json_out, report)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command()
+@click.option(
+    "--dataset",
+    "-d",
+    default=None,
+    help="Real dataset to test on, and to train on without --data (default: the one the "
+    "stored set or the teacher records).",
+)
+@click.option(
+    "--data",
+    default=None,
+    help="Stored set to train on (hard or soft labels, or a data-free calibration set, "
+    "which needs --teacher); default: the real training split.",
+)
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    help="Teacher to distil from (repeat for an ensemble: the mean of their softmax).",
+)
+@_setting(StudentConfig, "model", type=click.Choice(MODELS.names()), help="Student architecture.")
+@_setting(
+    StudentConfig,
+    "quant",
+    type=click.Choice(("none", *QUANT_METHODS)),
+    help="qat = fake quant + STE with EMA ranges; lsq = learned step sizes; qd = Polino's "
+    "quantized distillation (weights, buckets); dq = differentiable quantization "
+    "(learned points).",
+)
+@_setting(
+    StudentConfig,
+    "bits",
+    shown="w4a4 for qat/lsq, w4 for qd/dq",
+    help="Bit widths: wXaY (qat, lsq) or wX (qd, dq); 2-8.",
+)
+@click.option(
+    "--kd",
+    type=click.Choice(KD_CHOICES),
+    default=None,
+    show_default="the recipe's: hinton, 0.9 KD + 0.1 CE, T=4",
+    help="Distillation loss: hinton (T^2 KL), polino (0.7 T^2 KL + 0.3 CE, T=2), bdkd "
+    "(entropy-balanced forward/reverse KL), none (cross-entropy).",
+)
+@click.option(
+    "--recipe",
+    default="student",
+    show_default=True,
+    type=click.Choice(tuple(TRAIN_RECIPES)),
+    help="Training protocol preset (distill_data/train/recipe.py).",
+)
+@click.option("--epochs", type=int, default=None, show_default="the recipe's", help="Epochs.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any student (init, width, first_last_bits, bucket_size, ...) or recipe (lr, "
+    "batch_size, augment, temperature, ...) setting; repeatable.",
+)
+@click.option("--out", "-o", required=True, help="Student file to write (.pt).")
+@click.option("--json", "json_out", default=None, help="Write the report here.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.ckpt.pt after an interruption.")
+@click.option(
+    "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:N, mps, xpu."
+)
+@_FORCE
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train(
+    ctx, dataset, data, teachers, model, quant, bits, kd, recipe, epochs, sets, out, json_out,
+    resume, device, force, quiet,
+) -> None:  # fmt: skip
+    """Train a small, optionally quantized student from a stored set or real data.
+
+    \b
+    Distil a float student:   -d mnist5k --teacher t.pt --out s.pt
+    Quantized (4-bit LSQ):    -d mnist5k --teacher t.pt --quant lsq --bits w4a4 --out s.pt
+    Polino's quantized distillation at 2 bits:
+                              -d mnist5k --teacher t.pt --quant qd --bits w2 --kd polino ...
+    Zero-shot QAT from a data-free set (no real image trains):
+                              --data zeroq.h5 --teacher t.pt --set init=teacher \\
+                              --quant lsq --bits w4a4 --recipe zsqat --out s.pt
+
+    A quantized student is saved as packed integer codes with their scales (it loads with
+    torch.load(weights_only=True)); the report checks that the saved student predicts
+    exactly as the trained one, and gives float and quantized accuracy, size and speed.
+    """
+    global _interrupt_hint
+    from distill_data.store import checkpoint_path_for
+
+    ckpt = checkpoint_path_for(out)
+    _interrupt_hint = lambda: (  # noqa: E731
+        f"interrupted; rerun the same command with --resume to continue from {ckpt}"
+        if ckpt.exists()
+        else "interrupted before the first epoch ended; nothing was written"
+    )
+    extra = parse_set_options(sets)
+    fields = set(StudentConfig.__dataclass_fields__)
+    student = _with_sets(
+        ctx,
+        {"model": model, "quant": quant, "bits": bits},
+        {k: v for k, v in extra.items() if k in fields},
+    )
+    given = {} if epochs is None else {"epochs": epochs}
+    options = _with_sets(ctx, given, {k: v for k, v in extra.items() if k not in fields})
+    reads = api.input_paths(dataset, data, teachers)
+    check_outputs([(out, "model"), (json_out, "json")], reads=reads, force=force)
+    log = None if quiet else (lambda m: click.echo(m, err=True))
+    report = api.train(
+        dataset,
+        out,
+        data=data,
+        teacher=list(teachers) or None,
+        recipe=recipe,
+        kd=kd,
+        options=options,
+        device=device,
+        quiet=quiet,
+        resume=resume,
+        force=force,
+        log=log,
+        **student,
+    )
+    click.echo(format_student_report(report))
     if json_out:
         _write_json(json_out, report)
         click.echo(f"wrote {json_out}")

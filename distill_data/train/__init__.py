@@ -1,5 +1,13 @@
 """Shared trainer: one training loop (:func:`fit`) driven by a :class:`TrainRecipe`, the
-distillation losses, and teachers."""
+distillation losses, teachers and the student trainer.
+
+The package is also callable: ``distill_data.train(...)`` is
+:func:`distill_data.api.train` (the student trainer's verb, ``dd.train``), while
+``distill_data.train.fit``, ``.TrainRecipe`` and the rest stay reachable as attributes.
+"""
+
+import sys
+import types
 
 from distill_data.train.fit import TrainData, fit
 from distill_data.train.recipe import RECIPES, TrainRecipe, get_recipe
@@ -15,3 +23,15 @@ __all__ = [
     "load_teacher",
     "train_teacher",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """``dd.train(...)`` runs the student trainer; attribute access is the package's."""
+
+    def __call__(self, *args, **kwargs):
+        from distill_data.api import train
+
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

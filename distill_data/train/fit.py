@@ -99,26 +99,42 @@ def student_loss(
     return kd_loss(recipe.kd, out, target, y, temperature, alpha=recipe.kd_alpha)
 
 
-def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over ``model``'s parameters."""
+def make_optimizer(
+    model: nn.Module, recipe: TrainRecipe, params: Any = None
+) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``params`` (default: ``model``'s
+    parameters; parameter groups may set their own ``lr`` / ``weight_decay``)."""
+    params = model.parameters() if params is None else params
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            params,
             lr=recipe.lr,
             momentum=recipe.momentum,
             nesterov=recipe.nesterov,
             weight_decay=recipe.weight_decay,
         )
-    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def epoch_lr(recipe: TrainRecipe, epoch: int) -> float | None:
-    """The learning rate to set at the start of ``epoch``; None: leave it as it is."""
+def epoch_lr(recipe: TrainRecipe, base: float, epoch: int) -> float:
+    """The learning rate during ``epoch`` of a parameter group that starts at ``base``."""
     if recipe.schedule == "cosine":
-        return recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
-    if recipe.schedule == "step" and epoch == int(recipe.epochs * recipe.decay_at):
-        return recipe.lr * recipe.decay_factor
-    return None
+        return base * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
+    if recipe.schedule == "step" and epoch >= int(recipe.epochs * recipe.decay_at):
+        return base * recipe.decay_factor
+    return base
+
+
+@dataclass
+class FitState:
+    """Where a :func:`fit` run stands after an epoch: enough to continue it exactly
+    (the epochs done, the optimiser, the shuffling/augmentation generator and the
+    mixing generator). Plain data, so it goes into a weights-only checkpoint."""
+
+    epoch: int
+    optimizer: dict
+    generator: torch.Tensor
+    mix_rng: dict | None = None
 
 
 def fit(
@@ -130,6 +146,11 @@ def fit(
     teacher: nn.Module | None = None,
     bar: tqdm | None = None,
     augment: Any = None,
+    params: Any = None,
+    aux_loss: Any = None,
+    epoch_start: Any = None,
+    epoch_end: Any = None,
+    resume: FitState | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``data`` as ``recipe`` says; the one training loop.
 
@@ -147,6 +168,13 @@ def fit(
     ``augment`` replaces the recipe's augmentation with any batch transform called as
     ``augment(x, generator=generator)`` (e.g. an :class:`AugmentPipeline` of your own).
 
+    Hooks for trainers built on this loop: ``params`` (parameter groups for the
+    optimiser), ``aux_loss()`` (added to every batch's loss, called after the forward
+    passes, e.g. a feature-matching term fed by forward hooks), ``epoch_start(epoch)``
+    (e.g. freezing BatchNorm statistics), ``epoch_end(epoch, state)`` with a
+    :class:`FitState` (e.g. a checkpoint), and ``resume`` to continue from such a state:
+    the result equals an uninterrupted run's.
+
     Raises:
         DivergedError: a loss was NaN or infinite (checked at the end of every epoch);
             callers add which of their settings to change.
@@ -162,23 +190,31 @@ def fit(
         raise ValueError(f"augment must be callable as augment(x, generator=g), got {augment!r}")
     dsa, pipeline = (DSA("none"), augment) if augment else augmentation(recipe, data.space)
     temperature = resolve_temperature(recipe, data)
-    opt = make_optimizer(model, recipe)
+    opt = make_optimizer(model, recipe, params)
+    base_lrs = [group["lr"] for group in opt.param_groups]
     mix_rng = (
         np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         if recipe.mix != "none"
         else None
     )
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        if mix_rng is not None:
+            mix_rng.bit_generator.state = resume.mix_rng
+        start = resume.epoch
     x_all, y_all = data.images.to(device), data.labels.to(device)
     soft = None if data.soft is None else data.soft.to(device)
     n = len(x_all)
     # NaN/inf losses are counted on the device and checked once per epoch: one sync
     # per epoch instead of one per step, and a diverged run stops before it is used
     bad_steps = torch.zeros((), dtype=torch.int64, device=device)
-    for ep in range(recipe.epochs):
-        lr = epoch_lr(recipe, ep)
-        if lr is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr
+    for ep in range(start, recipe.epochs):
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = epoch_lr(recipe, base, ep)
+        if epoch_start is not None:
+            epoch_start(ep)
         model.train()
         perm = torch.randperm(n, generator=generator).to(device)
         for i in range(0, n, recipe.batch_size):
@@ -202,6 +238,8 @@ def fit(
                 with torch.no_grad():
                     target = teacher(x)
             loss = student_loss(recipe, out, target, y, temperature)
+            if aux_loss is not None:
+                loss = loss + aux_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -213,4 +251,14 @@ def fit(
             )
         if bar is not None:
             bar.update(1)
+        if epoch_end is not None:
+            epoch_end(
+                ep,
+                FitState(
+                    ep + 1,
+                    opt.state_dict(),
+                    generator.get_state(),
+                    None if mix_rng is None else mix_rng.bit_generator.state,
+                ),
+            )
     return model

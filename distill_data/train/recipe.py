@@ -22,6 +22,16 @@ Presets:
 ``teacher``
     How ``distill-data teacher`` trains a BatchNorm teacher on real data: SGD (lr 0.05,
     momentum 0.9, weight decay 5e-4), batch 128, ×0.1 at half, DSA.
+``student``
+    Our default for ``distill-data train``: the teacher recipe's SGD (lr 0.05, momentum
+    0.9, weight decay 5e-4, batch 128) with a cosine schedule and DSA, and Hinton's loss
+    0.9·T²·KL + 0.1·CE at T = 4 (the weighted average of Hinton et al. 2015, §2, with the
+    temperature of the CIFAR distillation baselines); 30 epochs.
+``zsqat``
+    Zero-shot QAT's fine-tune of a quantized teacher on synthetic images alone: KD at
+    T = 4 only (the labels of a data-free set are the teacher's own predictions), SGD lr
+    0.01 with a cosine schedule, batch 64, DSA; our choice of optimiser settings (the
+    ICCV 2025 recipe trains detectors).
 ``polino``
     The student recipe of quantized distillation (Polino, Pascanu & Alistarh, ICLR
     2018, §2 and the official code's ``cifar10_test.py``): SGD with Nesterov momentum
@@ -203,6 +213,26 @@ RECIPES: dict[str, TrainRecipe] = {
     "sre2l": _SRE2L,
     "infer": replace(_SRE2L, batch_size=64),
     "teacher": TrainRecipe(epochs=30, batch_size=128, lr=0.05),
+    "student": TrainRecipe(
+        epochs=30,
+        batch_size=128,
+        lr=0.05,
+        schedule="cosine",
+        decay_at=None,
+        kd="hinton",
+        kd_alpha=0.9,
+        temperature=4.0,
+    ),
+    "zsqat": TrainRecipe(
+        epochs=30,
+        batch_size=64,
+        lr=0.01,
+        schedule="cosine",
+        decay_at=None,
+        kd="hinton",
+        kd_alpha=1.0,
+        temperature=4.0,
+    ),
     "polino": TrainRecipe(
         batch_size=128,
         nesterov=True,

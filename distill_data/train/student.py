@@ -1,0 +1,543 @@
+"""The student trainer: a stored set (or the real training split) plus, optionally,
+teachers in; a small, optionally quantized student out, with its report.
+
+One config (:class:`StudentConfig`: architecture, initialisation, distillation loss,
+quantization), one training recipe (:class:`~distill_data.train.recipe.TrainRecipe`,
+preset ``student`` unless named), one verb (:func:`train_student`). Targets, in order:
+
+* with teachers: their logits (the mean over an ensemble of their softmax outputs,
+  MEAL V2's target) on every augmented batch, the distillation loss the recipe names
+  (``hinton``, ``polino``, ``bdkd``) mixed with cross-entropy on the labels by
+  ``kd_alpha``;
+* without: the stored logits where the set has them (distillation at the stored
+  temperature), else cross-entropy on the labels.
+
+A data-free calibration set (a set made by count, whose labels are only a teacher's
+predictions) needs a teacher. Zero-shot QAT is ``init="teacher"`` on such a set: the
+teacher's own architecture and weights are quantized and fine-tuned on the synthetic
+images alone, distilled from the float teacher (KD at T = 4, plus ``feature_weight``
+times the MSE of every quantized layer's output against the teacher's, as the ICCV 2025
+zero-shot QAT recipe does); no real image is used for training.
+
+Quantization (:mod:`distill_data.quant.qat`): ``qat``, ``lsq``, ``qd``, ``dq``. For
+``qat`` the BatchNorm statistics freeze at ``freeze_bn_at`` of the epochs and the
+activation ranges at ``freeze_observers_at`` (torchvision's QAT reference freezes them
+late in its short fine-tune; Krishnamoorthi's whitepaper after a warm-up). ``dq``
+learns the points (Polino et al., Alg. 2) with its own learning rate ``points_lr``;
+the weights train with them (straight-through, as ``qd``) when the student starts from
+scratch, and stay fixed when it starts from a trained teacher (``dq_weights``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill_data.config import require
+from distill_data.data import RealDataset
+from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
+from distill_data.models import MODELS, build_model, nonfinite_tensors, save_model
+from distill_data.quant.qat import (
+    QUANT_METHODS,
+    LearnedPoints,
+    QuantSpec,
+    float_mode,
+    freeze_batchnorm,
+    freeze_observers,
+    quant_layers,
+    quantize_,
+    weight_bits_report,
+)
+from distill_data.store import checkpoint_path_for, load_checkpoint, save_checkpoint
+from distill_data.train.fit import FitState, TrainData, fit
+from distill_data.train.losses import feature_mse
+from distill_data.train.recipe import TrainRecipe
+
+INITS = ("scratch", "teacher")
+KD_CHOICES = ("hinton", "polino", "bdkd", "none")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """What student to train and how it is quantized.
+
+    Attributes:
+        model: student architecture (registry name); ignored with ``init="teacher"``.
+        width: its width (None: the architecture's default).
+        init: ``scratch`` (fresh weights from ``seed``) or ``teacher`` (a copy of the
+            first teacher: zero-shot QAT / quantization of the teacher itself).
+        quant: ``none`` or one of :data:`~distill_data.quant.qat.QUANT_METHODS`.
+        bits: ``wXaY`` (``qat``/``lsq``) or ``wX`` (the weight-only ``qd``/``dq``).
+        first_last_bits: bits of the first conv and last linear layer (None: like the rest).
+        bucket_size: weights per min/max bucket (``qd``/``dq``; None: one per tensor).
+        stochastic: ``qd`` rounds stochastically.
+        freeze_bn_at, freeze_observers_at: fraction of the epochs after which ``qat``/
+            ``lsq`` freeze the folded BatchNorm statistics and ``qat`` its activation
+            ranges (None: never).
+        points_lr: ``dq``'s learning rate of the points (the official code: 1e-6…1e-5 at
+            CIFAR scale; its gradients sum over every weight assigned to a point).
+        dq_weights: ``dq`` also trains the weights (straight-through, as ``qd``) in the
+            same steps as the points; None: when the student starts from scratch (the
+            points of an untrained network quantize nothing useful), not when it starts
+            from a trained teacher (Polino's Alg. 2 learns the points alone).
+        feature_weight: weight of the feature-MSE term against the teacher (zero-shot QAT).
+        seed: seed of initialisation, shuffling, augmentation and stochastic rounding.
+    """
+
+    model: str = "convnet_bn"
+    width: int | None = None
+    init: str = "scratch"
+    quant: str = "none"
+    bits: str | None = None
+    first_last_bits: int | None = 8
+    bucket_size: int | None = 256
+    stochastic: bool = False
+    freeze_bn_at: float | None = 0.8
+    freeze_observers_at: float | None = 0.9
+    points_lr: float = 1e-4
+    dq_weights: bool | None = None
+    feature_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(
+            self.model in MODELS,
+            f"unknown model {self.model!r}; choose from: {', '.join(MODELS.names())}",
+        )
+        require(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        require(
+            self.quant in ("none", *QUANT_METHODS),
+            f"unknown quant {self.quant!r}; choose from: none, {', '.join(QUANT_METHODS)}",
+        )
+        require(self.width is None or self.width >= 1, f"width must be >= 1, got {self.width}")
+        for name in ("freeze_bn_at", "freeze_observers_at"):
+            v = getattr(self, name)
+            require(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or none, got {v}")
+        require(self.points_lr > 0, f"points_lr must be > 0, got {self.points_lr}")
+        require(self.feature_weight >= 0, "feature_weight must be >= 0")
+        require(
+            self.dq_weights is None or self.quant == "dq", "dq_weights is a setting of quant=dq"
+        )
+        if self.quant == "none":
+            require(self.bits is None, f"bits={self.bits!r} needs a quant method (quant=...)")
+        self.spec()  # bits and the rest make a valid QuantSpec
+
+    def spec(self) -> QuantSpec | None:
+        """The :class:`QuantSpec` of this student (None when it is not quantized)."""
+        if self.quant == "none":
+            return None
+        w_bits, a_bits = parse_student_bits(self.bits, self.quant)
+        return QuantSpec(
+            method=self.quant,
+            w_bits=w_bits,
+            a_bits=a_bits,
+            first_last_bits=self.first_last_bits,
+            bucket_size=self.bucket_size,
+            stochastic=self.stochastic,
+        )
+
+
+def parse_student_bits(bits: str | None, method: str) -> tuple[int, int | None]:
+    """``"w4a4"`` → (4, 4); ``"w2"`` → (2, None) for the weight-only methods. Defaults:
+    w4a4 for ``qat``/``lsq``, w4 for ``qd``/``dq``."""
+    weight_only = method in ("qd", "dq")
+    text = (bits or ("w4" if weight_only else "w4a4")).strip().lower()
+    m = re.fullmatch(r"w(\d+)(?:a(\d+))?", text)
+    if m is None:
+        raise ConfigError(f"bits must look like w4a4 or w2, got {bits!r}")
+    w, a = int(m.group(1)), None if m.group(2) is None else int(m.group(2))
+    if weight_only and a is not None:
+        raise ConfigError(
+            f"{method} quantizes weights only (Polino et al.); give bits as w{w}, not {text}"
+        )
+    if not weight_only and a is None:
+        raise ConfigError(f"{method} quantizes activations too; give bits as w{w}a{w}")
+    return w, a
+
+
+@dataclass
+class StudentData:
+    """The training set of a student run: images (normalised in the data's space),
+    labels, optional stored logits and their temperature, and where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    soft: torch.Tensor | None = None
+    temperature: float | None = None
+    source: str = "real training split"
+    data_free: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _loss_note(recipe: TrainRecipe, teachers: int, data: StudentData) -> str:
+    if teachers:
+        ens = f"the mean of {teachers} teachers' softmax" if teachers > 1 else "the teacher"
+        return f"{recipe.kd} KD from {ens} on every augmented batch (kd_alpha {recipe.kd_alpha})"
+    if data.soft is not None and recipe.kd != "none":
+        return f"{recipe.kd} KD from the stored logits"
+    return "cross-entropy on the labels"
+
+
+class _Ensemble(nn.Module):
+    """Several teachers as one target: the log of the mean of their softmax outputs
+    (MEAL V2's target; a KD loss's log_softmax of it gives back the mean probabilities
+    at T = 1 and a sharpened average at other temperatures)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logs = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
+        return torch.logsumexp(logs, dim=0) - math.log(len(self.members))
+
+
+@torch.no_grad()
+def test_logits(model: nn.Module, data: RealDataset, device: torch.device) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(data.x_test), 500):
+        out.append(model(data.normalize(data.x_test[i : i + 500]).to(device)).cpu())
+    return torch.cat(out)
+
+
+def _top1(logits: torch.Tensor, data: RealDataset) -> float:
+    return 100.0 * int((logits.argmax(1) == data.y_test).sum()) / len(data.y_test)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if not n.endswith(("step", "points")))
+
+
+def train_student(
+    data: RealDataset,
+    train: StudentData,
+    cfg: StudentConfig,
+    recipe: TrainRecipe,
+    out: str | os.PathLike,
+    *,
+    teachers: list[nn.Module] | None = None,
+    teacher_meta: dict | None = None,
+    device: torch.device | str = "cpu",
+    quiet: bool = False,
+    resume: bool = False,
+    log: Any = None,
+) -> dict:
+    """Train a student on ``train`` as ``cfg`` and ``recipe`` say, save it to ``out``
+    (a quantized student file, or a network file when not quantized) and return the
+    report (see the module docstring). Resumable from ``out``'s checkpoint.
+
+    Raises:
+        ConfigError: a data-free set without a teacher, ``init="teacher"`` without one,
+            or a checkpoint from other settings.
+        DivergedError: the loss became NaN (nothing is saved).
+    """
+    device = torch.device(device)
+    teachers = [t.to(device).eval() for t in (teachers or [])]
+    for t in teachers:
+        for p in t.parameters():
+            p.requires_grad_(False)
+    if train.data_free and not teachers:
+        raise ConfigError(
+            "a data-free calibration set has no ground-truth labels, only a teacher's "
+            f"predictions: pass the teacher ({opt('teacher', 'T.pt')})"
+        )
+    if cfg.init == "teacher" and not teachers:
+        raise ConfigError(f"init=teacher needs a teacher ({opt('teacher', 'T.pt')})")
+    if cfg.feature_weight > 0 and not teachers:
+        raise ConfigError("feature_weight > 0 matches a teacher's features: pass a teacher")
+    spec = cfg.spec()
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.init == "teacher":
+        student = copy.deepcopy(teachers[0]).cpu()
+        for p in student.parameters():
+            p.requires_grad_(True)
+        if not hasattr(student, "arch"):
+            raise ConfigError("init=teacher needs a teacher built by distill-data (a .pt file)")
+    else:
+        opts = {} if cfg.width is None else {"width": cfg.width}
+        student = build_model(
+            cfg.model, data.channels, data.num_classes, data.im_size, generator=g, **opts
+        )
+    float_params = _params(student)
+    if spec is not None:
+        quantize_(student, spec)
+        for q in quant_layers(student).values():
+            if hasattr(q.wq, "generator"):  # qd's stochastic rounding, seeded
+                q.wq.generator = torch.Generator().manual_seed(cfg.seed + 1)
+    student.to(device)
+    params = _param_groups(student, cfg)
+    teacher = None if not teachers else teachers[0] if len(teachers) == 1 else _Ensemble(teachers)
+    aux, remove_hooks = _feature_term(student, teachers[0], cfg) if cfg.feature_weight else (
+        None, lambda: None)  # fmt: skip
+
+    out = Path(out)
+    ckpt = checkpoint_path_for(out)
+    signature = {
+        "config": repr(sorted(asdict(cfg).items())),
+        "recipe": repr(sorted(asdict(recipe).items())),
+        "data": train.source,
+        "n": len(train.images),
+        "teachers": len(teachers),
+    }
+    state = None
+    if resume and ckpt.exists():
+        payload = load_checkpoint(ckpt)
+        if payload.get("signature") != signature:
+            raise ConfigError(
+                f"checkpoint {ckpt} was made with other settings; rerun without "
+                f"{opt('resume', True)} to start over"
+            )
+        try:
+            student.load_state_dict(payload["model"])
+            state = FitState(**payload["fit"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise StoreError(f"checkpoint {ckpt} does not fit this run ({e}); delete it") from None
+        for q in quant_layers(student).values():  # freezing is not in the state dict
+            q.bn_frozen = bool(payload["frozen"].get("bn")) and q.bn is not None
+        if payload["frozen"].get("observers"):
+            freeze_observers(student)
+        if log:
+            log(f"resuming from epoch {state.epoch} ({ckpt})")
+
+    frozen = {"bn": False, "observers": False}
+
+    def epoch_start(ep: int) -> None:
+        if spec is None:
+            return
+        if cfg.freeze_bn_at is not None and ep >= int(cfg.freeze_bn_at * recipe.epochs):
+            if not frozen["bn"]:
+                freeze_batchnorm(student)
+                frozen["bn"] = True
+        if cfg.freeze_observers_at is not None and ep >= int(
+            cfg.freeze_observers_at * recipe.epochs
+        ):
+            if not frozen["observers"]:
+                freeze_observers(student)
+                frozen["observers"] = True
+
+    def epoch_end(ep: int, fit_state: FitState) -> None:
+        if ep + 1 < recipe.epochs:
+            save_checkpoint(
+                ckpt,
+                {
+                    "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                    "fit": asdict(fit_state),
+                    "frozen": dict(frozen),
+                    "signature": signature,
+                },
+            )
+
+    t0 = time.perf_counter()
+    start_epoch = 0 if state is None else state.epoch
+    try:
+        with tqdm(
+            total=recipe.epochs,
+            initial=start_epoch,
+            desc=f"student {cfg.model if cfg.init == 'scratch' else 'from teacher'}"
+            + ("" if spec is None else f" {spec.method} {spec.tag}"),
+            disable=quiet,
+            dynamic_ncols=True,
+        ) as bar:
+            fit(
+                student,
+                TrainData(train.images, train.labels, train.soft, train.temperature, space=data),
+                recipe,
+                generator=g,
+                teacher=teacher,
+                bar=bar,
+                params=params,
+                aux_loss=aux,
+                epoch_start=epoch_start,
+                epoch_end=epoch_end,
+                resume=state,
+            )
+    except DivergedError as e:
+        raise DivergedError(
+            f"student {e}; lower {setting('lr', float(f'{recipe.lr / 10:g}'))} (now {recipe.lr:g})"
+        ) from None
+    finally:
+        remove_hooks()
+    seconds = time.perf_counter() - t0
+    epochs_run = recipe.epochs - start_epoch
+    student.eval()
+    bad = nonfinite_tensors(student)
+    if bad:
+        raise DivergedError(f"the student's {', '.join(bad[:3])} became NaN; lower the lr")
+    logits = test_logits(student, data, device)
+    report: dict = {
+        "student": {
+            "model": student.arch,
+            "config": {k: v for k, v in student.config.items() if k != "im_size"},
+            "parameters": float_params,
+        },
+        "data": {"source": train.source, "images": len(train.images), **train.extra},
+        "loss": _loss_note(recipe, len(teachers), train),
+        "test_accuracy": _top1(logits, data),
+        "train_seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / max(1, epochs_run), 3),
+        "epochs": recipe.epochs,
+    }
+    if teachers:
+        t_logits = test_logits(teacher, data, device)
+        report["teacher"] = {
+            "count": len(teachers),
+            "test_accuracy": _top1(t_logits, data),
+            "parameters": sum(_params(t) for t in teachers),
+        }
+    meta = {
+        "dataset": data.name,
+        "dataset_source": data.source,
+        "dataset_fingerprint": data.fingerprint,
+        "input_shape": [data.channels, *data.im_size],
+        "classes": list(data.classes),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "test_accuracy": report["test_accuracy"],
+        "student_config": asdict(cfg),
+        "train_recipe": asdict(recipe),
+        **({"teacher": teacher_meta} if teacher_meta else {}),
+    }
+    if spec is None:
+        save_model(student.cpu(), out, meta=meta)
+        tensors = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+        report["file_bytes"] = out.stat().st_size
+        report["payload_bytes"] = tensors
+        report["fp32_bytes"] = 4 * float_params
+    else:
+        from distill_data.quant.student import load_student, save_student, student_summary
+
+        with float_mode(student):
+            report["float_test_accuracy"] = _top1(test_logits(student, data, device), data)
+        report["quant"] = {**asdict(spec), "layers": weight_bits_report(student)}
+        payload = save_student(student.cpu(), spec, out, meta=meta)
+        summary = student_summary(payload)
+        loaded, _ = load_student(out)
+        again = test_logits(loaded.to(device), data, device)
+        report["integer_student"] = {
+            "file": str(out),
+            "file_bytes": out.stat().st_size,
+            "payload_bytes": summary["bytes"],
+            "fp32_bytes": summary["fp32_bytes"],
+            "compression": summary["compression"],
+            "test_accuracy": _top1(again, data),
+            "top1_agreement_with_fake_quant": 100.0
+            * float((again.argmax(1) == logits.argmax(1)).float().mean()),
+            "max_abs_logit_difference": float((again - logits).abs().max()),
+        }
+    ckpt.unlink(missing_ok=True)
+    return report
+
+
+def _param_groups(student: nn.Module, cfg: StudentConfig) -> list[dict] | None:
+    """``dq``: the points at ``points_lr`` (no weight decay), plus the weights when they
+    train too (``dq_weights``); otherwise every parameter in one group."""
+    if cfg.quant != "dq":
+        return None
+    points = [m.points for m in student.modules() if isinstance(m, LearnedPoints)]
+    ids = {id(p) for p in points}
+    groups: list[dict] = [{"params": points, "lr": cfg.points_lr, "weight_decay": 0.0}]
+    rest = [p for p in student.parameters() if id(p) not in ids]
+    weights = cfg.dq_weights if cfg.dq_weights is not None else cfg.init == "scratch"
+    if weights:
+        groups.append({"params": rest})
+    else:
+        for p in rest:
+            p.requires_grad_(False)
+    return groups
+
+
+def _feature_term(student: nn.Module, teacher: nn.Module, cfg: StudentConfig):
+    """``feature_weight`` × the mean MSE of every quantized layer's output against the
+    teacher's output at the same place (after its BatchNorm where the student folded
+    it), collected by forward hooks; returns (aux_loss, remove_hooks)."""
+    layers = quant_layers(student)
+    if not layers:
+        raise ConfigError("feature_weight needs a quantized student (quant=...)")
+    t_modules = dict(teacher.named_modules())
+    s_feats: dict[str, torch.Tensor] = {}
+    t_feats: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, q in layers.items():
+        target = name
+        if q.bn is not None:  # the teacher's BatchNorm after this conv
+            bn_name = next((n for n, m in t_modules.items() if m is q.bn), None)
+            target = bn_name or name
+        if target not in t_modules:
+            continue
+        handles.append(q.register_forward_hook(lambda m, a, o, n=name: s_feats.__setitem__(n, o)))
+        handles.append(
+            t_modules[target].register_forward_hook(
+                lambda m, a, o, n=name: t_feats.__setitem__(n, o.detach())
+            )
+        )
+
+    def aux() -> torch.Tensor:
+        names = [n for n in s_feats if n in t_feats]
+        loss = feature_mse([s_feats[n] for n in names], [t_feats[n] for n in names])
+        s_feats.clear()
+        t_feats.clear()
+        return cfg.feature_weight * loss
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+
+    return aux, remove
+
+
+def student_recipe(name: str, overrides: dict | None, kd: str | None) -> TrainRecipe:
+    """The preset ``name`` with ``--set`` overrides and the ``kd`` choice applied (each
+    loss at its paper's weight and temperature unless the overrides set them)."""
+    from distill_data.train.recipe import get_recipe
+
+    recipe = get_recipe(name)
+    if kd is not None:
+        if kd not in KD_CHOICES:
+            raise ConfigError(f"unknown kd {kd!r}; choose from: {', '.join(KD_CHOICES)}")
+        defaults = {"polino": (0.7, 2.0), "hinton": (0.9, 4.0), "bdkd": (0.9, 4.0)}
+        alpha, temp = defaults.get(kd, (recipe.kd_alpha, recipe.temperature))
+        recipe = replace(recipe, kd=kd, kd_alpha=alpha, temperature=temp)
+    return recipe.with_settings(overrides)
+
+
+def format_student_report(report: dict) -> str:
+    """Human-readable summary lines of a student report."""
+    st = report["student"]
+    lines = [
+        f"student {st['model']} ({st['parameters']:,} parameters) on {report['data']['source']}"
+        f" ({report['data']['images']} images): {report['loss']}, {report['epochs']} epochs, "
+        f"{report['seconds_per_epoch']:.2f} s/epoch"
+    ]
+    if "teacher" in report:
+        t = report["teacher"]
+        lines.append(
+            f"  teacher          {t['test_accuracy']:6.2f} %   ({t['parameters']:,} params)"
+        )
+    if "quant" not in report:
+        lines.append(
+            f"  student          {report['test_accuracy']:6.2f} %   (float, "
+            f"{report['payload_bytes']:,} bytes of tensors)"
+        )
+        return "\n".join(lines)
+    q, integer = report["quant"], report["integer_student"]
+    tag = f"w{q['w_bits']}" + ("" if q["a_bits"] is None else f"a{q['a_bits']}")
+    lines.append(f"  student float    {report['float_test_accuracy']:6.2f} %")
+    lines.append(
+        f"  student {q['method'] + ' ' + tag:<9}{report['test_accuracy']:6.2f} %   (integer file "
+        f"{integer['file_bytes']:,} bytes, {integer['compression']:.2f}x smaller than fp32; "
+        f"it predicts as trained on {integer['top1_agreement_with_fake_quant']:.2f} % of the "
+        "test images)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""`distill-data train` / dd.train: students from real data or stored sets, distilled
+from teachers, quantized four ways; the saved integer student predicts as trained; every
+error path is one line; a killed run resumes to the same student."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from test_cli import assert_one_error_line
+
+import distill_data as dd
+from distill_data.errors import ConfigError
+from distill_data.models import load_model
+from distill_data.quant.student import load_student
+from distill_data.train.fit import fit as real_fit_function
+from distill_data.train.student import StudentConfig, _Ensemble, parse_student_bits
+
+# ``distill_data.train`` is the dd.train function at the package level; the module by name
+STUDENT_MODULE = importlib.import_module("distill_data.train.student")
+TINY = ["--set", "width=4", "--epochs", 2, "-q"]
+
+
+@pytest.mark.parametrize(
+    "quant, bits",
+    [("none", None), ("qat", "w4a4"), ("lsq", "w3a4"), ("qd", "w2"), ("dq", "w2")],
+)
+def test_train_every_mode_from_real_data_with_a_teacher(
+    run_cli, tiny_npz, teacher_file, tmp_path, quant, bits
+):
+    out, rep = tmp_path / "s.pt", tmp_path / "s.json"
+    args = ["train", "-d", tiny_npz, "--teacher", teacher_file, "--quant", quant, "--out", out,
+            "--json", rep, *TINY, *(["--bits", bits] if bits else [])]  # fmt: skip
+    code, stdout, err = run_cli(*args)
+    assert code == 0, err
+    report = json.loads(rep.read_text())
+    assert report["kind"] == "distill-data student" and report["epochs"] == 2
+    assert report["teacher"]["count"] == 1 and "hinton KD from the teacher" in report["loss"]
+    assert report["seconds_per_epoch"] > 0 and 0 <= report["test_accuracy"] <= 100
+    if quant == "none":
+        model, meta = load_model(out)
+        assert meta["student_config"]["quant"] == "none"
+        return
+    integer = report["integer_student"]
+    assert integer["top1_agreement_with_fake_quant"] == 100.0
+    assert integer["max_abs_logit_difference"] == 0.0
+    assert integer["test_accuracy"] == report["test_accuracy"]
+    assert report["quant"]["method"] == quant and "float_test_accuracy" in report
+    model, payload = load_student(out)
+    assert payload["meta"]["classes"] and payload["spec"]["method"] == quant
+    assert "predicts as trained on 100.00 %" in stdout
+
+
+def test_train_from_a_stored_set_uses_its_labels_and_logits(run_cli, tiny_npz, teacher_file,
+                                                            tmp_path):  # fmt: skip
+    soft = tmp_path / "sre2l.h5"
+    dd.build(str(tiny_npz), "sre2l", 2, soft, teacher=teacher_file, quiet=True,
+             options={"iterations": 2})  # fmt: skip
+    hard = tmp_path / "herding.h5"
+    dd.build(str(tiny_npz), "herding", 2, hard, quiet=True)
+    r = dd.train(str(tiny_npz), tmp_path / "a.pt", data=soft, width=4, options={"epochs": 1},
+                 quiet=True)  # fmt: skip
+    assert r["loss"] == "hinton KD from the stored logits" and r["data"]["images"] == 6
+    assert r["data"]["generator"] == "sre2l"
+    r = dd.train(None, tmp_path / "b.pt", data=hard, width=4, options={"epochs": 1},
+                 quiet=True)  # fmt: skip
+    assert r["loss"] == "cross-entropy on the labels" and r["dataset"] == "tiny.npz"
+
+
+def test_zero_shot_qat_from_a_data_free_set(run_cli, tiny_npz, teacher_file, tmp_path,
+                                            monkeypatch):  # fmt: skip
+    calib = tmp_path / "zeroq.h5"
+    dd.build(None, "zeroq", None, calib, teacher=teacher_file, count=8, quiet=True,
+             options={"iterations": 2, "batch_size": 8})  # fmt: skip
+    out = tmp_path / "zs.pt"
+    res = run_cli("train", "--data", calib, "--out", out, "--quant", "lsq", "--bits", "w4a4",
+                  "-d", tiny_npz)  # fmt: skip
+    assert_one_error_line(*res)
+    assert "data-free calibration set" in res[2] and "--teacher" in res[2]
+    seen = []
+    real_fit = real_fit_function
+
+    def spy(model, data, recipe, **kw):
+        seen.append(data.images)
+        return real_fit(model, data, recipe, **kw)
+
+    monkeypatch.setattr(STUDENT_MODULE, "fit", spy)
+    r = dd.train(str(tiny_npz), out, data=calib, teacher=teacher_file, init="teacher",
+                 quant="lsq", bits="w4a4", recipe="zsqat", feature_weight=1.0,
+                 options={"epochs": 2}, quiet=True)  # fmt: skip
+    assert len(seen) == 1 and len(seen[0]) == 8  # trained on the 8 synthetic images only
+    assert r["data"]["count"] == 8 and r["integer_student"]["max_abs_logit_difference"] == 0.0
+    assert r["student"]["parameters"] == r["teacher"]["parameters"]  # the teacher itself
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--model", "vit"], "'vit' is not one of"),
+        (["--quant", "lsq", "--bits", "w9a9"], "w_bits must be an integer from 2 to 8"),
+        (["--quant", "qd", "--bits", "w4a4"], "quantizes weights only"),
+        (["--bits", "w4a4"], "needs a quant method"),
+        (["--set", "init=teacher"], "init=teacher needs a teacher"),
+        (["--set", "nope=1"], "unknown setting nope"),
+        (["--kd", "crd"], "'crd' is not one of"),
+        (["--set", "lr=nan"], "lr must be a finite number"),
+    ],
+)
+def test_train_error_paths_are_one_line(run_cli, tiny_npz, tmp_path, extra, needle):
+    out = tmp_path / "s.pt"
+    res = run_cli("train", "-d", tiny_npz, "--out", out, *extra)
+    assert_one_error_line(*res)
+    assert needle in res[2], res[2]
+    assert not out.exists()
+
+
+def test_a_teacher_for_other_data_is_refused(run_cli, teacher_file, make_npz, tmp_path):
+    other = make_npz("four.npz", classes=4)
+    res = run_cli("train", "-d", other, "--teacher", teacher_file, "--out", tmp_path / "s.pt")
+    assert_one_error_line(*res)
+    assert "predicts 3 classes" in res[2]
+    bigger = make_npz("big.npz", size=(12, 12))
+    res = run_cli("train", "-d", bigger, "--teacher", teacher_file, "--out", tmp_path / "s.pt")
+    assert_one_error_line(*res)
+    assert "1x10x10 inputs" in res[2]
+
+
+def test_a_killed_run_resumes_to_the_same_student(tiny_npz, teacher_file, tmp_path,
+                                                  monkeypatch):  # fmt: skip
+    kw = {"teacher": teacher_file, "quant": "qat", "bits": "w4a4", "width": 4, "quiet": True,
+          "options": {"epochs": 3}}  # fmt: skip
+    whole = tmp_path / "whole.pt"
+    dd.train(str(tiny_npz), whole, **kw)
+    part = tmp_path / "part.pt"
+    real_fit = real_fit_function
+
+    def dying(model, data, recipe, *, epoch_end, **rest):
+        def end(ep, state):
+            epoch_end(ep, state)
+            if ep == 1:
+                raise KeyboardInterrupt
+
+        return real_fit(model, data, recipe, epoch_end=end, **rest)
+
+    monkeypatch.setattr(STUDENT_MODULE, "fit", dying)
+    with pytest.raises(KeyboardInterrupt):
+        dd.train(str(tiny_npz), part, **kw)
+    assert not part.exists() and (tmp_path / "part.pt.ckpt.pt").exists()
+    monkeypatch.setattr(STUDENT_MODULE, "fit", real_fit)
+    dd.train(str(tiny_npz), part, resume=True, **kw)
+    a, b = load_student(whole)[0], load_student(part)[0]
+    x = torch.randn(6, 1, 10, 10)
+    assert torch.equal(a(x), b(x))
+    assert not (tmp_path / "part.pt.ckpt.pt").exists()
+
+
+def test_a_lent_teacher_module_is_not_changed(tiny_npz, teacher_file, tmp_path):
+    net, _ = load_model(teacher_file)
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    dd.train(str(tiny_npz), tmp_path / "s.pt", teacher=net, quant="lsq", init="teacher",
+             options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_ensemble_target_and_bits_parsing():
+    t = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    ens = _Ensemble([t, t])
+    torch.testing.assert_close(ens(x).softmax(1), t(x).softmax(1))
+    assert parse_student_bits(None, "qd") == (4, None)
+    assert parse_student_bits("W2A8", "lsq") == (2, 8)
+    with pytest.raises(ConfigError, match="quantizes activations too"):
+        parse_student_bits("w4", "qat")
+    with pytest.raises(ConfigError, match="must look like"):
+        parse_student_bits("4bit", "qat")
+    with pytest.raises(ConfigError, match="dq_weights is a setting of quant=dq"):
+        StudentConfig(dq_weights=True)
