@@ -607,12 +607,38 @@ def train(
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def inspect(store, as_json) -> None:
-    """Show what STORE holds: generator, settings, dataset, shapes."""
+    """Show what STORE holds: a synthetic set (generator, settings, dataset, shapes), or a
+    student or teacher file from `distill-data train` / `teacher` (bits per layer, bytes,
+    compression against fp32)."""
+    from distill_data.paths import file_kind
+
+    path = Path(store)
+    if path.is_file() and file_kind(path) == "model":
+        info, rows = _network_info(path)
+    else:
+        info, rows = _store_info(store), []
+    if as_json:
+        click.echo(json.dumps({**info, **({"layers": rows} if rows else {})}, indent=2))
+        return
+    for k, v in info.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+        click.echo(f"{k:>20}: {v}")
+    if rows:
+        click.echo(f"{'layer':>20}  kind         bits   weights      bytes")
+        for r in rows:
+            click.echo(
+                f"{r['layer']:>20}  {r['kind']:<12} {r['bits']:>4} {r['weights']:>9,} "
+                f"{r['bytes']:>10,}"
+            )
+
+
+def _store_info(store: str) -> dict:
     from distill_data.store import read_store
 
     s = read_store(store)
     m = s.meta
-    info = {
+    return {
         "path": store,
         "images": list(s.images.shape),
         "labels_per_class": [int((s.labels == c).sum()) for c in range(len(m.classes))],
@@ -633,13 +659,52 @@ def inspect(store, as_json) -> None:
         "created": m.created,
         "extra_keys": sorted(m.extra),
     }
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    for k, v in info.items():
-        if k == "config":
-            v = ", ".join(f"{a}={b}" for a, b in v.items())
-        click.echo(f"{k:>20}: {v}")
+
+
+def _network_info(path: Path) -> tuple[dict, list[dict]]:
+    """A student file's summary and per-layer rows, or a float network file's facts."""
+    import torch
+
+    from distill_data.models import load_model
+    from distill_data.quant.student import STUDENT_FORMAT, load_student, student_summary
+
+    try:
+        head = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_model below gives the precise message
+        head = None
+    if isinstance(head, dict) and head.get("format") == STUDENT_FORMAT:
+        _, payload = load_student(path)  # validates that it deploys
+        summary = student_summary(payload)
+        meta = payload["meta"]
+        info = {
+            "path": str(path),
+            "kind": "quantized student",
+            "arch": payload["arch"],
+            "quantization": {k: v for k, v in payload["spec"].items() if v is not None},
+            "parameters": summary["parameters"],
+            "bytes": summary["bytes"],
+            "code_bytes": summary["code_bytes"],
+            "fp32_bytes": summary["fp32_bytes"],
+            "compression": f"{summary['compression']}x",
+            "dataset": meta.get("dataset"),
+            "test_accuracy": meta.get("test_accuracy"),
+            "file_bytes": path.stat().st_size,
+        }
+        return info, summary["layers"]
+    model, meta = load_model(path)
+    params = sum(p.numel() for p in model.parameters())
+    info = {
+        "path": str(path),
+        "kind": "network (float)",
+        "arch": model.arch,
+        "config": {k: v for k, v in model.config.items() if k != "im_size"},
+        "parameters": params,
+        "fp32_bytes": 4 * params,
+        "dataset": meta.get("dataset"),
+        "test_accuracy": meta.get("test_accuracy"),
+        "file_bytes": path.stat().st_size,
+    }
+    return info, []
 
 
 @cli.command()

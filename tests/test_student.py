@@ -179,3 +179,19 @@ def test_ensemble_target_and_bits_parsing():
         parse_student_bits("4bit", "qat")
     with pytest.raises(ConfigError, match="dq_weights is a setting of quant=dq"):
         StudentConfig(dq_weights=True)
+
+
+def test_inspect_shows_bits_bytes_and_compression(run_cli, tiny_npz, teacher_file, tmp_path):
+    out = tmp_path / "s.pt"
+    code, _, err = run_cli("train", "-d", tiny_npz, "--teacher", teacher_file, "--quant", "qd",
+                           "--bits", "w2", "--out", out, *TINY)  # fmt: skip
+    assert code == 0, err
+    code, text, err = run_cli("inspect", out)
+    assert code == 0, err
+    assert "quantized student" in text and "compression" in text and "bucket" in text
+    code, text, _ = run_cli("inspect", out, "--json")
+    info = json.loads(text)
+    assert {r["bits"] for r in info["layers"]} == {2, 8}
+    assert info["bytes"] < info["fp32_bytes"]
+    code, text, _ = run_cli("inspect", teacher_file)
+    assert code == 0 and "network (float)" in text
