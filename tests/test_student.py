@@ -195,3 +195,41 @@ def test_inspect_shows_bits_bytes_and_compression(run_cli, tiny_npz, teacher_fil
     assert info["bytes"] < info["fp32_bytes"]
     code, text, _ = run_cli("inspect", teacher_file)
     assert code == 0 and "network (float)" in text
+
+
+def test_dq_allocation_moves_points_by_gradient_norm_and_keeps_the_total(tiny_npz, tmp_path):
+    r = dd.train(str(tiny_npz), tmp_path / "s.pt", model="resnet", width=4, quant="dq",
+                 bits="w2", dq_allocate=True, options={"epochs": 1}, quiet=True)  # fmt: skip
+    alloc = r["quant"]["points_allocation"]
+    before = [b for b, _, _ in alloc.values()]
+    after = [a for _, a, _ in alloc.values()]
+    assert len(alloc) >= 10 and set(before) == {4}  # the body at 2 bits, first/last apart
+    assert sum(after) == sum(before) and min(after) >= 2  # total kept, half as a floor
+    norms = [n for _, _, n in alloc.values()]
+    most, least = norms.index(max(norms)), norms.index(min(norms))
+    assert after[most] >= after[least]
+    _, payload = load_student(tmp_path / "s.pt")
+    points = {n: layer["weight"]["points"].numel() for n, layer in payload["layers"].items()}
+    assert all(points[n] == a for n, (_, a, _) in alloc.items())
+
+
+def test_qd_updates_the_shadow_weights_while_the_used_weights_stay_on_the_grid(tiny_npz):
+    from distill_data.models import build_model
+    from distill_data.quant.qat import QuantSpec, quant_layers, quantize_
+    from distill_data.train import TrainData, TrainRecipe, fit
+
+    data = dd.data.load_dataset(tiny_npz)
+    torch.manual_seed(0)
+    spec = QuantSpec(method="qd", w_bits=2, a_bits=None, first_last_bits=None)
+    student = quantize_(build_model("convnet_bn", 1, 3, (10, 10), width=4), spec)
+    q = quant_layers(student)["features.4"]
+    shadow_before = q.layer.weight.detach().clone()
+    train = TrainData(data.normalize(data.x_train), data.y_train, space=data)
+    recipe = TrainRecipe(epochs=2, batch_size=6, augment="none")
+    fit(student, train, recipe, generator=torch.Generator())
+    shadow = q.layer.weight.detach()
+    assert not torch.equal(shadow, shadow_before)  # the update lands on the float weights
+    used = q.wq(shadow).reshape(-1)
+    assert not torch.equal(used, shadow.reshape(-1))
+    for bucket in used.split(256):  # ... and what the layer computes with has 4 levels
+        assert bucket.unique().numel() <= 4

@@ -91,6 +91,9 @@ class StudentConfig:
             same steps as the points; None: when the student starts from scratch (the
             points of an untrained network quantize nothing useful), not when it starts
             from a trained teacher (Polino's Alg. 2 learns the points alone).
+        dq_allocate: ``dq`` redistributes the points across layers by the norm of each
+            layer's gradient (Polino §3; 5 cross-entropy minibatches, half of each
+            layer's points kept as a floor, the total number of points preserved).
         feature_weight: weight of the feature-MSE term against the teacher (zero-shot QAT).
         seed: seed of initialisation, shuffling, augmentation and stochastic rounding.
     """
@@ -107,6 +110,7 @@ class StudentConfig:
     freeze_observers_at: float | None = 0.9
     points_lr: float = 1e-4
     dq_weights: bool | None = None
+    dq_allocate: bool = False
     feature_weight: float = 0.0
     seed: int = 0
 
@@ -129,6 +133,7 @@ class StudentConfig:
         require(
             self.dq_weights is None or self.quant == "dq", "dq_weights is a setting of quant=dq"
         )
+        require(not self.dq_allocate or self.quant == "dq", "dq_allocate is a setting of quant=dq")
         if self.quant == "none":
             require(self.bits is None, f"bits={self.bits!r} needs a quant method (quant=...)")
         self.spec()  # bits and the rest make a valid QuantSpec
@@ -277,6 +282,7 @@ def train_student(
             if hasattr(q.wq, "generator"):  # qd's stochastic rounding, seeded
                 q.wq.generator = torch.Generator().manual_seed(cfg.seed + 1)
     student.to(device)
+    allocation = _allocate_points(student, train, recipe, cfg, device) if cfg.dq_allocate else None
     params = _param_groups(student, cfg)
     teacher = None if not teachers else teachers[0] if len(teachers) == 1 else _Ensemble(teachers)
     aux, remove_hooks = _feature_term(student, teachers[0], cfg) if cfg.feature_weight else (
@@ -421,6 +427,8 @@ def train_student(
         with float_mode(student):
             report["float_test_accuracy"] = _top1(test_logits(student, data, device), data)
         report["quant"] = {**asdict(spec), "layers": weight_bits_report(student)}
+        if allocation is not None:
+            report["quant"]["points_allocation"] = allocation
         payload = save_student(student.cpu(), spec, out, meta=meta)
         summary = student_summary(payload)
         loaded, _ = load_student(out)
@@ -438,6 +446,61 @@ def train_student(
         }
     ckpt.unlink(missing_ok=True)
     return report
+
+
+def _allocate_points(
+    student: nn.Module,
+    train: StudentData,
+    recipe: TrainRecipe,
+    cfg: StudentConfig,
+    device: torch.device,
+) -> dict:
+    """Polino's bit allocation for ``dq``: the gradient norm of each quantized layer's
+    weight, averaged over 5 cross-entropy minibatches (a generator of its own, so the
+    training draws do not change), redistributes the points (total preserved, half of
+    each layer's points as a floor); each layer's points are re-initialised at the
+    quantiles of its weights. Only layers at the student's bit width take part (the first
+    and last at ``first_last_bits`` keep theirs). Returns ``{layer: [points before, after,
+    gradient norm]}``."""
+    from distill_data.quant.fakequant import allocate_bits, quantile_points
+
+    body = cfg.spec().w_bits  # first/last layers kept at first_last_bits are not traded
+    layers = {
+        n: q
+        for n, q in quant_layers(student).items()
+        if isinstance(q.wq, LearnedPoints) and q.spec.w_bits == body
+    }
+    weights = [q.layer.weight for q in layers.values()]
+    flags = [w.requires_grad for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    sums = [torch.zeros_like(w) for w in weights]
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    perm = torch.randperm(len(train.images), generator=g)
+    student.train()
+    for i in range(5):
+        idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+        if len(idx) == 0:
+            break
+        x, y = train.images[idx].to(device), train.labels[idx].to(device)
+        grads = torch.autograd.grad(F.cross_entropy(student(x), y), weights, allow_unused=True)
+        for acc, gr in zip(sums, grads):
+            if gr is not None:
+                acc += gr
+    for w, flag in zip(weights, flags):
+        w.requires_grad_(flag)
+    norms = [float((acc / 5).norm()) for acc in sums]
+    before = [q.wq.points.numel() for q in layers.values()]
+    after = allocate_bits(norms, before, unit="points")
+    if max(after) > 256:
+        raise ConfigError(
+            f"the allocation gives a layer {max(after)} points, more than 8-bit codes hold; "
+            "use fewer bits with dq_allocate"
+        )
+    for q, n in zip(layers.values(), after):
+        pts = quantile_points(q.layer.weight.detach(), num_points=n, bucket_size=q.wq.bucket_size)
+        q.wq.points = nn.Parameter(pts.float().to(q.wq.points.device))
+    return {name: [b, a, round(gn, 6)] for name, b, a, gn in zip(layers, before, after, norms)}
 
 
 def _param_groups(student: nn.Module, cfg: StudentConfig) -> list[dict] | None:
