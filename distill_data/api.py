@@ -449,7 +449,7 @@ def train(
     store_path = None if data is None or isinstance(data, SyntheticSet) else data
     check_outputs(
         [(out, "model"), (checkpoint_path_for(out), "checkpoint")],
-        reads=[dataset, store_path, *teachers],
+        reads=[dataset, store_path, *teachers, cfg.init if cfg.init.endswith(".pt") else None],
         force=force,
     )
     synset = read_store(data) if store_path is not None else data

@@ -233,3 +233,17 @@ def test_qd_updates_the_shadow_weights_while_the_used_weights_stay_on_the_grid(t
     assert not torch.equal(used, shadow.reshape(-1))
     for bucket in used.split(256):  # ... and what the layer computes with has 4 levels
         assert bucket.unique().numel() <= 4
+
+
+def test_a_student_can_start_from_a_network_file(tiny_npz, teacher_file, tmp_path):
+    float_student = tmp_path / "float.pt"
+    dd.train(str(tiny_npz), float_student, width=4, options={"epochs": 1}, quiet=True)
+    r = dd.train(str(tiny_npz), tmp_path / "dq.pt", teacher=teacher_file, quant="dq", bits="w2",
+                 init=str(float_student), options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert r["student"]["config"]["width"] == 4
+    model, _ = load_model(float_student)
+    with pytest.raises(ConfigError, match="refusing to write"):
+        dd.train(str(tiny_npz), float_student, init=str(float_student), quant="dq",
+                 options={"epochs": 1}, quiet=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="no such network file"):
+        dd.train(str(tiny_npz), tmp_path / "x.pt", init="missing.pt", quiet=True)

@@ -75,8 +75,10 @@ class StudentConfig:
     Attributes:
         model: student architecture (registry name); ignored with ``init="teacher"``.
         width: its width (None: the architecture's default).
-        init: ``scratch`` (fresh weights from ``seed``) or ``teacher`` (a copy of the
-            first teacher: zero-shot QAT / quantization of the teacher itself).
+        init: ``scratch`` (fresh weights from ``seed``), ``teacher`` (a copy of the
+            first teacher: zero-shot QAT / quantization of the teacher itself), or the
+            path of a network file (``distill-data teacher`` / a float ``train`` output)
+            to start from, e.g. a distilled float student that ``dq`` then quantizes.
         quant: ``none`` or one of :data:`~distill_data.quant.qat.QUANT_METHODS`.
         bits: ``wXaY`` (``qat``/``lsq``) or ``wX`` (the weight-only ``qd``/``dq``).
         first_last_bits: bits of the first conv and last linear layer (None: like the rest).
@@ -119,7 +121,10 @@ class StudentConfig:
             self.model in MODELS,
             f"unknown model {self.model!r}; choose from: {', '.join(MODELS.names())}",
         )
-        require(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        require(
+            self.init in INITS or self.init.endswith(".pt"),
+            f"init must be scratch, teacher or a network file (.pt), got {self.init!r}",
+        )
         require(
             self.quant in ("none", *QUANT_METHODS),
             f"unknown quant {self.quant!r}; choose from: none, {', '.join(QUANT_METHODS)}",
@@ -270,6 +275,8 @@ def train_student(
             p.requires_grad_(True)
         if not hasattr(student, "arch"):
             raise ConfigError("init=teacher needs a teacher built by distill-data (a .pt file)")
+    elif cfg.init != "scratch":
+        student = _network_from_file(cfg.init, data)
     else:
         opts = {} if cfg.width is None else {"width": cfg.width}
         student = build_model(
@@ -448,6 +455,24 @@ def train_student(
     return report
 
 
+def _network_from_file(path: str, data: RealDataset) -> nn.Module:
+    """The network in ``path`` as a student's starting point, checked against the data."""
+    from distill_data.models import load_model
+
+    if not Path(path).is_file():
+        raise ConfigError(f"init={path!r}: no such network file")
+    model, meta = load_model(path)
+    want = [data.channels, *data.im_size]
+    if meta.get("input_shape") not in (None, want):
+        raise ConfigError(f"init={path!r} takes {meta['input_shape']} inputs, the data is {want}")
+    if model.config.get("num_classes") != data.num_classes:
+        raise ConfigError(
+            f"init={path!r} predicts {model.config.get('num_classes')} classes, "
+            f"the data has {data.num_classes}"
+        )
+    return model
+
+
 def _allocate_points(
     student: nn.Module,
     train: StudentData,
@@ -513,6 +538,7 @@ def _param_groups(student: nn.Module, cfg: StudentConfig) -> list[dict] | None:
     groups: list[dict] = [{"params": points, "lr": cfg.points_lr, "weight_decay": 0.0}]
     rest = [p for p in student.parameters() if id(p) not in ids]
     weights = cfg.dq_weights if cfg.dq_weights is not None else cfg.init == "scratch"
+    # (a student that starts from trained weights, the teacher's or a file's, keeps them)
     if weights:
         groups.append({"params": rest})
     else:

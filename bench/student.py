@@ -1,0 +1,202 @@
+"""Students on mnist5k: distillation, quantization-aware training (qat, lsq), Polino's
+quantized distillation (qd) and differentiable quantization (dq), against post-training
+quantization of the same student, with the shipped integer file's size and fidelity.
+
+Teachers are the README's (``bench/teacher_calib.py``: a ResNet-20, 272k parameters,
+and a ConvNet-BN of width 64, 85k); the students are ConvNet-BNs of at most a quarter
+of their teacher's parameters (width 32: 24k; width 24 for the ConvNet-BN teacher:
+15k). Every run is ``distill_data.api.train`` (the ``train`` command), final epoch,
+seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
+
+    python bench/student.py --stage teacher                   # the two teachers (~6 min)
+    python bench/student.py --stage runs --runs float ce qd4 qd2 --seeds 0 1 2
+    python bench/student.py --stage ptq --seeds 0 1 2         # bucketed / global PTQ of the
+                                                              # float students
+    python bench/student.py --stage cost                      # s/epoch float vs qat/lsq
+
+Runs (``--runs``), each with KD from the teacher at the ``student`` recipe unless named:
+``float`` (KD), ``ce`` (plain cross-entropy, no teacher), ``qd4``/``qd2`` (Polino's
+quantized distillation with Polino's loss), ``dq2`` (learned points from the distilled
+float student), ``lsq44``/``lsq24`` (LSQ W4A4 / W2A4), ``qat44`` (fake quant + STE,
+W4A4); ``--teacher convnet_bn`` uses the second teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, peak_rss_mib, reset_peak_rss, write_result  # noqa: E402
+
+import distill_data as dd  # noqa: E402
+from distill_data.data import load_dataset  # noqa: E402
+from distill_data.models import load_model  # noqa: E402
+from distill_data.quant.qat import QuantSpec, quantize_  # noqa: E402
+from distill_data.runtime import tune_allocator  # noqa: E402
+from distill_data.train.student import test_logits  # noqa: E402
+
+DATASET = "mnist5k"
+WORK = ROOT / ".work"
+STUDENTS = WORK / "students"
+TEACHERS = {
+    "resnet": {"model": "resnet", "epochs": 15},
+    "convnet_bn": {"model": "convnet_bn", "epochs": 10, "width": 64},
+}
+STUDENT_WIDTH = {"resnet": 32, "convnet_bn": 24}
+EPOCHS = 30
+RUNS = {
+    "float": {},
+    "ce": {"teacher": False, "kd": "none"},
+    "qd4": {"quant": "qd", "bits": "w4", "kd": "polino"},
+    "qd2": {"quant": "qd", "bits": "w2", "kd": "polino"},
+    "dq2": {"quant": "dq", "bits": "w2", "kd": "polino", "from_float": True, "epochs": 10},
+    "lsq44": {"quant": "lsq", "bits": "w4a4"},
+    "lsq24": {"quant": "lsq", "bits": "w2a4"},
+    "qat44": {"quant": "qat", "bits": "w4a4"},
+}
+
+
+def teacher_path(name: str) -> Path:
+    return WORK / f"teacher_{name}.pt"
+
+
+def stage_teacher(names: list[str]) -> None:
+    for name in names:
+        out = teacher_path(name)
+        if out.exists():
+            print(f"teacher {name}: {out} exists")
+            continue
+        rep = dd.teacher(DATASET, out, quiet=True, **TEACHERS[name])
+        print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
+
+
+def student_path(teacher: str, run: str, seed: int) -> Path:
+    return STUDENTS / f"{teacher}_{run}_s{seed}.pt"
+
+
+def stage_runs(teacher: str, runs: list[str], seeds: list[int], epochs: int) -> None:
+    STUDENTS.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for run in runs:
+            cfg = dict(RUNS[run])
+            use_teacher = cfg.pop("teacher", True)
+            kd = cfg.pop("kd", None)
+            run_epochs = cfg.pop("epochs", epochs)
+            from_float = cfg.pop("from_float", False)
+            student = {"width": STUDENT_WIDTH[teacher], "seed": seed, **cfg}
+            extra = {}
+            if from_float:  # Polino's Alg. 2 starts from the trained float student
+                base = student_path(teacher, "float", seed)
+                if not base.exists():
+                    raise SystemExit(f"{run} needs the float student {base}: run 'float' first")
+                extra["teacher_start"] = str(base)
+            out = student_path(teacher, run, seed)
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            if from_float:
+                rep = _dq_from_float(teacher, base, out, student, kd, run_epochs)
+            else:
+                rep = dd.train(
+                    DATASET,
+                    out,
+                    teacher=teacher_path(teacher) if use_teacher else None,
+                    kd=kd,
+                    options={"epochs": run_epochs},
+                    quiet=True,
+                    force=True,
+                    **student,
+                )
+            wall = time.perf_counter() - t0
+            q = rep.get("integer_student")
+            line = f"{teacher} {run} seed {seed}: {rep['test_accuracy']:.2f}%"
+            if q:
+                line += f" (float {rep['float_test_accuracy']:.2f}, {q['compression']}x)"
+            print(line + f", {rep['seconds_per_epoch']:.2f} s/epoch", flush=True)
+            write_result(
+                f"student_{DATASET}_{teacher}_{run}_s{seed}",
+                {
+                    "benchmark": "student",
+                    "teacher_name": teacher,
+                    "run": run,
+                    "seed": seed,
+                    "settings": {"student": student, "kd": kd, "epochs": run_epochs, **extra},
+                    "wall_seconds": round(wall, 1),
+                    "peak_rss_mib": peak_rss_mib(),
+                    "threads": torch.get_num_threads(),
+                    "report": rep,
+                },
+            )
+
+
+def _dq_from_float(teacher: str, base: Path, out: Path, student: dict, kd, epochs) -> dict:
+    """dq on the distilled float student: its weights fixed, only the points learn."""
+    return dd.train(
+        DATASET,
+        out,
+        teacher=[teacher_path(teacher)],
+        kd=kd,
+        options={"epochs": epochs},
+        quiet=True,
+        force=True,
+        init=str(base),
+        **student,
+    )
+
+
+def stage_ptq(teacher: str, seeds: list[int]) -> None:
+    """Post-training uniform quantization of the distilled float student's weights,
+    Polino's baselines: per bucket of 256 and one global scale, at 4 and 2 bits."""
+    data = load_dataset(DATASET)
+    for seed in seeds:
+        model, _ = load_model(student_path(teacher, "float", seed))
+        rows = []
+        for bits in (4, 2):
+            for bucket in (256, None):
+                q = quantize_(
+                    copy.deepcopy(model),
+                    QuantSpec(method="qd", w_bits=bits, a_bits=None, bucket_size=bucket),
+                )
+                logits = test_logits(q, data, torch.device("cpu"))
+                acc = 100.0 * float((logits.argmax(1) == data.y_test).float().mean())
+                rows.append({"bits": bits, "bucket_size": bucket, "test_accuracy": acc})
+                print(f"{teacher} PTQ seed {seed} w{bits} bucket {bucket}: {acc:.2f}")
+        write_result(
+            f"student_{DATASET}_{teacher}_ptq_s{seed}",
+            {
+                "benchmark": "student-ptq",
+                "teacher_name": teacher,
+                "seed": seed,
+                "settings": {"first_last_bits": 8, "method": "Polino uniform, no training"},
+                "results": rows,
+            },
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", nargs="+", required=True, choices=["teacher", "runs", "ptq"])
+    p.add_argument("--teacher", default="resnet", choices=list(TEACHERS))
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    if "teacher" in args.stage:
+        stage_teacher([args.teacher])
+    if "runs" in args.stage:
+        stage_runs(args.teacher, args.runs, args.seeds, args.epochs)
+    if "ptq" in args.stage:
+        stage_ptq(args.teacher, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
