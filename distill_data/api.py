@@ -417,7 +417,10 @@ def train(
         dataset: real data for testing (and training when ``data`` is None); default:
             the one the stored set or the teacher records.
         data: a stored set to train on (hard or soft labels, or a data-free calibration
-            set, which needs ``teacher``); None trains on the real training split.
+            set, which needs ``teacher``); ``real:N`` (N random real training images with
+            their labels) or ``noise:N`` (N images of Gaussian noise, which need
+            ``teacher``), the references a synthetic set is measured against; None
+            trains on the real training split.
         teacher: teacher file(s) or module(s) to distil from (copied, never changed);
             several are one target, the mean of their softmax outputs.
         recipe: a :data:`~distill_data.train.RECIPES` preset (``student``, ``polino``,
@@ -446,13 +449,14 @@ def train(
     train_recipe = student_recipe(recipe, dict(options or {}), kd)
     device = resolve_device(device)
     teachers = _teacher_list(teacher)
-    store_path = None if data is None or isinstance(data, SyntheticSet) else data
+    spec_kind = _sample_spec(data)
+    store_path = None if data is None or isinstance(data, SyntheticSet) or spec_kind else data
     check_outputs(
         [(out, "model"), (checkpoint_path_for(out), "checkpoint")],
         reads=[dataset, store_path, *teachers, cfg.init if cfg.init.endswith(".pt") else None],
         force=force,
     )
-    synset = read_store(data) if store_path is not None else data
+    synset = read_store(data) if store_path is not None else (None if spec_kind else data)
     loaded = [_load_teacher(t) for t in teachers]
     if dataset is None:
         if synset is not None and synset.meta.dataset:
@@ -467,7 +471,21 @@ def train(
     )
     for net, meta in loaded:
         _check_teacher_fits(net, meta, real)
-    if synset is None:
+    if spec_kind:
+        from distill_data.quant.calibrate import calibration_images
+
+        images, what = calibration_images(str(data), real, cfg.seed)
+        if spec_kind == "real":  # the same draw calibration_images made, with its labels
+            g = torch.Generator().manual_seed(cfg.seed)
+            idx = torch.randperm(len(real.x_train), generator=g)[: len(images)]
+            labels = real.y_train[idx]
+        else:  # noise has no class: a teacher labels it (data_free)
+            labels = torch.zeros(len(images), dtype=torch.long)
+        train_data = StudentData(
+            images, labels, source=str(data), data_free=spec_kind == "noise",
+            extra={"count": len(images), "what": what},
+        )  # fmt: skip
+    elif synset is None:
         train_data = StudentData(real.normalize(real.x_train), real.y_train)
     else:
         check_compatible(synset, real)
@@ -495,6 +513,15 @@ def train(
         log=log,
     )
     return {"kind": "distill-data student", "dataset": real.name, **report}
+
+
+def _sample_spec(data: Any) -> str | None:
+    """``"real"`` / ``"noise"`` for a ``real:N`` / ``noise:N`` spec, else None."""
+    if isinstance(data, str):
+        kind, sep, _ = data.partition(":")
+        if sep and kind in ("real", "noise") and not os.path.exists(data):
+            return kind
+    return None
 
 
 def quantize(

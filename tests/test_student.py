@@ -247,3 +247,14 @@ def test_a_student_can_start_from_a_network_file(tiny_npz, teacher_file, tmp_pat
                  options={"epochs": 1}, quiet=True)  # fmt: skip
     with pytest.raises(ConfigError, match="no such network file"):
         dd.train(str(tiny_npz), tmp_path / "x.pt", init="missing.pt", quiet=True)
+
+
+def test_students_from_real_and_noise_samples(tiny_npz, teacher_file, tmp_path):
+    r = dd.train(str(tiny_npz), tmp_path / "r.pt", data="real:6", width=4,
+                 options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert r["data"]["images"] == 6 and r["loss"] == "cross-entropy on the labels"
+    with pytest.raises(ConfigError, match="data-free calibration set"):
+        dd.train(str(tiny_npz), tmp_path / "n.pt", data="noise:8", quiet=True)
+    r = dd.train(str(tiny_npz), tmp_path / "n.pt", data="noise:8", teacher=teacher_file,
+                 init="teacher", quant="lsq", options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert r["data"]["source"] == "noise:8" and r["data"]["count"] == 8
