@@ -25,6 +25,7 @@ from distill_data.evaluation.evaluate import RELABEL
 from distill_data.evaluation.protocol import RECIPES
 from distill_data.models import MODELS
 from distill_data.paths import check_outputs
+from distill_data.quant.onnx_export import DEFAULT_OPSET
 from distill_data.quant.ptq import PTQConfig
 from distill_data.quant.qat import QUANT_METHODS
 from distill_data.quant.quantizers import OBSERVERS
@@ -469,6 +470,38 @@ def quantize(
         teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed, **ptq
     )
     click.echo(format_comparison(report))
+    if json_out:
+        _write_json(json_out, report)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command(name="export")
+@click.argument("network")
+@click.option("--out", "-o", required=True, help="ONNX file to write (.onnx).")
+@click.option(
+    "--opset",
+    type=int,
+    default=DEFAULT_OPSET,
+    show_default=True,
+    help="ONNX opset (>= 13: per-channel DequantizeLinear).",
+)
+@click.option("--json", "json_out", default=None, help="Write the export report here.")
+@_FORCE
+def export_cmd(network, out, opset, json_out, force) -> None:
+    """Export a student (`distill-data train`) or a float network file to ONNX.
+
+    A qat/lsq student's quantized layers become QuantizeLinear/DequantizeLinear: int8
+    weight codes with their per-channel or per-tensor scales, and each input quantizer's
+    scale and zero point (clipped to its bit width below 8 bits), so ONNX Runtime computes
+    what the student computes. qd/dq layers (Polino buckets, learned points) have no ONNX
+    quantization type and are written with their float weights; the report lists which
+    layers are which. Needs the deploy extra: pip install 'distill-data[deploy]'.
+    """
+    from distill_data.quant.onnx_export import export_file, format_export_report
+
+    check_outputs([(out, "onnx"), (json_out, "json")], reads=[network], force=force)
+    report = export_file(network, out, opset=opset)
+    click.echo(format_export_report(report))
     if json_out:
         _write_json(json_out, report)
         click.echo(f"wrote {json_out}")

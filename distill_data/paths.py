@@ -38,6 +38,7 @@ KIND_NAMES = {
     "model": "network file (torch.save)",
     "png": "PNG picture",
     "json": "JSON report",
+    "onnx": "ONNX model",
 }
 #: Names of the other kinds :func:`file_kind` tells apart, for messages.
 _OTHER_NAMES = {
@@ -77,6 +78,8 @@ def file_kind(path: Path) -> str:
         return "store" if _is_store(path) else "hdf5"
     if head[:2] == b"PK":
         return _zip_kind(path)
+    if head[:1] == b"\x08" and path.suffix == ".onnx":  # ModelProto opens with ir_version
+        return "onnx"
     if head.lstrip()[:1] in (b"{", b"["):
         try:
             json.loads(path.read_text(encoding="utf-8"))
