@@ -26,6 +26,7 @@ from common import RESULTS, SCHEMA_VERSION  # noqa: E402
 from distill_data.api import method_defaults  # noqa: E402
 from distill_data.evaluation import EvalConfig  # noqa: E402
 from distill_data.quant.ptq import parse_bits  # noqa: E402
+from distill_data.train.recipe import RECIPES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 README = ROOT.parent / "README.md"
@@ -805,6 +806,509 @@ def eval_cost_table(results: list[dict], runs: int, epochs: int) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- students
+
+#: bench/student.py's runs, in its order; unknown runs go last within their bit width
+STUDENT_RUNS = ("float", "ce", "qd4", "qd2", "dq2", "lsq44", "lsq24", "qat44")
+
+
+def _seeds_pm(values: list[float]) -> str:
+    """Mean ± population std over seeds, with the seed count (no std for one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f} ({len(values)} seeds)"
+
+
+def _bits(q: dict) -> str:
+    return f"W{q['w_bits']}" + ("" if q.get("a_bits") is None else f"A{q['a_bits']}")
+
+
+def _buckets(q: dict) -> str:
+    return f"buckets of {q['bucket_size']}" if q.get("bucket_size") else "global scale"
+
+
+def _student_label(r: dict) -> str:
+    """What a student run is, from what its report says it did."""
+    rep, q = r["report"], r["report"].get("quant")
+    if q is None:
+        return "float, KD" if rep.get("teacher") else "float, cross-entropy, no teacher"
+    method, bits = q["method"], _bits(q)
+    if method == "qd":
+        return f"qd {bits} (Polino, {_buckets(q)})"
+    if method == "dq":
+        start = ", from the float KD student" if r["settings"].get("teacher_start") else ""
+        return f"dq {bits} (Polino's learned points, {_buckets(q)}{start})"
+    if method == "qat":
+        return f"qat {bits} (fake quant + STE)"
+    return f"{method} {bits}"
+
+
+def _student_bits(r: dict) -> int:
+    q = r["report"].get("quant")
+    return 32 if q is None else q["w_bits"]
+
+
+def _student_order(run: str) -> int:
+    return STUDENT_RUNS.index(run) if run in STUDENT_RUNS else len(STUDENT_RUNS)
+
+
+def _student_groups(results: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """(dataset, teacher) -> run -> its files, one per seed (the newest), by seed."""
+    groups: dict[tuple[str, str], dict[str, dict[int, dict]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for r in sorted(
+        (r for r in results if r.get("benchmark") == "student"), key=lambda r: r["date"]
+    ):
+        groups[(r["report"]["dataset"], r["teacher_name"])][r["run"]][r["seed"]] = r
+    return {
+        key: {run: [seeds[s] for s in sorted(seeds)] for run, seeds in runs.items()}
+        for key, runs in groups.items()
+    }
+
+
+def _ptq_groups(results: list[dict], dataset: str, teacher: str) -> dict:
+    """(bits, bucket size) -> seed -> test accuracy of bench/student.py's PTQ of the float
+    student (the file name carries the dataset: student_<dataset>_<teacher>_ptq_s<seed>)."""
+    acc: dict[tuple[int, int | None], dict[int, float]] = defaultdict(dict)
+    for r in sorted(
+        (r for r in results if r.get("benchmark") == "student-ptq"), key=lambda r: r["date"]
+    ):
+        if r["teacher_name"] == teacher and r["_stem"].split("_")[1] == dataset:
+            for row in r["results"]:
+                acc[(row["bits"], row["bucket_size"])][r["seed"]] = row["test_accuracy"]
+    return acc
+
+
+def _one_of(values) -> str:
+    return " / ".join(str(v) for v in sorted(set(values), key=str))
+
+
+def student_tables(results: list[dict]) -> list[str]:
+    """Per (dataset, teacher): one row per student run over its seeds, the PTQ baselines
+    of the float student beside the trained quantizers of their bit width, then what
+    quantization-aware training costs per epoch against the float KD run."""
+    out: list[str] = []
+    for (dataset, teacher), runs in sorted(_student_groups(results).items()):
+        files = [r for rs in runs.values() for r in rs]
+        reps = [r["report"] for r in files]
+        t_acc = _one_of(
+            f"{rep['teacher']['test_accuracy']:.2f} %" for rep in reps if "teacher" in rep
+        )
+        t_par = _one_of(f"{rep['teacher']['parameters']:,}" for rep in reps if "teacher" in rep)
+        s_net = _one_of(
+            f"{rep['student']['model']} width {rep['student']['config']['width']}, "
+            f"{rep['student']['parameters']:,} parameters"
+            for rep in reps
+        )
+        first_last = {rep["quant"]["first_last_bits"] for rep in reps if "quant" in rep}
+        rows: list[tuple[tuple, str]] = []
+        for run, rs in runs.items():
+            rep0 = rs[0]["report"]
+            q = rep0.get("quant")
+            accs = [r["report"]["test_accuracy"] for r in rs]
+            if q is None:
+                fl, agree = "—", "—"
+                size = f"fp32 ({rep0['payload_bytes']:,} B)"
+            else:
+                ints = [r["report"]["integer_student"] for r in rs]
+                fl = f"{statistics.mean(r['report']['float_test_accuracy'] for r in rs):.2f}"
+                payload = statistics.median(i["payload_bytes"] for i in ints)
+                fp32 = statistics.median(i["fp32_bytes"] for i in ints)
+                size = f"{fp32 / payload:.2f}× ({payload:,.0f} B)"
+                agree = f"{min(i['top1_agreement_with_fake_quant'] for i in ints):.1f}"
+            spe = statistics.median(r["report"]["seconds_per_epoch"] for r in rs)
+            rows.append(
+                (
+                    (-_student_bits(rs[0]), 0, _student_order(run), run),
+                    f"| {run} | {_student_label(rs[0])} | {_seeds_pm(accs)} | {fl} | {size} | "
+                    f"{agree} | {_one_of(r['report']['epochs'] for r in rs)} | {spe:.2f} | "
+                    f"{_one_of(r['threads'] for r in rs)} |",
+                )
+            )
+        float_acc = {r["seed"]: r["report"]["test_accuracy"] for r in runs.get("float", [])}
+        for (bits, bucket), seeds in _ptq_groups(results, dataset, teacher).items():
+            base = [float_acc[s] for s in sorted(seeds) if s in float_acc]
+            fl = f"{statistics.mean(base):.2f}" if len(base) == len(seeds) else "—"
+            label = f"PTQ of the float KD student, uniform W{bits}, " + _buckets(
+                {"bucket_size": bucket}
+            )
+            accs = [seeds[s] for s in sorted(seeds)]
+            rows.append(
+                (
+                    (-bits, 1, bucket is None, 0),
+                    f"| ptq{bits} ({bucket or 'global'}) | {label} | {_seeds_pm(accs)} | {fl} "
+                    "| — | — | — | — | — |",
+                )
+            )
+        layers = (
+            f"; quantized runs keep the first and last layer at {_one_of(first_last)} bits"
+            if first_last
+            else ""
+        )
+        out += [
+            "",
+            f"**Students on `{dataset}` (teacher {teacher}: {t_acc}, {t_par} parameters; "
+            f"student {s_net})** (test accuracy % of the final epoch, mean ± std over "
+            "seeds; float = the same network's float weights, for quantized runs"
+            f"{layers}; size = fp32 bytes over the payload bytes of the saved integer "
+            "student; agrees = top-1 agreement % of the saved integer student with the "
+            "trained fake-quant network on the test set, lowest over seeds; s/epoch = "
+            "median over seeds; PTQ rows: the float KD student's weights quantized "
+            "after training, no training, by `bench/student.py --stage ptq`)",
+            "",
+            "| run | what | test accuracy % | float % | size vs fp32 | agrees % | epochs "
+            "| s/epoch | threads |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(row for _, row in sorted(rows)),
+        ]
+        out += _student_cost(runs, teacher)
+    return out
+
+
+def _student_cost(runs: dict[str, list[dict]], teacher: str) -> list[str]:
+    """Seconds per epoch of every other run over the float KD run's (ratio of medians)."""
+    if "float" not in runs:
+        return []
+    med = {
+        run: statistics.median(r["report"]["seconds_per_epoch"] for r in rs)
+        for run, rs in runs.items()
+    }
+    others = sorted(
+        (run for run in runs if run != "float"),
+        key=lambda run: (-_student_bits(runs[run][0]), _student_order(run), run),
+    )
+    if not others:
+        return []
+    threads = _one_of(r["threads"] for rs in runs.values() for r in rs)
+    return [
+        "",
+        f"**Cost of the student runs against float KD** (teacher {teacher}; training "
+        f"seconds per epoch, median over seeds, {threads} thread(s); × float KD = ratio of "
+        "the medians; the benchmark's machine also ran other jobs, so ratios are rough)",
+        "",
+        "| run | what | s/epoch | × float KD |",
+        "|---|---|---|---|",
+        f"| float | {_student_label(runs['float'][0])} | {med['float']:.2f} | 1.00 |",
+        *(
+            f"| {run} | {_student_label(runs[run][0])} | {med[run]:.2f} | "
+            f"{med[run] / med['float']:.2f} |"
+            for run in others
+        ),
+    ]
+
+
+def student_headline(results: list[dict]) -> list[str]:
+    """README: per teacher, the float students (KD, and no teacher) and the most accurate
+    trained run at each weight bit width."""
+    rows = []
+    for (_, teacher), runs in sorted(_student_groups(results).items()):
+        t_acc = _one_of(
+            f"{r['report']['teacher']['test_accuracy']:.2f} %"
+            for rs in runs.values()
+            for r in rs
+            if "teacher" in r["report"]
+        )
+        best: dict[int, tuple[float, str]] = {}
+        for run, rs in runs.items():
+            q = rs[0]["report"].get("quant")
+            if q is None:
+                continue
+            mean = statistics.mean(r["report"]["test_accuracy"] for r in rs)
+            if q["w_bits"] not in best or mean > best[q["w_bits"]][0]:
+                best[q["w_bits"]] = (mean, run)
+        picks = [("fp32", "float"), ("fp32", "ce")] + [
+            (f"{bits}-bit weights", run) for bits, (_, run) in sorted(best.items(), reverse=True)
+        ]
+        for what, run in picks:
+            if run not in runs:
+                continue
+            rs = runs[run]
+            q = rs[0]["report"].get("quant")
+            if q is None:
+                size = "1×"
+            else:
+                ints = [r["report"]["integer_student"] for r in rs]
+                ratio = statistics.median(i["fp32_bytes"] for i in ints) / statistics.median(
+                    i["payload_bytes"] for i in ints
+                )
+                size = f"{ratio:.1f}×"
+            accs = [r["report"]["test_accuracy"] for r in rs]
+            rows.append(
+                f"| {teacher} ({t_acc}) | {what} | {_student_label(rs[0])} | "
+                f"{_seeds_pm(accs)} | {size} |"
+            )
+    if not rows:
+        return []
+    groups = _student_groups(results)
+    datasets = _one_of(d for d, _ in groups)
+    models = _one_of(
+        r["report"]["student"]["model"] for g in groups.values() for rs in g.values() for r in rs
+    )
+    return [
+        "",
+        f"**Students** (`{datasets}`; `{models}` students of a teacher, test accuracy "
+        "% of the final epoch, mean ± std over seeds; each weight bit width at its most "
+        "accurate trained method; size = fp32 bytes over the saved integer student's; every "
+        "run in `docs/results.md`)",
+        "",
+        "| teacher | weights | run | test accuracy % | size vs fp32 |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+#: the runtimes of bench/onnx_latency.py, in table order; unknown ones go last
+ONNX_RUNTIMES = {
+    "torch_float": "torch, float network",
+    "torch_fake_quant": "torch, fake-quant student",
+    "ort_float": "ORT, float model, all optimisations",
+    "ort_qdq_none": "ORT, QDQ model, no graph optimisation",
+    "ort_qdq_float": "ORT, QDQ model, float optimisations only",
+    "ort_qdq_all": "ORT, QDQ model, all optimisations (QDQ fused into integer kernels)",
+}
+
+
+def onnx_tables(results: list[dict]) -> list[str]:
+    """One table per ``bench/onnx_latency.py`` file (its notes: compare rows of one file,
+    not across files): top-1, agreement with the torch network each ONNX model was
+    exported from, and CPU latency per image against the float ONNX model."""
+    out: list[str] = []
+    for r in sorted(
+        (r for r in results if r.get("benchmark") == "onnx-latency"),
+        key=lambda r: (r["model"], r["date"]),
+    ):
+        lat, fid, acc = r["latency"], r["fidelity"], r["accuracy"]
+        ref = lat.get("ort_float")
+        names = sorted(
+            lat, key=lambda k: list(ONNX_RUNTIMES).index(k) if k in ONNX_RUNTIMES else 99
+        )
+        rows = []
+        for k in names:
+            f = fid.get(k)
+            agree = "—" if f is None else f"{f['top1_agreement_pct']:.1f}"
+            diff = "—" if f is None else f"{f['max_abs_logit_diff']:.1e}"
+            speed = (
+                "—"
+                if ref is None
+                else " / ".join(
+                    f"{ref[b] / lat[k][b]:.2f}"
+                    for b in ("batch1_ms_per_image", "batch256_ms_per_image")
+                )
+            )
+            top1 = acc.get(k)
+            rows.append(
+                f"| {ONNX_RUNTIMES.get(k, k)} | {'—' if top1 is None else f'{top1:.1f}'} | "
+                f"{agree} | {diff} | {lat[k]['batch1_ms_per_image']:.3f} | "
+                f"{lat[k]['batch256_ms_per_image']:.3f} | {speed} |"
+            )
+        q, ex, m = r["quant"], r["export"], r["machine"]
+        epochs = [
+            f"{who} {r[key]} epochs"
+            for who, key in (("float network", "float_epochs"), ("student", "student_epochs"))
+            if r.get(key) is not None
+        ]
+        if r.get("student_epochs") is not None and r.get("student_lr") is not None:
+            epochs[-1] += f" from it at lr {r['student_lr']:g}"
+        out += [
+            "",
+            f"**ONNX export of a {q['method']} {_bits(q)} student: {r['model']}** "
+            f"(`{r['dataset']}`, {r['test_images']} test images; ONNX Runtime "
+            f"{r['onnxruntime']}, opset {ex['opset']}, torch {r['torch']}, {r['threads']} "
+            f"intra-op thread(s) on {m['nproc']} × {m['cpu_model']}"
+            + (f"; {', '.join(epochs)}" if epochs else "")
+            + f"; QDQ file {ex['qdq_bytes'] / 1024:.0f} KiB, float file "
+            f"{ex['float_bytes'] / 1024:.0f} KiB; agrees = top-1 agreement % with the torch "
+            "network the model was exported from (the fake-quant student for QDQ), max |Δ "
+            "logit| against it; ms per image, median over repeats; × ORT float = its ms "
+            f"over this row's, batch 1 / 256, above 1 = faster"
+            + (f"; {r['notes']}" if r.get("notes") else "")
+            + ")",
+            "",
+            "| runtime | top-1 % | agrees % | max abs logit diff | ms/image, batch 1 "
+            "| ms/image, batch 256 | × ORT float |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    return out
+
+
+# ----------------------------------------------------------------------------- kornia
+
+
+def _kornia_ms(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}"
+
+
+def _old_new(group: dict[str, float]) -> list[tuple[str, float | None, float | None]]:
+    """{old_X: a, new_X: b, new_Y: c} -> [(X, a, b), (Y, None, c)], in the file's order."""
+    names = dict.fromkeys(k.split("_", 1)[1] for k in group)
+    return [(n, group.get(f"old_{n}"), group.get(f"new_{n}")) for n in names]
+
+
+def _kornia_ops(row: dict) -> list[tuple[str, str, str, str]]:
+    """(op, before, now, note) of one shape of ``bench/kornia_aug.py --stage speed``."""
+    ops = []
+    rv = row["random_view"]
+    same = "same bits over 20 seeds" if rv["bitwise_identical_20_seeds"] else "bits differ"
+    ops.append(
+        (
+            "`random_view` (SRe2L, INFER): crop + flip + roll, fwd + bwd",
+            _kornia_ms(rv["old_ms"]),
+            _kornia_ms(rv["new_ms"]),
+            f"kornia; {same}",
+        )
+    )
+    for what, group in (
+        ("training batch", row["train_batch_augment_ms"]),
+        ("mix", row["mix_ms"]),
+        ("one item of `load(augment=...)`", row["load_item_ms"]),
+    ):
+        for name, old, new in _old_new(group):
+            if name.startswith("dsa"):
+                label = "DSA"
+                note = f"kept (strategy {name[4:]})" if name[4:] else "kept"
+            else:
+                label = {"mixup": "mixup", "cutmix": "CutMix"}.get(name, f"`{name}`")
+                note = "" if old is not None else "kornia, opt-in"
+            now = _kornia_ms(new) if new is not None else "unchanged"
+            ops.append((f"{what}: {label}", _kornia_ms(old), now, note))
+    warps = row["dsa_warp_fwd_bwd_ms"]
+    for name in (k[4:] for k in warps if k.startswith("dsa_")):
+        note = f"kept; kornia `warp_affine`: {_kornia_ms(warps.get('kornia_' + name))}"
+        diff = row.get(f"dsa_warp_max_abs_diff_{name}_randn_input")
+        if diff is not None:
+            note += f", outputs within {diff:.1e} on randn input"
+        ops.append(
+            (
+                f"DSA {name} warp (matching loop), fwd + bwd",
+                _kornia_ms(warps[f"dsa_{name}"]),
+                "unchanged",
+                note,
+            )
+        )
+    return ops
+
+
+def kornia_tables(results: list[dict]) -> list[str]:
+    """``bench/kornia_aug.py``: the augmentation ops before and after the move of training
+    augmentation onto kornia (newest speed run), and teachers and student recipes trained
+    with the kornia pipelines against DSA."""
+    out: list[str] = []
+    speed = sorted(
+        (r for r in results if r.get("benchmark") == "kornia-speed"), key=lambda r: r["date"]
+    )
+    if speed:
+        r = speed[-1]
+        cells: dict[str, dict[int, tuple]] = {}
+        for si, row in enumerate(r["rows"]):
+            for op, *rest in _kornia_ops(row):
+                cells.setdefault(op, {})[si] = rest
+        shapes = [f"{'×'.join(map(str, row['shape']))} ({row['data']})" for row in r["rows"]]
+        m = r["machine"]
+        out += [
+            "",
+            f"**Augmentation speed before and after kornia** (`bench/kornia_aug.py --stage "
+            f"speed`, {r['date'][:10]}; {r['device'].upper()}, {r['threads']} thread(s) on "
+            f"{m['nproc']} × {m['cpu_model']}, torch {m['torch']}, kornia {r['kornia']}; "
+            f"before = the tree at {r['base_commit']}; ms per call on the batch shape, one "
+            f"image for `load` items; {r['timing']}; unchanged = the code path was kept, its "
+            "figure is before's; kornia, opt-in = a new pipeline, nothing before)",
+            "",
+            "| op | shape | before ms | now ms | note |",
+            "|---|---|---|---|---|",
+        ]
+        for op, by_shape in cells.items():
+            for si, (before, now, note) in sorted(by_shape.items()):
+                out.append(f"| {op} | {shapes[si]} | {before} | {now} | {note} |")
+    out += _kornia_accuracy(results)
+    return out
+
+
+def _is_default(recipe: str, _relabel: str, augment: str, mix: str) -> bool:
+    """Whether a student recipe ran at its preset's augmentation and mixing."""
+    return (augment, mix) == (RECIPES[recipe].augment, RECIPES[recipe].mix)
+
+
+def _kornia_accuracy(results: list[dict]) -> list[str]:
+    rows = []
+    teachers: dict[str, dict[int, dict]] = defaultdict(dict)
+    tfiles = sorted(
+        (r for r in results if r.get("benchmark") == "kornia-teacher"), key=lambda r: r["date"]
+    )
+    for r in tfiles:
+        for name, res in r["results"].items():
+            teachers[name][r["seed"]] = res
+    default = {
+        n: statistics.mean(v["test_accuracy"] for v in s.values())
+        for n, s in teachers.items()
+        if all(v["config"]["pipeline"] is None for v in s.values())
+    }
+    ref = next(iter(default.values()), None)
+    for name, seeds in teachers.items():
+        accs = [seeds[s]["test_accuracy"] for s in sorted(seeds)]
+        mean = statistics.mean(accs)
+        t = tfiles[-1]["teacher"]
+        label = "DSA (default)" if name in default else f"`{name}` (kornia)"
+        rows.append(
+            f"| teacher {t['model']} width {t['width']}, {t['epochs']} epochs: {label} | "
+            f"{_seeds_pm(accs)} | "
+            + "; ".join(f"seed {s}: {seeds[s]['test_accuracy']:.2f}" for s in sorted(seeds))
+            + f" | {'—' if ref is None or name in default else f'{mean - ref:+.2f}'} |"
+        )
+    recipes: dict[tuple[str, str, str, str], dict] = {}
+    for r in sorted(
+        (r for r in results if r.get("benchmark") == "kornia-recipe"), key=lambda r: r["date"]
+    ):
+        recipes[(r["recipe"], r["relabel"], r["augment"].split()[0], r["mix"])] = r
+    for (recipe, relabel, aug, mix), r in sorted(
+        recipes.items(), key=lambda kv: (kv[0][:2], not _is_default(*kv[0]), kv[0][2:])
+    ):
+        preset = RECIPES[recipe]
+        base = recipes.get((recipe, relabel, preset.augment, preset.mix))
+        is_default = _is_default(recipe, relabel, aug, mix)
+        a = r["result"]
+        label = (
+            f"`{recipe}` student recipe, {relabel} labels: "
+            f"{'DSA' if aug == 'dsa' else f'`{aug}` (kornia)'} + "
+            f"{ {'cutmix': 'CutMix'}.get(mix, mix) }" + (" (default)" if is_default else "")
+        )
+        diff = "—" if is_default or base is None else f"{a['mean'] - base['result']['mean']:+.2f}"
+        rows.append(
+            f"| {label} | {_pm(a)} ({a['runs']} runs) | "
+            + ", ".join(f"{x:.1f}" for x in a["accs"])
+            + f" | {diff} |"
+        )
+    if not rows:
+        return []
+    student = ""
+    if recipes:
+        protocols = _one_of(
+            f"{r['result']['runs']} ConvNets × {r['result']['epochs']} epochs"
+            for r in recipes.values()
+        )
+        temps = _one_of(f"{r['temperature']:g}" for r in recipes.values())
+        student = (
+            f"; student recipes: {protocols} on the random IPC-10 subset (a fresh draw per "
+            f"run), labelled by the seed-0 DSA teacher at T = {temps}, mean ± std over runs"
+        )
+    return [
+        "",
+        "**Accuracy with the kornia pipelines against DSA** (`bench/kornia_aug.py`, `mnist5k` "
+        f"test accuracy %; teachers: one network per seed, mean ± std over seeds{student}; "
+        "vs default = difference of the means to the same teacher or recipe at its "
+        "defaults)",
+        "",
+        "| setting | accuracy % | per seed / run | vs default |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
 def headline_tables(results: list[dict]) -> list[str]:
     """The best setting of every method at every IPC (hard labels, 3 × 300 epochs), and
     the best soft-label set of every method and IPC against the random baseline with the
@@ -885,6 +1389,9 @@ def render_full(results: list[dict]) -> str:
         ("", matching_speed_table(results) + matching_accuracy_table(results)),
         ("", official_accuracy_table(results) + seed_table(results)),
         ("Teacher-driven generators: calibration and soft labels", teacher_tables(results)),
+        ("Students: distillation and quantization", student_tables(results)),
+        ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
+        ("kornia in the training pipelines", kornia_tables(results)),
     ]
     lines = [
         "# Benchmark results",
@@ -901,11 +1408,17 @@ def render_full(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _strip(lines: list[str]) -> list[str]:
+    """Without the leading blank line a table starts with when nothing comes before it."""
+    return lines[1:] if lines[:1] == [""] else lines
+
+
 def render_readme(results: list[dict]) -> dict[str, str]:
     """README.md's blocks, by name: each replaces <!-- NAME:start --> ... <!-- NAME:end -->."""
     return {
         "cost": "\n".join(cost_tables(results)) or "_No speed results yet._",
-        "results": "\n".join(headline_tables(results)) or "_No benchmark results yet._",
+        "results": "\n".join(_strip(headline_tables(results) + student_headline(results)))
+        or "_No benchmark results yet._",
     }
 
 

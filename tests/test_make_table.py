@@ -324,3 +324,297 @@ def test_the_committed_results_are_at_the_current_schema_and_render(mt):
     assert results
     assert mt.render_full(results).startswith("# Benchmark results")
     assert all(mt.render_readme(results).values())
+
+
+def _student(run, seed, acc, *, date="2026-12-02T17", spe=5.0, quant=None, **extra) -> dict:
+    """A bench/student.py result: ``quant`` = (method, w_bits, a_bits) for quantized runs."""
+    report = {
+        "dataset": "mnist5k",
+        "student": {"model": "convnet_bn", "config": {"width": 32}, "parameters": 24138},
+        "test_accuracy": acc,
+        "seconds_per_epoch": spe,
+        "epochs": 30,
+        "payload_bytes": 97344,
+        "fp32_bytes": 96552,
+    }
+    if run != "ce":
+        report["teacher"] = {"count": 1, "test_accuracy": 97.7, "parameters": 272186}
+    if quant is not None:
+        method, w, a = quant
+        report["float_test_accuracy"] = extra.pop("float_acc")
+        report["quant"] = {
+            "method": method,
+            "w_bits": w,
+            "a_bits": a,
+            "first_last_bits": 8,
+            "bucket_size": 256,
+        }
+        report["integer_student"] = {
+            "payload_bytes": extra.pop("payload", 17360),
+            "fp32_bytes": 97320,
+            "top1_agreement_with_fake_quant": extra.pop("agree", 100.0),
+            "max_abs_logit_difference": 0.0,
+        }
+    return {
+        "benchmark": "student",
+        "date": date,
+        "teacher_name": "resnet",
+        "run": run,
+        "seed": seed,
+        "settings": extra,
+        "threads": 1,
+        "report": report,
+    }
+
+
+def _student_ptq(seed: int, accs: dict[tuple[int, int | None], float]) -> dict:
+    return {
+        "benchmark": "student-ptq",
+        "_stem": f"student_mnist5k_resnet_ptq_s{seed}",
+        "date": "2026-12-02T18",
+        "teacher_name": "resnet",
+        "seed": seed,
+        "results": [
+            {"bits": b, "bucket_size": k, "test_accuracy": a} for (b, k), a in accs.items()
+        ],
+    }
+
+
+STUDENTS = [
+    _student("float", 0, 50.0, date="2026-12-01"),  # an older run of seed 0: replaced
+    _student("float", 0, 97.8, spe=6.0),
+    _student("float", 1, 98.2),
+    _student("ce", 0, 98.7),
+    _student("lsq44", 0, 10.0, spe=6.6, quant=("lsq", 4, 4), float_acc=43.3),
+    _student("qd4", 0, 98.0, quant=("qd", 4, None), float_acc=97.7),
+    _student("qd4", 1, 97.6, quant=("qd", 4, None), float_acc=97.9, agree=99.9),
+    _student("qd2", 0, 98.2, quant=("qd", 2, None), float_acc=97.9, payload=12752),
+    _student_ptq(0, {(4, 256): 97.5, (4, None): 90.0, (2, 256): 80.0, (2, None): 20.0}),
+    _student_ptq(1, {(4, 256): 97.7, (4, None): 91.0, (2, 256): 82.0, (2, None): 10.0}),
+]
+
+
+def test_student_rows_pool_seeds_and_put_the_ptq_baselines_at_their_bit_width(mt):
+    lines = mt.student_tables(STUDENTS)
+    head = next(ln for ln in lines if ln.startswith("**Students on"))
+    assert head.startswith(
+        "**Students on `mnist5k` (teacher resnet: 97.70 %, 272,186 parameters; "
+        "student convnet_bn width 32, 24,138 parameters)**"
+    )
+    end = lines.index(next(ln for ln in lines if ln.startswith("**Cost")))
+    rows = [ln for ln in lines[:end] if ln.startswith("| ") and not ln.startswith("| run")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| float",
+        "| ce",
+        "| qd4",
+        "| lsq44",
+        "| ptq4 (256)",
+        "| ptq4 (global)",
+        "| qd2",
+        "| ptq2 (256)",
+        "| ptq2 (global)",
+    ]
+    assert rows[0] == (
+        "| float | float, KD | 98.00 ± 0.20 (2 seeds) | — | fp32 (97,344 B) | — | 30 | 5.50 | 1 |"
+    )
+    assert rows[1] == (
+        "| ce | float, cross-entropy, no teacher | 98.70 (1 seed) | — | fp32 (97,344 B) | — "
+        "| 30 | 5.00 | 1 |"
+    )
+    # float = the mean of the float weights' accuracy; agreement: the lowest seed's
+    assert rows[2] == (
+        "| qd4 | qd W4 (Polino, buckets of 256) | 97.80 ± 0.20 (2 seeds) | 97.80 "
+        "| 5.61× (17,360 B) | 99.9 | 30 | 5.00 | 1 |"
+    )
+    assert rows[3] == (
+        "| lsq44 | lsq W4A4 | 10.00 (1 seed) | 43.30 | 5.61× (17,360 B) | 100.0 | 30 | 6.60 | 1 |"
+    )
+    # the PTQ rows' float figure is the float KD student of the same seeds
+    assert rows[4] == (
+        "| ptq4 (256) | PTQ of the float KD student, uniform W4, buckets of 256 "
+        "| 97.60 ± 0.10 (2 seeds) | 98.00 | — | — | — | — | — |"
+    )
+    assert rows[8] == (
+        "| ptq2 (global) | PTQ of the float KD student, uniform W2, global scale "
+        "| 15.00 ± 5.00 (2 seeds) | 98.00 | — | — | — | — | — |"
+    )
+
+
+def test_student_cost_is_the_ratio_of_median_seconds_per_epoch_to_float_kd(mt):
+    lines = mt.student_tables(STUDENTS)
+    cost = lines[lines.index(next(ln for ln in lines if ln.startswith("**Cost"))) :]
+    assert cost[-5:] == [
+        "| float | float, KD | 5.50 | 1.00 |",
+        "| ce | float, cross-entropy, no teacher | 5.00 | 0.91 |",
+        "| qd4 | qd W4 (Polino, buckets of 256) | 5.00 | 0.91 |",
+        "| lsq44 | lsq W4A4 | 6.60 | 1.20 |",
+        "| qd2 | qd W2 (Polino, buckets of 256) | 5.00 | 0.91 |",
+    ]
+    no_float = [r for r in STUDENTS if r.get("run") != "float"]
+    assert not any(ln.startswith("**Cost") for ln in mt.student_tables(no_float))
+    assert mt.student_tables([_student_ptq(0, {(4, 256): 97.5})]) == []
+
+
+def test_student_headline_takes_the_most_accurate_run_at_each_weight_bit_width(mt):
+    lines = mt.student_headline(STUDENTS)
+    assert lines[-4:] == [
+        "| resnet (97.70 %) | fp32 | float, KD | 98.00 ± 0.20 (2 seeds) | 1× |",
+        "| resnet (97.70 %) | fp32 | float, cross-entropy, no teacher | 98.70 (1 seed) | 1× |",
+        "| resnet (97.70 %) | 4-bit weights | qd W4 (Polino, buckets of 256) "
+        "| 97.80 ± 0.20 (2 seeds) | 5.6× |",
+        "| resnet (97.70 %) | 2-bit weights | qd W2 (Polino, buckets of 256) "
+        "| 98.20 (1 seed) | 7.6× |",
+    ]
+    # alone in the README's results block, the students table opens it
+    assert mt.render_readme(STUDENTS)["results"].startswith("**Students**")
+    assert mt.student_headline([]) == []
+
+
+def test_dq_from_the_float_student_and_qat_name_what_they_are(mt):
+    dq = _student("dq2", 0, 97.9, quant=("dq", 2, None), float_acc=97.7, teacher_start="f.pt")
+    qat = _student("qat44", 0, 97.0, quant=("qat", 4, 4), float_acc=97.2)
+    assert mt._student_label(dq) == (
+        "dq W2 (Polino's learned points, buckets of 256, from the float KD student)"
+    )
+    assert mt._student_label(qat) == "qat W4A4 (fake quant + STE)"
+    qat["report"]["quant"]["bucket_size"] = None
+    qat["report"]["quant"]["method"] = "qd"
+    assert mt._student_label(qat) == "qd W4A4 (Polino, global scale)"
+
+
+def _onnx(**extra) -> dict:
+    lat = {
+        "ort_qdq_all": {"batch1_ms_per_image": 1.0, "batch256_ms_per_image": 0.5},
+        "torch_float": {"batch1_ms_per_image": 2.0, "batch256_ms_per_image": 1.0},
+        "ort_float": {"batch1_ms_per_image": 0.5, "batch256_ms_per_image": 0.5},
+    }
+    return {
+        "benchmark": "onnx-latency",
+        "date": "2026-12-02T17",
+        "dataset": "mnist5k",
+        "model": "resnet",
+        "machine": {"nproc": 2, "cpu_model": "CPU X"},
+        "quant": {"method": "qat", "w_bits": 8, "a_bits": 8},
+        "onnxruntime": "1.32.0",
+        "torch": "2.13.0",
+        "threads": 1,
+        "test_images": 1000,
+        "export": {"opset": 17, "qdq_bytes": 2048, "float_bytes": 8192},
+        "accuracy": {"torch_float": 95.5, "ort_float": 95.5, "ort_qdq_all": 95.2},
+        "fidelity": {
+            "ort_float": {"top1_agreement_pct": 100.0, "max_abs_logit_diff": 3.8e-6},
+            "ort_qdq_all": {"top1_agreement_pct": 99.9, "max_abs_logit_diff": 0.068},
+        },
+        "latency": lat,
+        **extra,
+    }
+
+
+def test_onnx_rows_in_runtime_order_with_speed_against_the_float_onnx_model(mt):
+    run = _onnx(float_epochs=3, student_epochs=2, student_lr=0.005)
+    lines = mt.onnx_tables([run, {"benchmark": "x"}])
+    title = lines[1]
+    assert "float network 3 epochs, student 2 epochs from it at lr 0.005; QDQ file 2 KiB" in title
+    assert lines[-3:] == [
+        "| torch, float network | 95.5 | — | — | 2.000 | 1.000 | 0.25 / 0.50 |",
+        "| ORT, float model, all optimisations | 95.5 | 100.0 | 3.8e-06 | 0.500 | 0.500 "
+        "| 1.00 / 1.00 |",
+        "| ORT, QDQ model, all optimisations (QDQ fused into integer kernels) | 95.2 | 99.9 "
+        "| 6.8e-02 | 1.000 | 0.500 | 0.50 / 1.00 |",
+    ]
+    assert "epochs" not in mt.onnx_tables([_onnx()])[1]  # not recorded: not named
+    assert mt.onnx_tables([{"benchmark": "student"}]) == []
+
+
+def test_kornia_speed_rows_pair_old_and_new_and_mark_what_was_kept(mt):
+    row = {
+        "shape": [256, 1, 28, 28],
+        "data": "digits",
+        "random_view": {"old_ms": 4.1036, "new_ms": 4.3844, "bitwise_identical_20_seeds": True},
+        "train_batch_augment_ms": {"old_dsa_color_crop": 1.1998, "new_random_crop": 1.3204},
+        "mix_ms": {"old_mixup": 0.2747, "new_mixup": 0.2763, "new_cutmix": 0.7334},
+        "dsa_warp_fwd_bwd_ms": {"dsa_scale": 2.7212, "kornia_scale": 3.4339},
+        "dsa_warp_max_abs_diff_scale_randn_input": 2.5e-05,
+        "load_item_ms": {"old_dsa": 0.0699},
+    }
+    speed = {
+        "benchmark": "kornia-speed",
+        "date": "2026-12-02T17",
+        "machine": {"nproc": 2, "cpu_model": "CPU X", "torch": "2.13"},
+        "device": "cpu",
+        "threads": 1,
+        "kornia": "0.9.0",
+        "base_commit": "abc1234",
+        "timing": "medians",
+        "rows": [row, {**row, "shape": [256, 3, 32, 32], "data": "natural"}],
+    }
+    lines = mt.kornia_tables([speed])
+    shape = "256×1×28×28 (digits)"
+    assert lines[5:7] == [
+        f"| `random_view` (SRe2L, INFER): crop + flip + roll, fwd + bwd | {shape} | 4.10 | 4.38 "
+        "| kornia; same bits over 20 seeds |",
+        "| `random_view` (SRe2L, INFER): crop + flip + roll, fwd + bwd | 256×3×32×32 (natural) "
+        "| 4.10 | 4.38 | kornia; same bits over 20 seeds |",
+    ]
+    body = lines[5::2]  # the digits shape of each op
+    assert body[1:] == [
+        f"| training batch: DSA | {shape} | 1.20 | unchanged | kept (strategy color_crop) |",
+        f"| training batch: `random_crop` | {shape} | — | 1.32 | kornia, opt-in |",
+        f"| mix: mixup | {shape} | 0.275 | 0.276 |  |",
+        f"| mix: CutMix | {shape} | — | 0.733 | kornia, opt-in |",
+        f"| one item of `load(augment=...)`: DSA | {shape} | 0.070 | unchanged | kept |",
+        f"| DSA scale warp (matching loop), fwd + bwd | {shape} | 2.72 | unchanged "
+        "| kept; kornia `warp_affine`: 3.43, outputs within 2.5e-05 on randn input |",
+    ]
+
+
+def test_kornia_accuracy_rows_against_the_default_of_the_same_teacher_or_recipe(mt):
+    def teacher(seed, dsa, crop):
+        cfg = {"pipeline": None}
+        return {
+            "benchmark": "kornia-teacher",
+            "date": f"2026-12-02T1{seed}",
+            "seed": seed,
+            "teacher": {"model": "convnet_bn", "epochs": 10, "width": 64},
+            "results": {
+                "dsa": {"test_accuracy": dsa, "config": cfg},
+                "random_crop": {"test_accuracy": crop, "config": {"pipeline": "random_crop"}},
+            },
+        }
+
+    def recipe(augment, mix, accs):
+        mean = sum(accs) / len(accs)
+        return {
+            "benchmark": "kornia-recipe",
+            "date": "2026-12-02T16",
+            "recipe": "sre2l",
+            "relabel": "online",
+            "augment": augment,
+            "mix": mix,
+            "temperature": 30.0,
+            "result": {"accs": accs, "mean": mean, "std": 0.0, "runs": 2, "epochs": 300},
+        }
+
+    lines = mt.kornia_tables(
+        [
+            recipe("random_crop", "mixup", [97.0, 97.0]),
+            recipe("dsa color_crop", "mixup", [96.5, 96.5]),
+            recipe("dsa color_crop", "cutmix", [96.0, 96.0]),
+            teacher(0, 98.0, 97.6),
+            teacher(1, 98.3, 97.3),
+        ]
+    )
+    assert "2 ConvNets × 300 epochs" in lines[1] and "T = 30" in lines[1]
+    assert lines[-5:] == [
+        "| teacher convnet_bn width 64, 10 epochs: DSA (default) | 98.15 ± 0.15 (2 seeds) "
+        "| seed 0: 98.00; seed 1: 98.30 | — |",
+        "| teacher convnet_bn width 64, 10 epochs: `random_crop` (kornia) "
+        "| 97.45 ± 0.15 (2 seeds) | seed 0: 97.60; seed 1: 97.30 | -0.70 |",
+        "| `sre2l` student recipe, online labels: DSA + mixup (default) | 96.50 ± 0.00 (2 runs) "
+        "| 96.5, 96.5 | — |",
+        "| `sre2l` student recipe, online labels: DSA + CutMix | 96.00 ± 0.00 (2 runs) "
+        "| 96.0, 96.0 | -0.50 |",
+        "| `sre2l` student recipe, online labels: `random_crop` (kornia) + mixup "
+        "| 97.00 ± 0.00 (2 runs) | 97.0, 97.0 | +0.50 |",
+    ]
+    assert mt.kornia_tables([{"benchmark": "student"}]) == []
