@@ -12,7 +12,9 @@ seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
     python bench/student.py --stage runs --runs float ce qd4 qd2 --seeds 0 1 2
     python bench/student.py --stage ptq --seeds 0 1 2         # bucketed / global PTQ of the
                                                               # float students
-    python bench/student.py --stage cost                      # s/epoch float vs qat/lsq
+    python bench/student.py --stage zeroshot --zeroq-iterations 100 --seeds 0 1 2
+                                   # zero-shot QAT of the teacher on a ZeroQ set, real:256
+                                   # and noise:256, against PTQ on the same sets
 
 Runs (``--runs``), each with KD from the teacher at the ``student`` recipe unless named:
 ``float`` (KD), ``ce`` (plain cross-entropy, no teacher), ``qd4``/``qd2`` (Polino's
@@ -179,14 +181,72 @@ def stage_ptq(teacher: str, seeds: list[int]) -> None:
         )
 
 
+ZS_BITS = ("w4a4", "w2a4")
+
+
+def stage_zeroshot(teacher: str, seeds: list[int], count: int, zeroq_iterations: int) -> None:
+    """Zero-shot QAT: the teacher itself, LSQ-quantized and fine-tuned (``zsqat``: KD at
+    T = 4 from its float self plus feature MSE, weight 1) on a ZeroQ set made from it
+    alone, against the same run on ``real:N`` and ``noise:N`` and against PTQ of the
+    teacher calibrated on each (MSE observer, first/last layer 8-bit)."""
+    tpath = teacher_path(teacher)
+    zq = WORK / f"zeroq_{teacher}_{count}_it{zeroq_iterations}.h5"
+    if not zq.exists():
+        t0 = time.perf_counter()
+        dd.build(None, "zeroq", None, zq, teacher=tpath, count=count,
+                 options={"iterations": zeroq_iterations}, quiet=True)  # fmt: skip
+        print(
+            f"zeroq {count} images, {zeroq_iterations} it/batch: {time.perf_counter() - t0:.0f} s"
+        )
+    sets = {"zeroq": str(zq), "real": f"real:{count}", "noise": f"noise:{count}"}
+    ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(ZS_BITS), observer="mse")
+    for seed in seeds:
+        for name, spec in sets.items():
+            for bits in ZS_BITS:
+                out = STUDENTS / f"zs_{teacher}_{name}{count}_{bits}_s{seed}.pt"
+                rep = dd.train(DATASET, out, data=spec, teacher=tpath, init="teacher",
+                               quant="lsq", bits=bits, recipe="zsqat", feature_weight=1.0,
+                               seed=seed, quiet=True, force=True)  # fmt: skip
+                cal = next(r for r in ptq["results"] if r["bits"] == bits and r["calib"] == spec)
+                print(f"zero-shot {name} {bits} seed {seed}: {rep['test_accuracy']:.2f}% "
+                      f"(PTQ {cal['quant_accuracy']:.2f})", flush=True)  # fmt: skip
+                write_result(
+                    f"zeroshot_{DATASET}_{teacher}_{name}{count}_{bits}_s{seed}",
+                    {
+                        "benchmark": "zero-shot-qat",
+                        "teacher_name": teacher,
+                        "set": name,
+                        "count": count,
+                        "bits": bits,
+                        "seed": seed,
+                        "settings": {
+                            "zeroq_iterations": zeroq_iterations if name == "zeroq" else None,
+                            "quant": "lsq",
+                            "recipe": "zsqat",
+                            "feature_weight": 1.0,
+                            "ptq_observer": "mse",
+                        },
+                        "ptq_accuracy": cal["quant_accuracy"],
+                        "fp32_accuracy": cal["fp32_accuracy"],
+                        "report": rep,
+                    },
+                )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", nargs="+", required=True, choices=["teacher", "runs", "ptq"])
+    p.add_argument(
+        "--stage", nargs="+", required=True, choices=["teacher", "runs", "ptq", "zeroshot"]
+    )
     p.add_argument("--teacher", default="resnet", choices=list(TEACHERS))
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--count", type=int, default=256, help="images of the zero-shot sets")
+    p.add_argument(
+        "--zeroq-iterations", type=int, default=500, help="ZeroQ's per batch (paper: 500)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
@@ -196,6 +256,9 @@ def main() -> None:
         stage_runs(args.teacher, args.runs, args.seeds, args.epochs)
     if "ptq" in args.stage:
         stage_ptq(args.teacher, args.seeds)
+    if "zeroshot" in args.stage:
+        STUDENTS.mkdir(parents=True, exist_ok=True)
+        stage_zeroshot(args.teacher, args.seeds, args.count, args.zeroq_iterations)
 
 
 if __name__ == "__main__":

@@ -401,7 +401,7 @@ def train(
     *,
     data: str | os.PathLike | SyntheticSet | None = None,
     teacher: str | os.PathLike | nn.Module | Sequence[str | os.PathLike | nn.Module] | None = None,
-    recipe: str = "student",
+    recipe: str | None = None,
     kd: str | None = None,
     options: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
@@ -423,9 +423,11 @@ def train(
             trains on the real training split.
         teacher: teacher file(s) or module(s) to distil from (copied, never changed);
             several are one target, the mean of their softmax outputs.
-        recipe: a :data:`~distill_data.train.RECIPES` preset (``student``, ``polino``,
-            ``zsqat``, ``dc``, ...); ``kd`` picks the loss (``hinton``, ``polino``,
-            ``bdkd``, ``none``) at its paper's weight and temperature; ``options`` are
+        recipe: a :data:`~distill_data.train.RECIPES` preset (``student``, ``finetune``,
+            ``polino``, ``zsqat``, ``dc``, ...); None: ``student`` for a student from
+            scratch, ``finetune`` for one that starts trained; ``kd`` picks the loss
+            (``hinton``, ``polino``, ``bdkd``, ``none``) at its paper's weight and
+            temperature; ``options`` are
             :class:`~distill_data.train.TrainRecipe` overrides (``epochs``, ``lr``, ...).
         student: :class:`~distill_data.train.student.StudentConfig` fields (``model``,
             ``quant``, ``bits``, ``init``, ...).
@@ -446,6 +448,8 @@ def train(
     _check_seed(cfg.seed)
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(f"options must be a dict of settings, got {type(options).__name__}")
+    if recipe is None:
+        recipe = "student" if cfg.init == "scratch" else "finetune"
     train_recipe = student_recipe(recipe, dict(options or {}), kd)
     device = resolve_device(device)
     teachers = _teacher_list(teacher)

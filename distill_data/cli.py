@@ -552,8 +552,8 @@ def export_cmd(network, out, opset, json_out, force) -> None:
 )
 @click.option(
     "--recipe",
-    default="student",
-    show_default=True,
+    default=None,
+    show_default="student from scratch, finetune from trained weights",
     type=click.Choice(tuple(TRAIN_RECIPES)),
     help="Training protocol preset (distill_data/train/recipe.py).",
 )

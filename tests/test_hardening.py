@@ -516,7 +516,7 @@ def test_a_large_build_says_its_size_before_it_starts(teacher_file, tmp_path, mo
 
 
 def test_a_file_of_another_kind_is_named_for_what_it_is(run_cli, store, teacher_file, tiny_npz):
-    res = run_cli("inspect", teacher_file)
+    res = run_cli("show", teacher_file, "--out", teacher_file.with_suffix(".png"))
     assert_one_error_line(*res)
     assert "is a network file (torch.save), not a distill-data store" in res[2]
     res = run_cli("eval", tiny_npz)

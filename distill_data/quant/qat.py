@@ -294,7 +294,10 @@ class EMAActivation(nn.Module):
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
 
     def freeze(self) -> None:
-        self.frozen = True
+        """Fix the range; an observer that has seen no batch yet keeps observing (a
+        range of [0, 0] would quantize every input to zero)."""
+        if bool(self.seen):
+            self.frozen = True
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and not self.frozen:

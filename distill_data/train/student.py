@@ -333,19 +333,19 @@ def train_student(
 
     frozen = {"bn": False, "observers": False}
 
+    def due(fraction: float | None, ep: int) -> bool:
+        # never before one epoch of statistics has been seen (int(0.9 * 1) would be 0)
+        return fraction is not None and ep >= max(1, int(fraction * recipe.epochs))
+
     def epoch_start(ep: int) -> None:
         if spec is None:
             return
-        if cfg.freeze_bn_at is not None and ep >= int(cfg.freeze_bn_at * recipe.epochs):
-            if not frozen["bn"]:
-                freeze_batchnorm(student)
-                frozen["bn"] = True
-        if cfg.freeze_observers_at is not None and ep >= int(
-            cfg.freeze_observers_at * recipe.epochs
-        ):
-            if not frozen["observers"]:
-                freeze_observers(student)
-                frozen["observers"] = True
+        if due(cfg.freeze_bn_at, ep) and not frozen["bn"]:
+            freeze_batchnorm(student)
+            frozen["bn"] = True
+        if due(cfg.freeze_observers_at, ep) and not frozen["observers"]:
+            freeze_observers(student)
+            frozen["observers"] = True
 
     def epoch_end(ep: int, fit_state: FitState) -> None:
         if ep + 1 < recipe.epochs:
@@ -451,8 +451,10 @@ def train_student(
             "file": str(out),
             "file_bytes": out.stat().st_size,
             "payload_bytes": summary["bytes"],
-            "fp32_bytes": summary["fp32_bytes"],
-            "compression": summary["compression"],
+            # the float student's parameters before quantization (and folding), as for
+            # the float runs, so every row of a comparison has the same baseline
+            "fp32_bytes": 4 * float_params,
+            "compression": round(4 * float_params / summary["bytes"], 3),
             "test_accuracy": _top1(again, data),
             "top1_agreement_with_fake_quant": 100.0
             * float((again.argmax(1) == logits.argmax(1)).float().mean()),
@@ -535,9 +537,7 @@ def _allocate_points(
     return {name: [b, a, round(gn, 6)] for name, b, a, gn in zip(layers, before, after, norms)}
 
 
-def _param_groups(
-    student: nn.Module, cfg: StudentConfig, recipe: TrainRecipe
-) -> list[dict] | None:
+def _param_groups(student: nn.Module, cfg: StudentConfig, recipe: TrainRecipe) -> list[dict] | None:
     """``lsq``: the step sizes at ``step_lr_scale`` × the recipe's lr, no weight decay;
     ``dq``: the points at ``points_lr`` (no weight decay), plus the weights when they
     train too (``dq_weights``); otherwise every parameter in one group."""
