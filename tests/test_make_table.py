@@ -424,10 +424,10 @@ def test_student_rows_pool_seeds_and_put_the_ptq_baselines_at_their_bit_width(mt
     # float = the mean of the float weights' accuracy; agreement: the lowest seed's
     assert rows[2] == (
         "| qd4 | qd W4 (Polino, buckets of 256) | 97.80 ± 0.20 (2 seeds) | 97.80 "
-        "| 5.61× (17,360 B) | 99.9 | 30 | 5.00 | 1 |"
+        "| 5.56× (17,360 B) | 99.9 | 30 | 5.00 | 1 |"
     )
     assert rows[3] == (
-        "| lsq44 | lsq W4A4 | 10.00 (1 seed) | 43.30 | 5.61× (17,360 B) | 100.0 | 30 | 6.60 | 1 |"
+        "| lsq44 | lsq W4A4 | 10.00 (1 seed) | 43.30 | 5.56× (17,360 B) | 100.0 | 30 | 6.60 | 1 |"
     )
     # the PTQ rows' float figure is the float KD student of the same seeds
     assert rows[4] == (
@@ -618,3 +618,34 @@ def test_kornia_accuracy_rows_against_the_default_of_the_same_teacher_or_recipe(
         "| 97.00 ± 0.00 (2 runs) | 97.0, 97.0 | +0.50 |",
     ]
     assert mt.kornia_tables([{"benchmark": "student"}]) == []
+
+
+def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
+    def run(name, bits, seed, acc):
+        return {
+            "benchmark": "zero-shot-qat",
+            "teacher_name": "resnet",
+            "set": name,
+            "count": 256,
+            "bits": bits,
+            "seed": seed,
+            "settings": {"zeroq_iterations": 100 if name == "zeroq" else None},
+            "ptq_accuracy": 90.0 if name == "zeroq" else 80.0,
+            "fp32_accuracy": 97.7,
+            "report": {"test_accuracy": acc},
+        }
+
+    rows = mt.zeroshot_table(
+        [
+            run("noise", "w4a4", 0, 60.0),
+            run("zeroq", "w4a4", 0, 96.0),
+            run("zeroq", "w4a4", 1, 97.0),
+        ]
+    )
+    body = [r for r in rows if r.startswith("| resnet")]
+    assert body[0] == (
+        "| resnet (97.70) | w4a4 | ZeroQ set from the teacher alone (100 iterations per batch) "
+        "| 256 | 96.50 ± 0.50 | 90.00 |"
+    )
+    assert body[1].startswith("| resnet (97.70) | w4a4 | Gaussian noise | 256 | 60.00")
+    assert mt.zeroshot_table([]) == []
