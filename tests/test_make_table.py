@@ -645,7 +645,7 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
     body = [r for r in rows if r.startswith("| resnet")]
     assert body[0] == (
         "| resnet (97.70) | w4a4 | ZeroQ set from the teacher alone (100 iterations per batch) "
-        "| 256 | 96.50 ± 0.50 | 90.00 |"
+        "| 256 | 96.50 ± 0.50 (2 seeds) | 90.00 |"
     )
     assert body[1].startswith("| resnet (97.70) | w4a4 | Gaussian noise | 256 | 60.00")
     assert mt.zeroshot_table([]) == []
