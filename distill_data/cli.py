@@ -66,6 +66,17 @@ _FORCE = click.option(
 )
 
 
+def _resume_hint(ckpt: Path, first: str) -> Callable[[], str]:
+    """What Ctrl-C says in a resumable command: how to continue, or that nothing was
+    written yet (``first`` names the first checkpoint's moment)."""
+    return lambda: (
+        f"interrupted; the last checkpoint is {ckpt}: rerun the same command with --resume "
+        "to continue from it"
+        if ckpt.exists()
+        else f"interrupted before {first}; nothing was written"
+    )
+
+
 def _setting(cls: type, name: str, *decls: str, shown: Any = None, **extra: Any):
     """A click option for field ``name`` of config dataclass ``cls``: its default and
     type come from the dataclass, so no default is written twice. ``shown`` is the
@@ -204,12 +215,7 @@ def build(
     from distill_data.synth.base import size_label
 
     ckpt = checkpoint_path_for(out)
-    _interrupt_hint = lambda: (  # noqa: E731
-        f"interrupted; the last checkpoint is {ckpt}: rerun the same command with --resume "
-        "to continue from it"
-        if ckpt.exists()
-        else "interrupted before the first checkpoint; nothing was written"
-    )
+    _interrupt_hint = _resume_hint(ckpt, "the first checkpoint")
     options = parse_set_options(sets)
     log = None if quiet else (lambda m: click.echo(m, err=True))
     synset = api.build(
@@ -598,11 +604,7 @@ def train(
     from distill_data.store import checkpoint_path_for
 
     ckpt = checkpoint_path_for(out)
-    _interrupt_hint = lambda: (  # noqa: E731
-        f"interrupted; rerun the same command with --resume to continue from {ckpt}"
-        if ckpt.exists()
-        else "interrupted before the first epoch ended; nothing was written"
-    )
+    _interrupt_hint = _resume_hint(ckpt, "the first epoch ended")
     extra = parse_set_options(sets)
     fields = set(StudentConfig.__dataclass_fields__)
     student = _with_sets(

@@ -25,9 +25,10 @@ import sys
 
 import pytest
 import torch
+from test_student_file import train_tiny
 
 from distill_data.models import build_model, save_model
-from distill_data.quant.qat import QuantSpec, freeze_observers, quantize_
+from distill_data.quant.qat import QuantSpec
 from distill_data.quant.student import load_student, save_student
 
 FLOAT_ATOL = 1e-5
@@ -50,20 +51,7 @@ def ort():
 
 
 def trained_student(arch: str, method: str, w_bits: int, a_bits: int | None, **spec_kw):
-    torch.manual_seed(0)
-    model = build_model(arch, 1, 3, (10, 10), width=8)
-    spec = QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, **spec_kw)
-    quantize_(model, spec)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(4):
-        x, y = torch.randn(16, 1, 10, 10), torch.randint(0, 3, (16,))
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    freeze_observers(model)
-    return model.eval(), spec
+    return train_tiny(arch, QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, **spec_kw))
 
 
 def student_file(tmp_path, arch, method, w_bits, a_bits, **spec_kw):

@@ -12,11 +12,10 @@ from distill_data.quant.qat import QUANT_METHODS, QuantSpec, freeze_observers, q
 from distill_data.quant.student import load_student, save_student, student_summary
 
 
-def trained_student(arch: str, method: str, w_bits: int = 4) -> tuple:
+def train_tiny(arch: str, spec: QuantSpec) -> tuple:
+    """A tiny quantized student after a few SGD steps on random data, observers frozen."""
     torch.manual_seed(0)
     model = build_model(arch, 1, 3, (10, 10), width=8)
-    a_bits = None if method in ("qd", "dq") else 4
-    spec = QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits)
     quantize_(model, spec)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
@@ -28,6 +27,11 @@ def trained_student(arch: str, method: str, w_bits: int = 4) -> tuple:
         opt.step()
     freeze_observers(model)
     return model.eval(), spec
+
+
+def trained_student(arch: str, method: str, w_bits: int = 4) -> tuple:
+    a_bits = None if method in ("qd", "dq") else 4
+    return train_tiny(arch, QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits))
 
 
 @pytest.mark.parametrize("arch", ["convnet_bn", "resnet"])

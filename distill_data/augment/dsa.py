@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from distill_data.augment.base import BatchAugment, PerSample
 from distill_data.errors import ConfigError, DataError
 from distill_data.runtime import to_device
 
@@ -430,7 +431,7 @@ _OPS: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]] = {
 # ----------------------------------------------------------------------------- module
 
 
-class DSA:
+class DSA(BatchAugment):
     """Differentiable Siamese Augmentation: draw a transformation once, apply it twice.
 
     Zhao & Bilen (ICML 2021) match the synthetic set to the real data under a shared
@@ -450,6 +451,8 @@ class DSA:
     Raises:
         ConfigError: For an unknown op, mode or config type.
     """
+
+    kind = "DSA"
 
     def __init__(
         self,
@@ -625,40 +628,18 @@ class DSA:
             out = fn(out, *(params.values[k] for k in keys))
         return out.to(x.dtype) if params.ops else out
 
-    def __call__(
-        self,
-        x: torch.Tensor,
-        generator: torch.Generator | None = None,
-        params: AugParams | None = None,
-    ) -> torch.Tensor:
-        """Augment ``x``, drawing parameters with ``generator`` unless ``params`` is given."""
-        if params is None:
-            if not isinstance(x, torch.Tensor) or x.dim() != 4:
-                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
-                raise DataError(f"DSA expects images of shape (n, C, H, W), got {shape}")
-            n, _, h, w = x.shape
-            params = self.sample(int(n), int(h), int(w), generator=generator, device=x.device)
-        return self.apply(x, params)
 
-
-class PerSampleDSA:
+class PerSampleDSA(PerSample):
     """DSA as a per-image transform for ``Dataset``/``DataLoader`` pipelines.
 
-    ``t(x)`` augments one (C, H, W) image with a fresh draw. Each process (DataLoader
-    worker) gets its own generator seeded from ``torch.initial_seed()``, which the
-    DataLoader sets differently per worker, so workers do not repeat each other.
+    ``t(x)`` augments one (C, H, W) image with a fresh draw; see
+    :class:`~distill_data.augment.base.PerSample` for how workers draw.
     """
 
     def __init__(self, strategy: str = DEFAULT_STRATEGY, config: DSAConfig | None = None) -> None:
-        self.dsa = DSA(strategy, config or DSAConfig())
-        self._gen: torch.Generator | None = None
-        self._seed: int | None = None
+        super().__init__(DSA(strategy, config or DSAConfig()))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        seed = torch.initial_seed()
-        if self._gen is None or self._seed != seed:
-            self._gen, self._seed = torch.Generator().manual_seed(seed), seed
-        return self.dsa(x.unsqueeze(0), generator=self._gen).squeeze(0)
-
-    def __getstate__(self) -> dict:
-        return {"dsa": self.dsa, "_gen": None, "_seed": None}
+    @property
+    def dsa(self) -> DSA:
+        """The batch DSA this transform applies."""
+        return self.augment

@@ -40,6 +40,7 @@ from kornia.enhance import (
 from kornia.geometry.bbox import bbox_to_mask
 from kornia.geometry.transform import crop_by_indices, hflip
 
+from distill_data.augment.base import BatchAugment, PerSample
 from distill_data.errors import ConfigError, DataError
 
 __all__ = [
@@ -456,7 +457,7 @@ def mix_targets(targets: torch.Tensor, params: MixParams) -> torch.Tensor:
 # ----------------------------------------------------------------------------- module
 
 
-class AugmentPipeline:
+class AugmentPipeline(BatchAugment):
     """A training augmentation pipeline: crop, flip, colour jitter, drawn per image.
 
     Mirrors torchvision's ``Compose([Random(Resized)Crop, RandomHorizontalFlip,
@@ -473,6 +474,8 @@ class AugmentPipeline:
     Raises:
         ConfigError: For a config that is not a :class:`PipelineConfig`.
     """
+
+    kind = "pipeline"
 
     def __init__(
         self,
@@ -551,6 +554,7 @@ class AugmentPipeline:
         height: int,
         width: int,
         generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> PipelineParams:
         """Draw the parameters of one call for ``n`` images of ``height x width``.
 
@@ -562,6 +566,8 @@ class AugmentPipeline:
             height, width: Image size.
             generator: Source of all randomness (torch's default generator if None,
                 never reseeded).
+            device: Unused: parameters live on the generator's device (the DSA
+                signature, so both are :class:`BatchAugment`).
         """
         for name, value, low in (("n", n, 0), ("height", height, 1), ("width", width, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -681,46 +687,13 @@ class AugmentPipeline:
             hit = self._cache[key] = (mean, std, (0.0 - mean) / std)
         return hit
 
-    def __call__(
-        self,
-        x: torch.Tensor,
-        generator: torch.Generator | None = None,
-        params: PipelineParams | None = None,
-    ) -> torch.Tensor:
-        """Augment ``x`` ``(n, C, H, W)``, drawing with ``generator`` unless ``params``."""
-        if params is None:
-            if not isinstance(x, torch.Tensor) or x.dim() != 4:
-                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
-                raise DataError(f"pipeline expects images of shape (n, C, H, W), got {shape}")
-            n, _, h, w = x.shape
-            params = self.sample(int(n), int(h), int(w), generator=generator)
-        return self.apply(x, params)
 
-
-class PerSampleAugment:
+class PerSampleAugment(PerSample):
     """A batch augmenter (``aug(x, generator=g)``, e.g. :class:`AugmentPipeline`) as a
-    per-image transform ``(C, H, W) -> (C, H, W)`` for ``Dataset``/``DataLoader``.
-
-    Each process (DataLoader worker) draws from its own generator seeded from
-    ``torch.initial_seed()``, which the DataLoader sets differently per worker, so
-    workers do not repeat each other's draws and the global RNG is not consumed.
-    """
+    per-image transform ``(C, H, W) -> (C, H, W)`` for ``Dataset``/``DataLoader``; see
+    :class:`~distill_data.augment.base.PerSample` for how workers draw."""
 
     def __init__(self, augment) -> None:
         if not callable(augment):
             raise ConfigError(f"PerSampleAugment needs a callable batch augmenter, got {augment!r}")
-        self.augment = augment
-        self._gen: torch.Generator | None = None
-        self._seed: int | None = None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        seed = torch.initial_seed()
-        if self._gen is None or self._seed != seed:
-            self._gen, self._seed = torch.Generator().manual_seed(seed), seed
-        return self.augment(x.unsqueeze(0), generator=self._gen).squeeze(0)
-
-    def __repr__(self) -> str:
-        return f"PerSampleAugment({self.augment!r})"
-
-    def __getstate__(self) -> dict:
-        return {"augment": self.augment, "_gen": None, "_seed": None}
+        super().__init__(augment)
