@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -22,7 +23,7 @@ from distill_data.augment import (
 from distill_data.config import check_int, config_to_dict, make_config, resolve_device
 from distill_data.data import DataSpec, RealDataset, find_dataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
-from distill_data.errors import ConfigError, StoreError, opt
+from distill_data.errors import ConfigError, DistillDataError, StoreError, opt
 from distill_data.evaluation import EvalConfig, EvalRequest
 from distill_data.evaluation import evaluate as _evaluate
 from distill_data.models import nonfinite_tensors
@@ -354,19 +355,34 @@ def evaluate(
     return report
 
 
-def input_paths(*specs: Any, store: str | os.PathLike | None = None) -> list[Path]:
+def input_paths(*specs: Any, store: Any = None, networks: Sequence[Any] = ()) -> list[Path]:
     """The files and folders a command will read, for :func:`~distill_data.paths.check_outputs`:
-    the existing paths among ``specs`` (teachers may be given as a list) and, for a
-    stored set, the store and the real data it records."""
+    the existing paths among ``specs`` (lists are flattened), a stored set and the real
+    data it records, and network files (teachers, ``init``) and the real data each
+    records. What cannot be read here is skipped: reading it later gives the error."""
     flat: list[Any] = []
-    for spec in specs:
+    for spec in (*specs, networks):
         flat += list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    if store is not None:
+    if isinstance(store, (str, os.PathLike)):
         flat.append(store)
         if os.path.isfile(store):
-            meta = read_meta(store)
-            flat += [meta.dataset, meta.extra.get("dataset_source", "")]
+            with contextlib.suppress(DistillDataError):
+                meta = read_meta(store)
+                flat += [meta.dataset, meta.extra.get("dataset_source", "")]
+    for net in networks:
+        if isinstance(net, (str, os.PathLike)) and os.path.isfile(net):
+            flat += _recorded_data(net)
     return existing_paths(flat)
+
+
+def _recorded_data(path: str | os.PathLike) -> list[str]:
+    """The dataset name and source a network file records ([] when it cannot say)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
+        return [str(meta.get("dataset", "")), str(meta.get("dataset_source", ""))]
+    except Exception:  # noqa: BLE001 - not a network file: loading it later says so
+        return []
 
 
 def teacher(
@@ -455,9 +471,10 @@ def train(
     teachers = _teacher_list(teacher)
     spec_kind = _sample_spec(data)
     store_path = None if data is None or isinstance(data, SyntheticSet) or spec_kind else data
+    init_file = [cfg.init] if cfg.init.endswith(".pt") else []
     check_outputs(
         [(out, "model"), (checkpoint_path_for(out), "checkpoint")],
-        reads=[dataset, store_path, *teachers, cfg.init if cfg.init.endswith(".pt") else None],
+        reads=input_paths(dataset, store=store_path, networks=[*teachers, *init_file]),
         force=force,
     )
     synset = read_store(data) if store_path is not None else (None if spec_kind else data)

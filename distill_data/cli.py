@@ -66,6 +66,15 @@ _FORCE = click.option(
 )
 
 
+def _quantize_reads(teacher: str, dataset: str | None, calibs: tuple[str, ...]) -> list:
+    """What quantize reads: the teacher and the data it records, the dataset, and each
+    stored calibration set with the data it records."""
+    reads = api.input_paths(dataset, networks=[teacher])
+    for c in calibs:
+        reads += api.input_paths(store=c)
+    return reads
+
+
 def _resume_hint(ckpt: Path, first: str) -> Callable[[], str]:
     """What Ctrl-C says in a resumable command: how to continue, or that nothing was
     written yet (``first`` names the first checkpoint's moment)."""
@@ -336,7 +345,7 @@ def eval_cmd(
     """Train fresh networks on STORE and test them on the real test split."""
     from distill_data.evaluation import format_report
 
-    reads = api.input_paths(dataset, teachers, store=store)
+    reads = api.input_paths(dataset, store=store, networks=teachers)
     check_outputs([(json_out, "json")], reads=reads, force=force)
     protocol = _with_sets(
         ctx,
@@ -469,7 +478,7 @@ def quantize(
     from distill_data.quant.calibrate import format_comparison
 
     check_outputs(
-        [(json_out, "json")], reads=api.input_paths(teacher, dataset, calibs), force=force
+        [(json_out, "json")], reads=_quantize_reads(teacher, dataset, calibs), force=force
     )
     ptq = _with_sets(ctx, {"observer": observer, "first_last_bits": first_last_bits}, sets)
     report = api.quantize(
@@ -614,7 +623,9 @@ def train(
     )
     given = {} if epochs is None else {"epochs": epochs}
     options = _with_sets(ctx, given, {k: v for k, v in extra.items() if k not in fields})
-    reads = api.input_paths(dataset, data, teachers)
+    init = student.get("init")
+    nets = [*teachers, *([init] if isinstance(init, str) and init.endswith(".pt") else [])]
+    reads = api.input_paths(dataset, store=data, networks=nets)
     check_outputs([(out, "model"), (json_out, "json")], reads=reads, force=force)
     log = None if quiet else (lambda m: click.echo(m, err=True))
     report = api.train(

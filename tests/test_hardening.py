@@ -524,3 +524,29 @@ def test_a_file_of_another_kind_is_named_for_what_it_is(run_cli, store, teacher_
     res = run_cli("quantize", "--teacher", store, "--calib", "noise:4")
     assert_one_error_line(*res)
     assert "is a distill-data store (HDF5), not a network file" in res[2]
+
+
+def test_force_never_replaces_the_data_a_store_or_teacher_records(
+    run_cli, tiny_npz, store, teacher_file, tmp_path
+):
+    data = tiny_npz.read_bytes()
+    for args in (
+        ["train", "--data", store, "--out", tiny_npz, "--force"],  # the store's dataset
+        ["train", "--teacher", teacher_file, "--out", tiny_npz, "--force"],  # the teacher's
+        [
+            "quantize",
+            "--teacher",
+            teacher_file,
+            "--calib",
+            "noise:4",
+            "--json",
+            tiny_npz,
+            "--force",
+        ],  # fmt: skip
+    ):
+        res = run_cli(*args)
+        assert_one_error_line(*res)
+        assert "refusing to write" in res[2], (args, res[2])
+    assert tiny_npz.read_bytes() == data
+    with pytest.raises(ConfigError, match="refusing to write"):
+        dd.train(None, tiny_npz, data=str(store), force=True, quiet=True)

@@ -223,6 +223,7 @@ def test_ema_activation_qdq_is_exact_but_for_near_ties(tmp_path, ort, bits):
     aq = EMAActivation(bits, 0.01)
     aq.lo.fill_(-1.3)
     aq.hi.fill_(2.9)
+    aq.seen.fill_(True)  # a range as if observed
     aq.freeze()
     aq.eval()
     x = torch.randn(64, 512, generator=torch.Generator().manual_seed(0)) * 2

@@ -4,6 +4,7 @@ error path is one line; a killed run resumes to the same student."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 
@@ -95,6 +96,31 @@ def test_zero_shot_qat_from_a_data_free_set(run_cli, tiny_npz, teacher_file, tmp
     assert r["student"]["parameters"] == r["teacher"]["parameters"]  # the teacher itself
 
 
+def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teacher_file):
+    """A quantized copy of the teacher at 8 bits reproduces the teacher's features, so
+    the feature MSE is tiny; matched against the wrong place (the conv before its
+    BatchNorm) it would not be."""
+    from distill_data.quant.qat import QuantSpec, freeze_batchnorm, quantize_
+
+    teacher, _ = load_model(teacher_file)
+    teacher.eval()
+    student = quantize_(copy.deepcopy(teacher), QuantSpec(method="qat", w_bits=8, a_bits=8))
+    freeze_batchnorm(student)
+    x = torch.randn(16, 1, 10, 10)
+    student.train()
+    with torch.no_grad():
+        student(x)  # activation ranges
+    student.eval()
+    cfg = StudentConfig(quant="qat", bits="w8a8", feature_weight=1.0, init="teacher")
+    aux, remove = STUDENT_MODULE._feature_term(student, teacher, cfg)
+    try:
+        with torch.no_grad():
+            student(x), teacher(x)
+        assert float(aux()) < 1e-3
+    finally:
+        remove()
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [
@@ -127,10 +153,19 @@ def test_a_teacher_for_other_data_is_refused(run_cli, teacher_file, make_npz, tm
     assert "1x10x10 inputs" in res[2]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"quant": "qat", "bits": "w4a4"},
+        {"quant": "qd", "bits": "w2", "stochastic": True},
+        {"quant": "lsq", "bits": "w3a4", "kd": "polino"},
+    ],
+)
 def test_a_killed_run_resumes_to_the_same_student(tiny_npz, teacher_file, tmp_path,
-                                                  monkeypatch):  # fmt: skip
-    kw = {"teacher": teacher_file, "quant": "qat", "bits": "w4a4", "width": 4, "quiet": True,
-          "options": {"epochs": 3}}  # fmt: skip
+                                                  monkeypatch, settings):  # fmt: skip
+    # BN statistics and activation ranges freeze at epoch 2; the run dies after it
+    kw = {"teacher": teacher_file, "width": 4, "quiet": True, "freeze_bn_at": 0.5,
+          "freeze_observers_at": 0.5, "options": {"epochs": 4}, **settings}  # fmt: skip
     whole = tmp_path / "whole.pt"
     dd.train(str(tiny_npz), whole, **kw)
     part = tmp_path / "part.pt"
@@ -139,7 +174,7 @@ def test_a_killed_run_resumes_to_the_same_student(tiny_npz, teacher_file, tmp_pa
     def dying(model, data, recipe, *, epoch_end, **rest):
         def end(ep, state):
             epoch_end(ep, state)
-            if ep == 1:
+            if ep == 2:
                 raise KeyboardInterrupt
 
         return real_fit(model, data, recipe, epoch_end=end, **rest)
@@ -255,6 +290,23 @@ def test_students_from_real_and_noise_samples(tiny_npz, teacher_file, tmp_path):
     assert r["data"]["images"] == 6 and r["loss"] == "cross-entropy on the labels"
     with pytest.raises(ConfigError, match="data-free calibration set"):
         dd.train(str(tiny_npz), tmp_path / "n.pt", data="noise:8", quiet=True)
-    r = dd.train(str(tiny_npz), tmp_path / "n.pt", data="noise:8", teacher=teacher_file,
-                 init="teacher", quant="lsq", options={"epochs": 1}, quiet=True)  # fmt: skip
+    seen = []
+
+    def spy(model, data, recipe, **kw):
+        seen.append((data.images.clone(), data.labels.clone()))
+        return real_fit_function(model, data, recipe, **kw)
+
+    import distill_data.train.student  # noqa: F401 - the module, for the spy below
+
+    orig = STUDENT_MODULE.fit
+    STUDENT_MODULE.fit = spy
+    try:
+        r = dd.train(str(tiny_npz), tmp_path / "n.pt", data="noise:8", teacher=teacher_file,
+                     init="teacher", quant="lsq", options={"epochs": 1}, quiet=True)  # fmt: skip
+    finally:
+        STUDENT_MODULE.fit = orig
     assert r["data"]["source"] == "noise:8" and r["data"]["count"] == 8
+    net, _ = load_model(teacher_file)
+    images, labels = seen[0]
+    with torch.no_grad():  # noise has no class: the teacher's predictions label it
+        assert torch.equal(labels, net.eval()(images).argmax(1))

@@ -90,7 +90,13 @@ from torch import Tensor, nn
 from distill_data.errors import ConfigError, DistillDataError
 from distill_data.quant.fakequant import lsq_qrange
 from distill_data.quant.pack import unpack
-from distill_data.quant.qat import EMAActivation, LSQActivation, QuantLayer, quant_layers
+from distill_data.quant.qat import (
+    EMAActivation,
+    LSQActivation,
+    QuantLayer,
+    positive,
+    quant_layers,
+)
 from distill_data.quant.quantizers import affine_qrange
 
 #: Default opset: 17 (ONNX 1.12, 2022) is read by every ONNX Runtime since 1.12 and has
@@ -229,7 +235,7 @@ def act_qdq_params(aq: nn.Module | None) -> dict | None:
         signed = bool(aq.signed)
         qn, qmax = lsq_qrange(aq.bits, signed)
         qmin, zp_i = -qn, 0
-        scale = aq.step.detach().to(torch.float32).reshape(())
+        scale = positive(aq.step).detach().to(torch.float32).reshape(())
         dtype, kind = (torch.int8 if signed else torch.uint8), "lsq"
     else:
         raise ConfigError(f"no ONNX form for activation quantizer {type(aq).__name__}")

@@ -76,6 +76,7 @@ from distill_data.quant.ptq import _layer_order, _set_submodule, _trace
 from distill_data.quant.quantizers import (
     MAX_BITS,
     MIN_BITS,
+    SCALE_EPS,
     act_fake_quant,
     affine_qparams,
     symmetric_qrange,
@@ -170,6 +171,14 @@ def first_last_filter(spec: QuantSpec, first: str, last: str) -> FilterFn:
 # ------------------------------------------------------------------ weight quantizers
 
 
+def positive(step: Tensor) -> Tensor:
+    """A learned step as used: ``|s|``, at least :data:`SCALE_EPS`. LSQ's step is a
+    scale and must be positive; an optimiser step that overshoots zero would otherwise
+    mirror the range (and send every input of an unsigned quantizer to 0). The absolute
+    value keeps a gradient, so the step can recover."""
+    return step.abs().clamp_min(SCALE_EPS)
+
+
 class WeightQuantizer(nn.Module, abc.ABC):
     """Maps a float weight tensor to its (differentiable) quantized value, and to the
     integer codes and scales that store it (:meth:`codes`)."""
@@ -213,10 +222,10 @@ class LSQWeight(WeightQuantizer):
         self.step = nn.Parameter(lsq_init_step(w.detach(), self.qp).reshape(()).float())
 
     def forward(self, w: Tensor) -> Tensor:
-        return lsq_fake_quant(w, self.step, self.qn, self.qp, self.grad_scale)
+        return lsq_fake_quant(w, positive(self.step), self.qn, self.qp, self.grad_scale)
 
     def codes(self, w: Tensor) -> dict:
-        s = self.step.detach()
+        s = positive(self.step).detach()
         q = torch.round(torch.clamp(w.detach() / s, -self.qn, self.qp)).to(torch.int64)
         return {"kind": "per_tensor", "codes": q, "signed": True, "scale": s.reshape(1)}
 
@@ -309,6 +318,8 @@ class EMAActivation(nn.Module):
                 self.lo.copy_(lo)
                 self.hi.copy_(hi)
                 self.seen.fill_(True)
+        if not bool(self.seen):  # no range yet (eval before any training batch): float
+            return x
         scale, zero_point = self.qparams()
         return act_fake_quant(x, scale, zero_point, self.bits)
 
@@ -339,13 +350,13 @@ class LSQActivation(nn.Module):
                 self.step.copy_(lsq_init_step(x, qp).reshape(()))
                 self.initialised.fill_(True)
         qn, qp = lsq_qrange(self.bits, bool(self.signed))
-        return lsq_fake_quant(x, self.step, qn, qp, lsq_grad_scale(x[0].numel(), qp))
+        return lsq_fake_quant(x, positive(self.step), qn, qp, lsq_grad_scale(x[0].numel(), qp))
 
     def export(self) -> dict:
         return {
             "kind": "lsq",
             "bits": self.bits,
-            "step": self.step.detach().reshape(()),
+            "step": positive(self.step).detach().reshape(()),
             "signed": bool(self.signed),
         }
 
@@ -370,6 +381,7 @@ class QuantLayer(nn.Module):
         self.layer, self.bn, self.wq, self.aq = layer, bn, wq, aq
         self.spec = spec
         self.bn_frozen = False
+        self.bn_name: str | None = None
         self.deployed = False
         self.enabled = True  # False: the float network (quantizers bypassed)
 
@@ -448,7 +460,9 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
             continue
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module":
-            if isinstance(modules.get(users[0].target), nn.BatchNorm2d):
+            bn = modules.get(users[0].target)
+            # folding needs γ, β and running statistics; other BatchNorms stay float ops
+            if isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.track_running_stats:
                 pairs[node.target] = users[0].target
     return pairs
 
@@ -511,6 +525,7 @@ def quantize_(model: nn.Module, spec: QuantSpec, filter_fn: FilterFn | None = No
         q = QuantLayer(layer, layer_spec, _weight_quantizer(layer_spec, w), _act_quantizer(
             layer_spec), bn)  # fmt: skip
         q.to(layer.weight.device)
+        q.bn_name = pairs.get(name)  # where the folded BatchNorm was (feature matching)
         _set_submodule(model, name, q)
         if bn is not None:
             _set_submodule(model, pairs[name], nn.Identity())
