@@ -20,9 +20,9 @@ times the MSE of every quantized layer's output against the teacher's, as the IC
 zero-shot QAT recipe does); no real image is used for training.
 
 Quantization (:mod:`distill_data.quant.qat`): ``qat``, ``lsq``, ``qd``, ``dq``. For
-``qat`` the BatchNorm statistics freeze at ``freeze_bn_at`` of the epochs and the
-activation ranges at ``freeze_observers_at`` (torchvision's QAT reference freezes them
-late in its short fine-tune; Krishnamoorthi's whitepaper after a warm-up). ``dq``
+``qat`` the activation ranges freeze at ``freeze_observers_at`` of the epochs, and the
+BatchNorm statistics at ``freeze_bn_at`` when set (torchvision's QAT reference freezes
+both late in a short fine-tune; Krishnamoorthi's whitepaper after a warm-up). ``dq``
 learns the points (Polino et al., Alg. 2) with its own learning rate ``points_lr``;
 the weights train with them (straight-through, as ``qd``) when the student starts from
 scratch, and stay fixed when it starts from a trained teacher (``dq_weights``).
@@ -87,7 +87,12 @@ class StudentConfig:
         stochastic: ``qd`` rounds stochastically.
         freeze_bn_at, freeze_observers_at: fraction of the epochs after which ``qat``/
             ``lsq`` freeze the folded BatchNorm statistics and ``qat`` its activation
-            ranges (None: never).
+            ranges (None: never). BatchNorm does not freeze by default: torchvision's
+            QAT reference freezes it late in a short fine-tune at lr 1e-4, and while the
+            learning rate is still high the switch from batch to running statistics
+            made LSQ steps explode (mnist5k, measured: a 2-epoch W4A4 student went to
+            10 % with the freeze at epoch 1 and reached 91 % without it); the eval
+            forward, which the saved student computes, always uses the running ones.
         step_lr_scale: ``lsq``'s step sizes train at the recipe's learning rate times this,
             without weight decay. LSQ fine-tunes a trained network at lr 0.01 (Esser et
             al., §3); a student trained from scratch at the ``student`` recipe's 0.05
@@ -114,7 +119,7 @@ class StudentConfig:
     first_last_bits: int | None = 8
     bucket_size: int | None = 256
     stochastic: bool = False
-    freeze_bn_at: float | None = 0.8
+    freeze_bn_at: float | None = None
     freeze_observers_at: float | None = 0.9
     step_lr_scale: float = 0.1
     points_lr: float = 1e-4
