@@ -12,6 +12,7 @@ seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
     python bench/student.py --stage runs --runs float ce qd4 qd2 --seeds 0 1 2
     python bench/student.py --stage ptq --seeds 0 1 2         # bucketed / global PTQ of the
                                                               # float students
+    python bench/student.py --stage sets --epochs 300 --seeds 0 1 2   # from condensed sets
     python bench/student.py --stage zeroshot --zeroq-iterations 100 --seeds 0 1 2
                                    # zero-shot QAT of the teacher on a ZeroQ set, real:256
                                    # and noise:256, against PTQ on the same sets
@@ -233,10 +234,53 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, zeroq_iterations:
                 )
 
 
+SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,000: 11 h here)
+    "random": ([10, 50], {}),
+    "herding": ([10, 50], {}),
+    "dm": ([10], {"iterations": 200}),
+}
+
+
+def stage_sets(teacher: str, seeds: list[int], epochs: int) -> None:
+    """Students distilled from the teacher on stored condensed sets: the downstream use
+    of a set (accuracy against the images it costs), float KD students of the ``student``
+    recipe at ``epochs`` (one step per epoch on 100 images, so more epochs than on the
+    full split)."""
+    for method, (ipcs, opts) in SETS.items():
+        for ipc in ipcs:
+            store = WORK / f"set_{method}_ipc{ipc}.h5"
+            if not store.exists():
+                t0 = time.perf_counter()
+                dd.build(DATASET, method, ipc, store, options=opts, quiet=True)
+                print(f"{method} ipc {ipc}: built in {time.perf_counter() - t0:.0f} s", flush=True)
+            for seed in seeds:
+                out = STUDENTS / f"set_{teacher}_{method}{ipc}_s{seed}.pt"
+                rep = dd.train(DATASET, out, data=str(store), teacher=teacher_path(teacher),
+                               width=STUDENT_WIDTH[teacher], seed=seed,
+                               options={"epochs": epochs}, quiet=True, force=True)  # fmt: skip
+                print(f"set {method} ipc {ipc} seed {seed}: {rep['test_accuracy']:.2f}%",
+                      flush=True)  # fmt: skip
+                write_result(
+                    f"studentset_{DATASET}_{teacher}_{method}_ipc{ipc}_s{seed}",
+                    {
+                        "benchmark": "student-from-set",
+                        "teacher_name": teacher,
+                        "method": method,
+                        "ipc": ipc,
+                        "seed": seed,
+                        "settings": {"build": opts, "epochs": epochs, "kd": "student recipe"},
+                        "report": rep,
+                    },
+                )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--stage", nargs="+", required=True, choices=["teacher", "runs", "ptq", "zeroshot"]
+        "--stage",
+        nargs="+",
+        required=True,
+        choices=["teacher", "runs", "ptq", "zeroshot", "sets"],
     )
     p.add_argument("--teacher", default="resnet", choices=list(TEACHERS))
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -256,6 +300,9 @@ def main() -> None:
         stage_runs(args.teacher, args.runs, args.seeds, args.epochs)
     if "ptq" in args.stage:
         stage_ptq(args.teacher, args.seeds)
+    if "sets" in args.stage:
+        STUDENTS.mkdir(parents=True, exist_ok=True)
+        stage_sets(args.teacher, args.seeds, args.epochs)
     if "zeroshot" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
         stage_zeroshot(args.teacher, args.seeds, args.count, args.zeroq_iterations)
