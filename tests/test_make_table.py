@@ -649,3 +649,23 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
     )
     assert body[1].startswith("| resnet (97.70) | w4a4 | Gaussian noise | 256 | 60.00")
     assert mt.zeroshot_table([]) == []
+
+
+def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
+    def run(method, ipc, seed, acc):
+        return {
+            "benchmark": "student-from-set",
+            "teacher_name": "resnet",
+            "method": method,
+            "ipc": ipc,
+            "seed": seed,
+            "settings": {"build": {"iterations": 200} if method == "dm" else {}},
+            "report": {"test_accuracy": acc, "data": {"images": ipc * 10}, "epochs": 300},
+        }
+
+    rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0),
+                                 run("random", 10, 0, 85.0)])  # fmt: skip
+    body = [r for r in rows if r.startswith("| resnet")]
+    assert body[0] == "| resnet | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
+    assert body[1].startswith("| resnet | random (defaults) | 10 | 100 | 85.00")
+    assert mt.student_set_table([]) == []
