@@ -186,11 +186,14 @@ def _check_str(name: str, value: Any) -> str:
     return value
 
 
-def _load_teacher(teacher: str | os.PathLike | nn.Module) -> tuple[nn.Module, dict]:
+def _load_teacher(
+    teacher: str | os.PathLike | nn.Module, need_bn: bool = True
+) -> tuple[nn.Module, dict]:
     """A teacher file loaded, or a caller's module copied: the library freezes, moves
-    and puts its teacher in eval mode, and must not do that to an object it was lent."""
+    and puts its teacher in eval mode, and must not do that to an object it was lent.
+    ``need_bn``: the BN-statistic uses (generators, PTQ) need BatchNorm; KD does not."""
     if isinstance(teacher, nn.Module):
-        if not has_batchnorm(teacher):
+        if need_bn and not has_batchnorm(teacher):
             raise ConfigError(
                 "the teacher has no BatchNorm layers; BN-statistic methods "
                 "need a network with BatchNorm"
@@ -206,7 +209,7 @@ def _load_teacher(teacher: str | os.PathLike | nn.Module) -> tuple[nn.Module, di
         raise ConfigError(
             f"teacher must be a file path or an nn.Module, got {type(teacher).__name__}"
         )
-    return load_teacher(teacher)
+    return load_teacher(teacher, need_bn=need_bn)
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -478,7 +481,7 @@ def train(
         force=force,
     )
     synset = read_store(data) if store_path is not None else (None if spec_kind else data)
-    loaded = [_load_teacher(t) for t in teachers]
+    loaded = [_load_teacher(t, need_bn=False) for t in teachers]
     if dataset is None:
         if synset is not None and synset.meta.dataset:
             dataset = find_dataset(synset.meta.dataset, synset.meta.extra.get("dataset_source", ""))

@@ -139,10 +139,18 @@ def check_float(name: str, value: Any) -> float:
     NaN and infinity are refused here, at the door, so that no run starts from a setting
     that can only produce NaN, and so does a magnitude float32 arithmetic cannot hold.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+    if isinstance(value, (bool, np.bool_, np.complexfloating)) or not isinstance(
+        value, (int, float, np.number)
+    ):
         kind = type(value).__name__
-        raise ConfigError(f"{name} must be a number, got {value!r} ({kind})")
-    value = float(value)
+        raise ConfigError(f"{name} must be a real number, got {value!r} ({kind})")
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        digits = len(str(abs(int(value))))
+        raise ConfigError(
+            f"{name} is beyond float32's range (an integer of {digits} digits)"
+        ) from None
     if not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value}")
     if abs(value) > FLOAT_LIMIT:

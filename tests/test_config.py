@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pytest
 
 from distill_data.config import config_to_dict, make_config, parse_set_options, require
@@ -144,3 +145,12 @@ def test_eval_config_through_make_config() -> None:
 def test_config_to_dict_is_json_safe() -> None:
     d = config_to_dict(Toy())
     assert d["sizes"] == [1, 2] and d["maybe"] is None and d["flag"] is False
+
+
+def test_numbers_beyond_float_and_complex_values_are_refused():
+    from distill_data.config import check_float
+
+    with pytest.raises(ConfigError, match="beyond float32's range"):
+        check_float("lr", 10**400)
+    with pytest.raises(ConfigError, match="must be a real number"):
+        check_float("lr", np.complex128(1 + 1j))

@@ -310,3 +310,16 @@ def test_students_from_real_and_noise_samples(tiny_npz, teacher_file, tmp_path):
     images, labels = seen[0]
     with torch.no_grad():  # noise has no class: the teacher's predictions label it
         assert torch.equal(labels, net.eval()(images).argmax(1))
+
+
+def test_a_teacher_without_batchnorm_can_teach(tiny_npz, tmp_path):
+    from distill_data.models import build_model, save_model
+
+    mlp = build_model("mlp", 1, 3, (10, 10), width=8)
+    save_model(mlp, tmp_path / "mlp.pt", meta={"input_shape": [1, 10, 10]})
+    r = dd.train(str(tiny_npz), tmp_path / "s.pt", teacher=tmp_path / "mlp.pt", width=4,
+                 options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert r["teacher"]["count"] == 1
+    with pytest.raises(ConfigError, match="unmixed labels"):
+        dd.train(str(tiny_npz), tmp_path / "m.pt", teacher=tmp_path / "mlp.pt",
+                 options={"mix": "mixup", "mix_alpha": 0.8}, quiet=True)  # fmt: skip

@@ -174,7 +174,7 @@ def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise StoreError(f"{p} was written by a newer distill-data; upgrade to read it")
     try:
         return deploy_payload(payload), payload
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
         raise StoreError(f"{p}: the student does not fit its architecture ({_reason(e)})") from None
 
 
@@ -197,7 +197,13 @@ def deploy_payload(payload: dict) -> nn.Module:
         raise ValueError(f"float state: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for name, q in layers.items():
         stored = payload["layers"][name]
-        _deploy(q, dequantize_weight(stored["weight"]), stored["bias"], stored["act"])
+        weight = dequantize_weight(stored["weight"])
+        if weight.shape != q.layer.weight.shape:
+            raise ValueError(
+                f"layer {name}: stored weight {tuple(weight.shape)}, the architecture has "
+                f"{tuple(q.layer.weight.shape)}"
+            )
+        _deploy(q, weight, stored["bias"], stored["act"])
     return model.eval()
 
 

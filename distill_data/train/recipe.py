@@ -171,6 +171,11 @@ class TrainRecipe:
         require(self.kd in KD_KINDS, f"unknown kd {self.kd!r}; choose from: {', '.join(KD_KINDS)}")
         require(0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         require(
+            self.mix == "none" or self.kd_alpha == 1 or self.kd == "none",
+            f"mix={self.mix!r} with kd_alpha={self.kd_alpha} would train the cross-entropy "
+            "term on the unmixed labels of a mixed batch; use kd_alpha=1",
+        )
+        require(
             self.temperature is None or self.temperature > 0,
             f"temperature must be > 0, got {self.temperature}",
         )

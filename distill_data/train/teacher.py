@@ -172,11 +172,12 @@ def _resolved(cfg: TeacherConfig, recipe: TrainRecipe) -> dict:
             for k, v in asdict(cfg).items()}  # fmt: skip
 
 
-def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Load a teacher file (weights_only), check it has BatchNorm layers and that what
-    it records about its data (shape, normalisation, classes) is well-formed."""
+def load_teacher(path: str | os.PathLike, need_bn: bool = True) -> tuple[nn.Module, dict]:
+    """Load a teacher file (weights_only), check it has BatchNorm layers (``need_bn``:
+    the BN-statistic methods; distillation does not need them) and that what it records
+    about its data (shape, normalisation, classes) is well-formed."""
     model, meta = load_model(path)
-    if not has_batchnorm(model):
+    if need_bn and not has_batchnorm(model):
         raise ConfigError(
             f"teacher {path} has no BatchNorm layers; BN-statistic methods "
             "need a network with BatchNorm (e.g. resnet, convnet_bn)"
