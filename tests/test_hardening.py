@@ -333,7 +333,7 @@ def test_a_lent_teacher_module_is_left_as_it_was(tiny_npz, teacher_file, tmp_pat
         ({"ipc": 2, "seed": "0"}, "seed must be an integer"),
         ({"ipc": 2, "iterations": 1.5}, "iterations must be an integer"),
         ({"ipc": 2, "options": {"lr_img": "fast"}}, "lr_img='fast': expected a number"),
-        ({"ipc": 2, "options": {"lr_img": [1]}}, "lr_img must be a number"),
+        ({"ipc": 2, "options": {"lr_img": [1]}}, "lr_img must be a real number"),
         ({"ipc": 2, "options": {"batch_real": 2.5}}, "batch_real must be an integer"),
         ({"ipc": 2, "options": "lr_img=1"}, "options must be a dict"),
         ({"ipc": 2, "method": 3}, "method must be a name"),
