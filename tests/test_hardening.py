@@ -198,10 +198,8 @@ def test_a_count_beyond_memory_is_refused_at_once(run_cli, teacher_file, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("device", ["mps", "xpu", "cuda:7", "tpu"])
+@pytest.mark.parametrize("device", ["mps", "xpu", "cuda:4096", "tpu"])
 def test_devices_this_machine_lacks(run_cli, tiny_npz, tmp_path, device):
-    if device.startswith("cuda") and torch.cuda.device_count() > 7:  # pragma: no cover
-        pytest.skip("this machine has 8 GPUs")
     res = run_cli("build", "-d", tiny_npz, "-m", "dm", "--ipc", 1, "--out", tmp_path / "o.h5",
                   "--device", device)  # fmt: skip
     assert_one_error_line(*res)

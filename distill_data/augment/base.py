@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from distill_data.errors import DataError
+from distill_data.errors import ConfigError, DataError
 
 
 class BatchAugment:
@@ -30,6 +30,22 @@ class BatchAugment:
             n, _, h, w = x.shape
             params = self.sample(int(n), int(h), int(w), generator=generator, device=x.device)
         return self.apply(x, params)
+
+    def check_batch(self, x: Any, params: Any, params_type: type, hint: str = "") -> None:
+        """What ``apply`` needs: 4-D floating images and parameters of ``params_type``
+        drawn for this batch size (``hint`` is added to the size mismatch message)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
+            raise DataError(f"{self.kind} expects floating images (n, C, H, W), got {desc}")
+        if not isinstance(params, params_type):
+            raise ConfigError(
+                f"{self.kind} apply expects {params_type.__name__}, got {type(params).__name__}"
+            )
+        if x.shape[0] != params.n:
+            raise ConfigError(
+                f"{self.kind} apply: batch has {x.shape[0]} images but params were drawn "
+                f"for n={params.n}{hint}"
+            )
 
 
 class PerSample:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_data.augment.base import BatchAugment, PerSample
-from distill_data.errors import ConfigError, DataError
+from distill_data.errors import ConfigError
 from distill_data.runtime import to_device
 
 __all__ = [
@@ -607,16 +607,7 @@ class DSA(BatchAugment):
             ConfigError: If ``x.shape[0] != params.n`` or ``params`` is malformed.
             DataError: If ``x`` is not a 4-D floating tensor.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
-            raise DataError(f"DSA expects floating images of shape (n, C, H, W), got {desc}")
-        if not isinstance(params, AugParams):
-            raise ConfigError(f"DSA.apply expects AugParams, got {type(params).__name__}")
-        if x.shape[0] != params.n:
-            raise ConfigError(
-                f"DSA.apply: batch has {x.shape[0]} images but params were drawn for "
-                f"n={params.n}; use params.select(index) to match the batch"
-            )
+        self.check_batch(x, params, AugParams, "; use params.select(index) to match the batch")
         out = x
         for op in params.ops:
             if op not in _OPS:

@@ -647,16 +647,7 @@ class AugmentPipeline(BatchAugment):
             ConfigError: If ``params`` do not fit ``x``.
             DataError: If ``x`` is not a 4-D floating tensor.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
-            raise DataError(f"pipeline expects floating images (n, C, H, W), got {desc}")
-        if not isinstance(params, PipelineParams):
-            raise ConfigError(f"pipeline apply expects PipelineParams, got {type(params).__name__}")
-        if x.shape[0] != params.n:
-            raise ConfigError(
-                f"pipeline apply: batch has {x.shape[0]} images but params were drawn for "
-                f"n={params.n}"
-            )
+        self.check_batch(x, params, PipelineParams)
         if params.n == 0:
             return x
         out = x
