@@ -910,6 +910,7 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         its = _one_of(r["settings"]["zeroq_iterations"] for r in rs)
         what = {
             "zeroq": f"ZeroQ set from the teacher alone ({its} iterations per batch)",
+            "genie": f"Genie set from the teacher alone ({its} iterations per batch)",
             "real": "random real training images",
             "noise": "Gaussian noise",
         }.get(name, name)

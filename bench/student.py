@@ -16,6 +16,8 @@ seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
     python bench/student.py --stage zeroshot --zeroq-iterations 100 --seeds 0 1 2
                                    # zero-shot QAT of the teacher on a ZeroQ set, real:256
                                    # and noise:256, against PTQ on the same sets
+    python bench/student.py --stage zeroshot --zs-sets genie --genie-iterations 1000
+    python bench/student.py --stage zeroshot --count 1024 --zeroq-iterations 100
 
 Runs (``--runs``), each with KD from the teacher at the ``student`` recipe unless named:
 ``float`` (KD), ``ce`` (plain cross-entropy, no teacher), ``qd4``/``qd2`` (Polino's
@@ -59,7 +61,7 @@ RUNS = {
     "ce": {"teacher": False, "kd": "none"},
     "qd4": {"quant": "qd", "bits": "w4", "kd": "polino"},
     "qd2": {"quant": "qd", "bits": "w2", "kd": "polino"},
-    "dq2": {"quant": "dq", "bits": "w2", "kd": "polino", "from_float": True, "epochs": 10},
+    "dq2": {"quant": "dq", "bits": "w2", "kd": "polino", "from_float": True},
     "lsq44": {"quant": "lsq", "bits": "w4a4"},
     "lsq24": {"quant": "lsq", "bits": "w2a4"},
     "qat44": {"quant": "qat", "bits": "w4a4"},
@@ -185,21 +187,46 @@ def stage_ptq(teacher: str, seeds: list[int]) -> None:
 ZS_BITS = ("w4a4", "w2a4")
 
 
-def stage_zeroshot(teacher: str, seeds: list[int], count: int, zeroq_iterations: int) -> None:
-    """Zero-shot QAT: the teacher itself, LSQ-quantized and fine-tuned (``zsqat``: KD at
-    T = 4 from its float self plus feature MSE, weight 1) on a ZeroQ set made from it
-    alone, against the same run on ``real:N`` and ``noise:N`` and against PTQ of the
-    teacher calibrated on each (MSE observer, first/last layer 8-bit)."""
-    tpath = teacher_path(teacher)
-    zq = WORK / f"zeroq_{teacher}_{count}_it{zeroq_iterations}.h5"
-    if not zq.exists():
+def _data_free_set(teacher: str, method: str, count: int, iterations: int) -> Path:
+    """The stored ZeroQ or Genie set of ``count`` images made from the teacher alone."""
+    path = WORK / f"{method}_{teacher}_{count}_it{iterations}.h5"
+    if not path.exists():
+        reset_peak_rss()
         t0 = time.perf_counter()
-        dd.build(None, "zeroq", None, zq, teacher=tpath, count=count,
-                 options={"iterations": zeroq_iterations}, quiet=True)  # fmt: skip
-        print(
-            f"zeroq {count} images, {zeroq_iterations} it/batch: {time.perf_counter() - t0:.0f} s"
+        dd.build(None, method, None, path, teacher=teacher_path(teacher), count=count,
+                 options={"iterations": iterations}, quiet=True)  # fmt: skip
+        wall = time.perf_counter() - t0
+        print(f"{method} {count} images, {iterations} it/batch: {wall:.0f} s", flush=True)
+        write_result(
+            f"zeroshotset_{DATASET}_{teacher}_{method}{count}_it{iterations}",
+            {
+                "benchmark": "zero-shot-set-cost",
+                "teacher_name": teacher,
+                "method": method,
+                "count": count,
+                "settings": {"iterations": iterations},
+                "wall_seconds": round(wall, 1),
+                "seconds_per_image": round(wall / count, 3),
+                "peak_rss_mib": peak_rss_mib(),
+                "threads": torch.get_num_threads(),
+            },
         )
-    sets = {"zeroq": str(zq), "real": f"real:{count}", "noise": f"noise:{count}"}
+    return path
+
+
+def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
+                   iterations: dict[str, int]) -> None:  # fmt: skip
+    """Zero-shot QAT: the teacher itself, LSQ-quantized and fine-tuned (``zsqat``: KD at
+    T = 4 from its float self plus feature MSE, weight 1) on a ZeroQ or Genie set made
+    from it alone, against the same run on ``real:N`` and ``noise:N`` and against PTQ of
+    the teacher calibrated on each (MSE observer, first/last layer 8-bit)."""
+    tpath = teacher_path(teacher)
+    sets = {}
+    for kind in kinds:
+        if kind in ("zeroq", "genie"):
+            sets[kind] = str(_data_free_set(teacher, kind, count, iterations[kind]))
+        else:
+            sets[kind] = f"{kind}:{count}"
     ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(ZS_BITS), observer="mse")
     for seed in seeds:
         for name, spec in sets.items():
@@ -221,7 +248,7 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, zeroq_iterations:
                         "bits": bits,
                         "seed": seed,
                         "settings": {
-                            "zeroq_iterations": zeroq_iterations if name == "zeroq" else None,
+                            "zeroq_iterations": iterations.get(name),  # (also genie's)
                             "quant": "lsq",
                             "recipe": "zsqat",
                             "feature_weight": 1.0,
@@ -291,6 +318,13 @@ def main() -> None:
     p.add_argument(
         "--zeroq-iterations", type=int, default=500, help="ZeroQ's per batch (paper: 500)"
     )
+    p.add_argument(
+        "--genie-iterations", type=int, default=1000, help="Genie's per batch (paper: 4000)"
+    )
+    p.add_argument(
+        "--zs-sets", nargs="+", default=["zeroq", "real", "noise"],
+        choices=["zeroq", "genie", "real", "noise"], help="zero-shot training sets",
+    )  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
@@ -305,7 +339,8 @@ def main() -> None:
         stage_sets(args.teacher, args.seeds, args.epochs)
     if "zeroshot" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
-        stage_zeroshot(args.teacher, args.seeds, args.count, args.zeroq_iterations)
+        its = {"zeroq": args.zeroq_iterations, "genie": args.genie_iterations}
+        stage_zeroshot(args.teacher, args.seeds, args.count, args.zs_sets, its)
 
 
 if __name__ == "__main__":

@@ -323,3 +323,40 @@ def test_a_teacher_without_batchnorm_can_teach(tiny_npz, tmp_path):
     with pytest.raises(ConfigError, match="unmixed labels"):
         dd.train(str(tiny_npz), tmp_path / "m.pt", teacher=tmp_path / "mlp.pt",
                  options={"mix": "mixup", "mix_alpha": 0.8}, quiet=True)  # fmt: skip
+
+
+def test_batchnorm_statistics_kept_or_frozen_from_a_trained_start(
+    tiny_npz, teacher_file, tmp_path, monkeypatch
+):
+    """keep_bn_stats: the running statistics the teacher came with survive the fine-tune;
+    freeze_bn_at: every BatchNorm (folded or not) is in eval mode in every training step
+    after the freeze, although fit() calls model.train() each epoch."""
+    teacher, _ = load_model(teacher_file)
+    before = {k: v.clone() for k, v in teacher.state_dict().items() if "running_" in k}
+    modes = []
+    real_fit = real_fit_function
+
+    def spy(model, data, recipe, **kw):
+        start = kw["epoch_start"]
+
+        def epoch_start(ep):
+            start(ep)
+            bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            modes.append((ep, [m.training for m in bns]))
+
+        return real_fit(model, data, recipe, **{**kw, "epoch_start": epoch_start})
+
+    monkeypatch.setattr(STUDENT_MODULE, "fit", spy)
+    out = tmp_path / "keep.pt"
+    dd.train(str(tiny_npz), out, teacher=teacher_file, init="teacher", quant="qd", bits="w4",
+             keep_bn_stats=True, options={"epochs": 2}, quiet=True)  # fmt: skip
+    kept, _ = load_student(out)
+    after = {k: v for k, v in kept.state_dict().items() if "running_" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(all(flags) for _, flags in modes)  # kept, not frozen: batch statistics used
+    modes.clear()
+    dd.train(str(tiny_npz), tmp_path / "frozen.pt", teacher=teacher_file, init="teacher",
+             quant="qd", bits="w4", freeze_bn_at=0.5, options={"epochs": 4},
+             quiet=True)  # fmt: skip
+    assert [ep for ep, flags in modes if not any(flags)] == [2, 3]  # unfolded BNs too (qd)
+    assert all(all(flags) for ep, flags in modes if ep < 2)

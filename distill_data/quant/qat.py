@@ -538,12 +538,27 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
-    """From now on folded layers use their running statistics (and stop updating them),
-    the whitepaper's "freeze BN statistics" after a warm-up."""
+    """From now on every BatchNorm uses its running statistics and stops updating them,
+    the whitepaper's "freeze BN statistics" after a warm-up: folded layers compute the
+    deployed folding, the others normalise in eval mode. ``model.train()`` puts unfolded
+    BatchNorms back in training mode, so a trainer calls this after it (every epoch);
+    γ and β still train."""
     for q in quant_layers(model).values():
         if q.bn is not None:
             q.bn_frozen = True
-            q.bn.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def keep_batchnorm_statistics(model: nn.Module) -> None:
+    """Every BatchNorm keeps normalising training batches with their own statistics but
+    stops updating its running ones (momentum 0): a trained network's statistics, which
+    its eval forward and the folded integer student use, survive a fine-tune on other
+    images (a data-free set, noise)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
 
 
 def freeze_observers(model: nn.Module) -> None:

@@ -171,7 +171,8 @@ def fit(
     Hooks for trainers built on this loop: ``params`` (parameter groups for the
     optimiser), ``aux_loss()`` (added to every batch's loss, called after the forward
     passes, e.g. a feature-matching term fed by forward hooks), ``epoch_start(epoch)``
-    (e.g. freezing BatchNorm statistics), ``epoch_end(epoch, state)`` with a
+    (called after ``model.train()``, e.g. to freeze BatchNorm statistics by putting
+    those modules in eval mode), ``epoch_end(epoch, state)`` with a
     :class:`FitState` (e.g. a checkpoint), and ``resume`` to continue from such a state:
     the result equals an uninterrupted run's.
 
@@ -213,9 +214,9 @@ def fit(
     for ep in range(start, recipe.epochs):
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = epoch_lr(recipe, base, ep)
-        if epoch_start is not None:
-            epoch_start(ep)
         model.train()
+        if epoch_start is not None:  # after train(): the hook may put modules in eval mode
+            epoch_start(ep)
         perm = torch.randperm(n, generator=generator).to(device)
         for i in range(0, n, recipe.batch_size):
             idx = perm[i : i + recipe.batch_size]
