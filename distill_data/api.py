@@ -556,14 +556,18 @@ def quantize(
     bits: str | Sequence[str] = "w8a8",
     compare: bool = False,
     seed: int = 0,
+    quiet: bool = False,
     **ptq: Any,
 ) -> dict:
     """Post-training quantization of ``teacher`` calibrated on ``calib``; a report.
 
     ``calib``: a stored set, ``real:N`` or ``noise:N`` (or several). ``compare=True``
     adds ``real:N`` and ``noise:N`` with N = the size of the first calibration set.
-    ``ptq`` keywords are :class:`~distill_data.quant.PTQConfig` fields (``observer``,
-    ``first_last_bits``, ...). ``dataset`` defaults to the one the teacher records.
+    ``ptq`` keywords are :class:`~distill_data.quant.PTQConfig` fields (``method``,
+    ``observer``, ``first_last_bits``, ``iterations``, ...): ``method="genie"`` (or
+    ``adaround``, ``brecq``, ``qdrop``) reconstructs the quantized network block by
+    block on the calibration images. ``dataset`` defaults to the one the teacher
+    records. ``quiet``: no progress bars.
     """
     from distill_data.quant import PTQConfig
     from distill_data.quant.calibrate import calibration_images, compare_calibrations
@@ -589,7 +593,9 @@ def quantize(
         raise ConfigError(f"bits must be names such as 'w8a8', got {bits!r}")
     _check_seed(seed)
     cfg = make_config(PTQConfig, {"seed": seed, **ptq})
-    return compare_calibrations(net, data, calibs, bit_list, cfg, seed=seed)
+    return compare_calibrations(
+        net, data, calibs, bit_list, cfg, seed=seed, progress=False if quiet else None
+    )
 
 
 __all__ = [

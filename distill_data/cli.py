@@ -26,7 +26,7 @@ from distill_data.evaluation.protocol import RECIPES
 from distill_data.models import MODELS
 from distill_data.paths import check_outputs
 from distill_data.quant.onnx_export import DEFAULT_OPSET
-from distill_data.quant.ptq import PTQConfig
+from distill_data.quant.ptq import PTQ_METHODS, PTQConfig
 from distill_data.quant.qat import QUANT_METHODS
 from distill_data.quant.quantizers import OBSERVERS
 from distill_data.runtime import tune_allocator
@@ -445,7 +445,21 @@ def teacher(
     show_default=True,
     help="Weight/activation bit widths, e.g. w8a8, w4a8, w4a4 (repeatable; 2-8).",
 )
-@_setting(PTQConfig, "observer", type=click.Choice(OBSERVERS), help="Activation range observer.")
+@_setting(
+    PTQConfig,
+    "method",
+    type=click.Choice(PTQ_METHODS),
+    help="observer: activation ranges only, round-to-nearest weights; adaround (per layer), "
+    "brecq, qdrop, genie (Genie-M; per block): learn the rounding and steps on the "
+    "calibration images (set --set iterations=N: the papers' 20,000 per block is hours).",
+)
+@_setting(
+    PTQConfig,
+    "observer",
+    type=click.Choice(OBSERVERS),
+    shown="minmax; lp for reconstruction",
+    help="Activation range observer (lp: the Lp search, p = 2.4, of BRECQ's code).",
+)
 @_setting(
     PTQConfig,
     "first_last_bits",
@@ -458,12 +472,15 @@ def teacher(
     help="Also calibrate on real:N and noise:N, N = the size of the first set.",
 )
 @_setting(PTQConfig, "seed", help="Seed of real:N / noise:N draws and observer sampling.")
-@_set_option("quantization (percentile, fold_bn, calib_batch, max_samples, ...)")
+@_set_option(
+    "quantization (percentile, fold_bn, calib_batch, max_samples; reconstruction: "
+    "iterations, recon_batch, round_weight, warmup, lr_round, lr_act, drop_prob, ...)"
+)
 @click.option("--json", "json_out", default=None, help="Write the report here.")
 @_FORCE
 @click.pass_context
 def quantize(
-    ctx, teacher, calibs, dataset, bits, observer, first_last_bits, compare, seed, sets,
+    ctx, teacher, calibs, dataset, bits, method, observer, first_last_bits, compare, seed, sets,
     json_out, force,
 ) -> None:  # fmt: skip
     """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
@@ -474,13 +491,21 @@ def quantize(
     the quantized network reproduces the float one on the test images: top-1 agreement,
     logit SQNR (dB, higher is better) and output KL (lower is better). These still rank
     calibration sets when the accuracies tie.
+
+    With --method adaround/brecq/qdrop/genie the calibration images also teach the
+    weights' rounding and the steps, block by block (the report lists each block's
+    error before and after), e.g. Genie-M at W2A4 from a Genie set:
+
+        distill-data quantize --teacher t.pt --calib genie.h5 --bits w2a4 \
+                              --method genie --set iterations=2000 --compare
     """
     from distill_data.quant.calibrate import format_comparison
 
     check_outputs(
         [(json_out, "json")], reads=_quantize_reads(teacher, dataset, calibs), force=force
     )
-    ptq = _with_sets(ctx, {"observer": observer, "first_last_bits": first_last_bits}, sets)
+    given = {"method": method, "observer": observer, "first_last_bits": first_last_bits}
+    ptq = _with_sets(ctx, given, sets)
     report = api.quantize(
         teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed, **ptq
     )

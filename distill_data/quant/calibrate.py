@@ -59,8 +59,10 @@ def compare_calibrations(
     bits: Sequence[str],
     cfg: PTQConfig,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> dict:
-    """PTQ of ``teacher`` with every calibration spec at every bit width; a report."""
+    """PTQ of ``teacher`` with every calibration spec at every bit width; a report
+    (``progress``: bars over reconstruction's steps; None: on a terminal)."""
     test_x, test_y = data.normalize(data.x_test), data.y_test
     z = model_logits(teacher, test_x)  # once: every row compares with the same float outputs
     rows = []
@@ -70,7 +72,7 @@ def compare_calibrations(
         c = dataclasses.replace(cfg, w_bits=w, a_bits=a)
         for spec, (images, desc) in sets.items():
             t0 = time.perf_counter()
-            res = evaluate_ptq(teacher, images, test_x, test_y, c, fp32_logits=z)
+            res = evaluate_ptq(teacher, images, test_x, test_y, c, fp32_logits=z, progress=progress)
             rows.append(
                 {
                     "calib": spec,
@@ -91,7 +93,15 @@ def compare_calibrations(
 
 def format_comparison(report: dict) -> str:
     """The printed table: accuracy, and the quantized network's fidelity to the float one."""
-    lines = [
+    ptq = report.get("ptq", {})
+    lines = []
+    if ptq.get("method", "observer") != "observer":
+        lines.append(
+            f"{ptq['method']} reconstruction, {ptq['iterations']} steps per "
+            f"{'layer' if ptq['method'] == 'adaround' else 'block'}, activation ranges "
+            f"started from the {ptq['observer']} observer"
+        )
+    lines += [
         f"{'bits':<6} {'calibration':<40} {'fp32 %':>7} {'quant %':>8} {'drop':>6} "
         f"{'agree %':>8} {'SQNR dB':>8} {'KL':>8}"
     ]

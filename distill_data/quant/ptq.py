@@ -41,14 +41,18 @@ from distill_data.quant.quantizers import (
     MAX_BITS,
     MIN_BITS,
     OBSERVERS,
+    SCALE_EPS,
     Observer,
     act_fake_quant,
     affine_qparams,
+    affine_qrange,
     check_bits,
     make_observer,
+    round_ste,
     weight_fake_quant,
 )
 
+PTQ_METHODS = ("observer", "adaround", "brecq", "qdrop", "genie")
 _BITS_RE = re.compile(r"^\s*w(\d+)\s*a(\d+)\s*$", re.IGNORECASE)
 
 
@@ -75,7 +79,14 @@ class PTQConfig:
     Attributes:
         w_bits: weight bits (per-output-channel symmetric), 2–8.
         a_bits: input-activation bits (per-tensor affine), 2–8.
-        observer: activation range: ``minmax``, ``percentile`` or ``mse``.
+        method: ``observer`` (ranges only: the observer's activation ranges and
+            round-to-nearest weights) or a reconstruction method of
+            :mod:`distill_data.quant.reconstruct`: ``adaround``, ``brecq``, ``qdrop``,
+            ``genie`` (Genie-M), which start from the observer's network and learn the
+            rounding (and steps) block by block on the calibration images.
+        observer: activation range: ``minmax``, ``percentile``, ``mse`` or ``lp`` (the
+            Lp search, p = 2.4, of BRECQ's code). None (default): ``minmax`` for
+            ``method="observer"``, ``lp`` for reconstruction (its steps' start).
         percentile: clipping percentile for ``observer="percentile"`` (Wu et al. 2020
             recommend 99.9–99.999; 99.99 is the default here).
         first_last_bits: bits of the first conv and last linear layer (weights and
@@ -86,22 +97,80 @@ class PTQConfig:
             percentile results do not depend on it).
         max_samples: activation values kept per layer for the percentile / MSE
             observers (uniform random subsample; bounds memory).
-        seed: seed of that subsampling (an explicit ``torch.Generator``).
+        seed: seed of that subsampling (an explicit ``torch.Generator``), and of
+            reconstruction's batches and QDrop's masks.
+        iterations: reconstruction steps per block or layer (the papers' code: 20,000;
+            hours on a CPU, so set it).
+        recon_batch: images per reconstruction step (the papers' code: 32).
+        round_weight: λ of the rounding regulariser; None: the method's (0.01; Genie's
+            code: 1).
+        warmup: fraction of the steps before the regulariser starts and β decays.
+        beta_start, beta_end: β's linear schedule after the warm-up (20 → 2).
+        lr_round: Adam's learning rate of the rounding variables V (1e-3).
+        lr_act: Adam's learning rate of the activation steps (4e-5, cosine-annealed).
+        lr_weight_step: Adam's learning rate of Genie-M's weight steps (1e-4, cosine).
+        drop_prob: QDrop's probability of leaving an activation element (and a block
+            input element) unquantized during reconstruction; None: the method's (0.5
+            for ``qdrop`` and ``genie``, 0 otherwise).
     """
 
     w_bits: int = 8
     a_bits: int = 8
-    observer: str = "minmax"
+    observer: str | None = None
     percentile: float = 99.99
     first_last_bits: int | None = 8
     fold_bn: bool = True
     calib_batch: int = 64
     max_samples: int = DEFAULT_MAX_SAMPLES
     seed: int = 0
+    method: str = "observer"
+    iterations: int = 20_000
+    recon_batch: int = 32
+    round_weight: float | None = None
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    lr_round: float = 1e-3
+    lr_act: float = 4e-5
+    lr_weight_step: float = 1e-4
+    drop_prob: float | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")
         check_bits(self.a_bits, "a_bits")
+        require(
+            self.method in PTQ_METHODS,
+            f"unknown PTQ method {self.method!r}; choose from: {', '.join(PTQ_METHODS)}",
+        )
+        if self.observer is None:
+            object.__setattr__(self, "observer", "minmax" if self.method == "observer" else "lp")
+        require(
+            isinstance(self.iterations, int) and self.iterations >= 1,
+            f"iterations must be an integer >= 1, got {self.iterations!r}",
+        )
+        require(
+            isinstance(self.recon_batch, int) and self.recon_batch >= 1,
+            f"recon_batch must be an integer >= 1, got {self.recon_batch!r}",
+        )
+        require(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
+        require(
+            self.beta_start >= self.beta_end > 0,
+            f"need beta_start >= beta_end > 0, got {self.beta_start} and {self.beta_end}",
+        )
+        for name in ("lr_round", "lr_act", "lr_weight_step"):
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(
+            self.round_weight is None or self.round_weight >= 0,
+            f"round_weight must be >= 0, got {self.round_weight}",
+        )
+        require(
+            self.drop_prob is None or 0 <= self.drop_prob < 1,
+            f"drop_prob must be in [0, 1), got {self.drop_prob}",
+        )
+        require(
+            self.method == "observer" or self.fold_bn,
+            "reconstruction works on the folded network: fold_bn must be true",
+        )
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "first_last_bits")
         require(
@@ -149,6 +218,10 @@ class ActQuant(nn.Module):
         self.register_buffer("lo", torch.zeros((), dtype=torch.float32))
         self.register_buffer("hi", torch.zeros((), dtype=torch.float32))
         self.frozen = False
+        # reconstruction (quant/reconstruct.py): a learned step and QDrop's random drop
+        self.register_parameter("step", None)
+        self.drop_prob = 0.0
+        self.drop_generator: torch.Generator | None = None
 
     def freeze(self) -> None:
         """Fix the quantization range from the observations (RuntimeError if none)."""
@@ -172,10 +245,36 @@ class ActQuant(nn.Module):
             return x
         if not self.frozen:
             raise RuntimeError("ActQuant used before calibration; run quantize_model")
-        return act_fake_quant(x, self.scale, self.zero_point, self.bits)
+        if self.step is None:
+            return act_fake_quant(x, self.scale, self.zero_point, self.bits)
+        # LSQ (Esser et al. 2020): the step is a parameter, the round straight-through
+        qmin, qmax = affine_qrange(self.bits)
+        z = self.zero_point.to(x.dtype)
+        xq = (torch.clamp(round_ste(x / self.step) + z, qmin, qmax) - z) * self.step
+        if self.drop_prob > 0 and self.training:  # QDrop: keep elements in float at random
+            keep = torch.rand(x.shape, generator=self.drop_generator, device=x.device)
+            xq = torch.where(keep < self.drop_prob, x, xq)
+        return xq
+
+    def learn_step(self, on: bool) -> None:
+        """Start learning the step (a parameter initialised to ``scale``), or stop and
+        keep what was learned as the fixed ``scale`` (and the range it implies)."""
+        if on:
+            self.step = nn.Parameter(self.scale.detach().clone())
+            return
+        if self.step is not None:
+            with torch.no_grad():
+                s = self.step.detach().abs().clamp(min=SCALE_EPS)
+                qmin, qmax = affine_qrange(self.bits)
+                self.scale.copy_(s)
+                self.lo.copy_((qmin - self.zero_point) * s)
+                self.hi.copy_((qmax - self.zero_point) * s)
+        self.step = None
+        self.drop_prob = 0.0
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, frozen={self.frozen}"
+        learned = ", learning its step" if self.step is not None else ""
+        return f"bits={self.bits}, frozen={self.frozen}{learned}"
 
 
 class QuantConv2d(nn.Module):
@@ -189,13 +288,22 @@ class QuantConv2d(nn.Module):
         self.w_bits = check_bits(w_bits, "weight bits")
         self.a_bits = check_bits(a_bits, "activation bits")
         self.act = ActQuant(a_bits, observer)
+        self.wq: nn.Module | None = None  # a learned weight quantizer (reconstruction)
+        self.enabled = True  # False: the float layer (reconstruction targets)
+
+    def quantized_weight(self) -> Tensor:
+        """The weight as the quantized layer uses it."""
+        if self.wq is not None:
+            return self.wq()
+        return weight_fake_quant(self.conv.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return self.conv(x)
         x = self.act(x)
         if self.act.calibrating:  # observers see the fp32 network's activations
             return self.conv(x)
-        w = weight_fake_quant(self.conv.weight, self.w_bits)
-        return self.conv._conv_forward(x, w, self.conv.bias)
+        return self.conv._conv_forward(x, self.quantized_weight(), self.conv.bias)
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
@@ -211,13 +319,22 @@ class QuantLinear(nn.Module):
         self.w_bits = check_bits(w_bits, "weight bits")
         self.a_bits = check_bits(a_bits, "activation bits")
         self.act = ActQuant(a_bits, observer)
+        self.wq: nn.Module | None = None
+        self.enabled = True
+
+    def quantized_weight(self) -> Tensor:
+        """The weight as the quantized layer uses it."""
+        if self.wq is not None:
+            return self.wq()
+        return weight_fake_quant(self.linear.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return self.linear(x)
         x = self.act(x)
         if self.act.calibrating:
             return self.linear(x)
-        w = weight_fake_quant(self.linear.weight, self.w_bits)
-        return F.linear(x, w, self.linear.bias)
+        return F.linear(x, self.quantized_weight(), self.linear.bias)
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
@@ -320,7 +437,7 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
 
 
 def quantize_model(
-    model: nn.Module, calib_images: Tensor, cfg: PTQConfig | None = None
+    model: nn.Module, calib_images: Tensor, cfg: PTQConfig | None = None, progress: bool = False
 ) -> nn.Module:
     """Fake-quantize a copy of ``model``, calibrating activation ranges on ``calib_images``.
 
@@ -329,11 +446,13 @@ def quantize_model(
         calib_images: normalised calibration images ``(N, C, H, W)`` (real subset,
             synthetic set, noise, ...); moved to the model's device batch by batch.
         cfg: settings (defaults: W8A8, min/max, first/last layer at 8 bits, BN folded).
+        progress: a progress bar over reconstruction's steps (None: on a terminal).
 
     Returns:
         The quantized copy in eval mode (an ``fx.GraphModule`` when BN was folded) whose
         Conv2d / Linear layers are :class:`QuantConv2d` / :class:`QuantLinear` with
-        frozen activation ranges.
+        frozen activation ranges; after reconstruction its ``reconstruction``
+        attribute lists each block's error before and after.
 
     Raises:
         ConfigError: bad settings, or ``fold_bn=True`` on a model fx cannot trace.
@@ -373,6 +492,10 @@ def quantize_model(
             q.freeze()
         else:  # a registered layer the forward pass never used: nothing to calibrate
             q.calibrating = False
+    if cfg.method != "observer":
+        from distill_data.quant.reconstruct import reconstruct
+
+        qmodel.reconstruction = reconstruct(qmodel, calib_images, cfg, progress=progress)
     return qmodel.eval()
 
 
@@ -430,6 +553,7 @@ def evaluate_ptq(
     test_y: Tensor,
     cfg: PTQConfig | None = None,
     fp32_logits: Tensor | None = None,
+    progress: bool | None = False,
 ) -> dict:
     """Top-1 accuracy of ``model`` in fp32 and after PTQ calibrated on ``calib_images``.
 
@@ -441,13 +565,15 @@ def evaluate_ptq(
         cfg: PTQ settings.
         fp32_logits: the float network's outputs on ``test_x`` when the caller already
             has them (comparing many calibration sets), to skip that forward pass.
+        progress: a progress bar over reconstruction's steps (None: on a terminal).
 
     Returns:
         ``fp32_accuracy`` and ``quant_accuracy`` (percent), ``accuracy_drop``
         (fp32 − quantized, points), the quantized network's :func:`fidelity` to the float
         one on the test images (``agreement``, ``logit_sqnr_db``, ``output_kl``),
-        ``bits`` (e.g. ``"w4a8"``), ``calib_images`` (count) and every
-        :class:`PTQConfig` field.
+        ``bits`` (e.g. ``"w4a8"``), ``calib_images`` (count), every
+        :class:`PTQConfig` field, and for reconstruction ``reconstruction``: each
+        block's error on the calibration images before and after.
     """
     cfg = cfg or PTQConfig()
     _check_images(test_x, "test images")
@@ -457,9 +583,12 @@ def evaluate_ptq(
             f"{tuple(test_y.shape)}"
         )
     z = model_logits(model, test_x) if fp32_logits is None else fp32_logits
-    zq = model_logits(quantize_model(model, calib_images, cfg), test_x)
+    qmodel = quantize_model(model, calib_images, cfg, progress=progress)
+    zq = model_logits(qmodel, test_x)
     fp32, quant = _top1(z, test_y), _top1(zq, test_y)
+    recon = getattr(qmodel, "reconstruction", None)
     return {
+        **({"reconstruction": recon} if recon is not None else {}),
         "fp32_accuracy": fp32,
         "quant_accuracy": quant,
         "accuracy_drop": fp32 - quant,

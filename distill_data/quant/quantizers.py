@@ -32,7 +32,10 @@ from torch import Tensor
 from distill_data.errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 8
-OBSERVERS = ("minmax", "percentile", "mse")
+OBSERVERS = ("minmax", "percentile", "mse", "lp")
+#: The norm of the ``lp`` observer: BRECQ's, QDrop's and Genie's code search clipping
+#: ranges minimising ``mean |x − q(x)|^2.4``.
+LP_NORM = 2.4
 #: Smallest scale allowed: an all-zero weight channel or a constant activation would
 #: otherwise give S = 0 and a division by zero inside the fake-quant kernels.
 SCALE_EPS = 1e-12
@@ -52,6 +55,11 @@ def check_bits(bits: int, what: str = "bits") -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ConfigError(f"{what} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
     return bits
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` forward, identity backward (the straight-through estimator)."""
+    return (torch.round(x) - x).detach() + x
 
 
 def symmetric_qrange(bits: int) -> tuple[int, int]:
@@ -167,8 +175,10 @@ def mse_range(
     lo: float | Tensor | None = None,
     hi: float | Tensor | None = None,
     grid: tuple[float, ...] = MSE_GRID,
+    p: float = 2.0,
 ) -> tuple[Tensor, Tensor]:
-    """Clipping range ``[α·lo, α·hi]`` minimising the fake-quant MSE on ``samples``.
+    """Clipping range ``[α·lo, α·hi]`` minimising the fake-quant MSE on ``samples``
+    (with ``p``: the mean ``|q(x) − x|^p``; BRECQ's code searches with p = 2.4).
 
     ``α* = argmin_α mean((q_α(x) − x)²)`` over ``grid`` (Wu et al. 2020, §4.2, "MSE"
     calibration; a grid search rather than Banner et al.'s analytic ACIQ). ``lo``/``hi``
@@ -189,7 +199,7 @@ def mse_range(
     best_err, best = None, (lo_t, hi_t)
     for alpha in sorted(grid, reverse=True):
         s, z = affine_qparams(alpha * lo_t, alpha * hi_t, bits)
-        err = float((act_fake_quant(x, s, z, bits) - x).pow(2).mean())
+        err = float((act_fake_quant(x, s, z, bits) - x).abs().pow(p).mean())
         if best_err is None or err < best_err:
             best_err, best = err, (alpha * lo_t, alpha * hi_t)
     return best
@@ -306,9 +316,18 @@ class MSEObserver(_SamplingObserver):
         self.bits = check_bits(bits)
         self.grid = grid
 
+    p = 2.0
+
     def range(self) -> tuple[Tensor, Tensor]:
         lo, hi = super().range()
-        return mse_range(self.samples, self.bits, lo, hi, self.grid)
+        return mse_range(self.samples, self.bits, lo, hi, self.grid, self.p)
+
+
+class LpObserver(MSEObserver):
+    """The MSE observer's search with the error ``mean |x − q(x)|^2.4`` (the Lp-norm
+    search of BRECQ's, QDrop's and Genie's code), the start of reconstruction's steps."""
+
+    p = LP_NORM
 
 
 def make_observer(
@@ -318,7 +337,7 @@ def make_observer(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     seed: int = 0,
 ) -> Observer:
-    """Observer by name (``minmax``, ``percentile`` or ``mse``); ConfigError otherwise."""
+    """Observer by name (``minmax``, ``percentile``, ``mse`` or ``lp``); ConfigError otherwise."""
     check_bits(bits, "activation bits")
     if name == "minmax":
         return MinMaxObserver()
@@ -326,14 +345,18 @@ def make_observer(
         return PercentileObserver(percentile, max_samples, seed)
     if name == "mse":
         return MSEObserver(bits, max_samples, seed)
+    if name == "lp":
+        return LpObserver(bits, max_samples, seed)
     raise ConfigError(f"unknown observer {name!r}; choose from: {', '.join(OBSERVERS)}")
 
 
 __all__ = [
     "DEFAULT_MAX_SAMPLES",
+    "LP_NORM",
     "MSE_GRID",
     "OBSERVERS",
     "SCALE_EPS",
+    "LpObserver",
     "MSEObserver",
     "MinMaxObserver",
     "Observer",
@@ -346,6 +369,7 @@ __all__ = [
     "minmax_range",
     "mse_range",
     "percentile_range",
+    "round_ste",
     "symmetric_qrange",
     "weight_fake_quant",
     "weight_scales",
