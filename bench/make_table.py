@@ -1472,6 +1472,83 @@ def headline_tables(results: list[dict]) -> list[str]:
     return out
 
 
+RECON_ORDER = ["minmax", "mse", "adaround", "brecq", "qdrop", "genie"]
+RECON_LABEL = {
+    "minmax": "range only, min/max",
+    "mse": "range only, MSE",
+    "adaround": "AdaRound (per layer)",
+    "brecq": "BRECQ",
+    "qdrop": "QDrop",
+    "genie": "Genie-M",
+}
+
+
+def _calib_label(r: dict) -> str:
+    name = r["calib_name"]
+    kind, _, n = name.partition("_resnet_")
+    if kind in ("genie", "zeroq"):
+        count, _, its = n.partition("_it")
+        return f"{'Genie' if kind == 'genie' else 'ZeroQ'} set, {count} images ({its} it)"
+    if name.startswith("real"):
+        return f"{name[4:]} real images"
+    if name.startswith("noise"):
+        return f"{name[5:]} noise images"
+    return name
+
+
+def recon_tables(results: list[dict]) -> list[str]:
+    """Reconstruction PTQ against range-only PTQ, by calibration set and bit width."""
+    runs = [r for r in results if r.get("benchmark") == "reconstruction-ptq"]
+    if not runs:
+        return []
+    latest: dict[tuple, dict] = {}
+    for r in sorted(runs, key=lambda r: r["date"]):
+        latest[(r["teacher_name"], r["calib_name"], r["bits"], r["method"])] = r
+    bits_order = {"w4a4": 0, "w3a3": 1, "w2a4": 2}
+    keys = sorted(
+        {(t, c) for t, c, _, _ in latest}, key=lambda k: (k[0], not k[1].startswith("real"), k[1])
+    )
+    cols = sorted({b for _, _, b, _ in latest}, key=lambda b: bits_order.get(b, 9))
+    out = []
+    its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
+    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
+    out += [
+        "",
+        f"**Reconstruction PTQ** (`bench/recon.py`; `mnist5k` teacher resnet, fp32 {fp32} %; "
+        "test accuracy % of the quantized teacher; first and last layer at 8 bits, "
+        "per-channel symmetric weights, per-tensor activations; reconstruction at "
+        f"{its} steps per block (the papers' code: 20,000), every other setting the "
+        "official code's; one seed; s/block = seconds per reconstructed block or layer "
+        "(mean over the network, median over the bit widths) on the CPU, 1 thread, "
+        "another benchmark on the other core)",
+        "",
+        "| calibration | method | " + " | ".join(cols) + " | s/block | peak RSS MiB |",
+        "|---|---|" + "---|" * len(cols) + "---|---|",
+    ]
+    for teacher, calib in keys:
+        for m in RECON_ORDER:
+            cells, secs, rss = [], [], []
+            for b in cols:
+                r = latest.get((teacher, calib, b, m))
+                if r is None:
+                    cells.append("—")
+                    continue
+                cells.append(f"{r['result']['quant_accuracy']:.2f}")
+                if r["seconds_per_block"] is not None:
+                    secs.append(r["seconds_per_block"])
+                rss.append(r["peak_rss_mib"])
+            if all(c == "—" for c in cells):
+                continue
+            first = next(latest[(teacher, calib, b, m)] for b in cols
+                         if (teacher, calib, b, m) in latest)  # fmt: skip
+            sec = f"{statistics.median(secs):.1f}" if secs else "—"
+            out.append(
+                f"| {_calib_label(first)} | {RECON_LABEL[m]} | {' | '.join(cells)} | {sec} | "
+                f"{max(rss):.0f} |"
+            )
+    return out
+
+
 def render_full(results: list[dict]) -> str:
     """docs/results.md: every table."""
     sections = [
@@ -1481,6 +1558,7 @@ def render_full(results: list[dict]) -> str:
         ("Teacher-driven generators: calibration and soft labels", teacher_tables(results)),
         ("Students: distillation and quantization", student_tables(results)),
         ("", zeroshot_table(results) + student_set_table(results)),
+        ("Reconstruction PTQ: AdaRound, BRECQ, QDrop, Genie-M", recon_tables(results)),
         ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
         ("kornia in the training pipelines", kornia_tables(results)),
     ]

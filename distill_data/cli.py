@@ -466,6 +466,20 @@ def teacher(
     type=str,  # a width or 'none'
     help="Bits of the first and last layer (or 'none' to quantize them like the rest).",
 )
+@_setting(
+    PTQConfig,
+    "mixed_precision",
+    type=float,
+    help="Average weight bits of the layers between the first and last: each layer's "
+    "bits from --set mp_bits=2,4,8 by ZeroQ's Pareto frontier of sensitivity against "
+    "size (--set mp_method=polino: by gradient norm); --bits then sets the activations.",
+)
+@click.option(
+    "--frontier-plot",
+    default=None,
+    help="With --mixed-precision: write the frontier of the first calibration set and bit "
+    "width as a PNG here.",
+)
 @click.option(
     "--compare",
     is_flag=True,
@@ -480,8 +494,8 @@ def teacher(
 @_FORCE
 @click.pass_context
 def quantize(
-    ctx, teacher, calibs, dataset, bits, method, observer, first_last_bits, compare, seed, sets,
-    json_out, force,
+    ctx, teacher, calibs, dataset, bits, method, observer, first_last_bits, mixed_precision,
+    frontier_plot, compare, seed, sets, json_out, force,
 ) -> None:  # fmt: skip
     """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
 
@@ -502,14 +516,24 @@ def quantize(
     from distill_data.quant.calibrate import format_comparison
 
     check_outputs(
-        [(json_out, "json")], reads=_quantize_reads(teacher, dataset, calibs), force=force
+        [(json_out, "json"), (frontier_plot, "png")],
+        reads=_quantize_reads(teacher, dataset, calibs),
+        force=force,
     )
-    given = {"method": method, "observer": observer, "first_last_bits": first_last_bits}
+    given = {"method": method, "observer": observer, "first_last_bits": first_last_bits,
+             "mixed_precision": mixed_precision}  # fmt: skip
     ptq = _with_sets(ctx, given, sets)
+    if frontier_plot and ptq.get("mixed_precision") is None:
+        raise DistillDataError("--frontier-plot needs --mixed-precision")
     report = api.quantize(
         teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed, **ptq
     )
     click.echo(format_comparison(report))
+    if frontier_plot:
+        from distill_data.quant.mixed import plot_report
+
+        plot_report(report["results"][0]["mixed_precision_result"], frontier_plot)
+        click.echo(f"wrote {frontier_plot}")
     if json_out:
         _write_json(json_out, report)
         click.echo(f"wrote {json_out}")

@@ -199,3 +199,72 @@ def test_quantize_command_reconstructs_and_reports_blocks(teacher_file, tmp_path
                   "genie", "--set", "iterations=-1")  # fmt: skip
     assert_one_error_line(*res)
     assert "iterations must be" in res[2]
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+def test_pareto_dp_equals_brute_force_on_every_assignment():
+    from distill_data.quant.mixed import brute_force, pareto_frontier
+
+    g = _gen(5)
+    names = [f"l{i}" for i in range(5)]
+    sizes = {n: int(s) for n, s in zip(names, torch.randint(1, 50, (5,), generator=g))}
+    sens = {n: {k: float(torch.rand((), generator=g)) / k**2 for k in (2, 4, 8)} for n in names}
+    dp, bf = pareto_frontier(sens, sizes), brute_force(sens, sizes)
+    assert [(a.size_bits, a.bits) for a in dp] == [(a.size_bits, a.bits) for a in bf]
+    assert [a.sensitivity for a in dp] == pytest.approx([a.sensitivity for a in bf])
+    assert dp[0].average_bits == 2 and dp[-1].average_bits <= 8
+    sens_sorted = [a.sensitivity for a in dp]
+    assert sens_sorted == sorted(sens_sorted, reverse=True)  # larger is never worse
+
+
+def test_mixed_precision_picks_within_the_budget_and_measures_sensitivity():
+    from distill_data.quant.mixed import choose, layer_sensitivity, pareto_frontier
+
+    model, x = _calibrated(DepthwiseNet())
+    from distill_data.quant import fold_batchnorm
+
+    folded = fold_batchnorm(model)
+    layers = ["dw.0", "grouped.0"]
+    before = {k: v.clone() for k, v in folded.state_dict().items()}
+    sens = layer_sensitivity(folded, x, layers, (2, 4, 8))
+    assert all(torch.equal(before[k], v) for k, v in folded.state_dict().items())  # restored
+    for n in layers:  # fewer bits, more sensitive
+        assert sens[n][2] > sens[n][4] > sens[n][8] >= 0
+    sizes = {"dw.0": 72, "grouped.0": 32}
+    frontier = pareto_frontier(sens, sizes)
+    pick = choose(frontier, 5.0)
+    assert pick.average_bits <= 5.0
+    assert all(a.sensitivity >= pick.sensitivity for a in frontier if a.average_bits <= 5.0)
+    with pytest.raises(ConfigError, match="unreachable"):
+        choose(frontier, 1.5)
+    q = quantize_model(model, x, PTQConfig(a_bits=8, mixed_precision=3.0))
+    mp = q.mixed_precision
+    assert set(mp["bits"]) == {"dw.0", "grouped.0"} and mp["average_bits"] <= 3.0
+    assert {n: m.w_bits for n, m in quantized_layers(q).items()} == {
+        "stem.0": 8,
+        **mp["bits"],
+        "head": 8,
+    }
+
+
+def test_mixed_precision_command_plot_and_errors(teacher_file, tmp_path, run_cli):
+    plot, out = tmp_path / "frontier.png", tmp_path / "mp.json"
+    code, stdout, err = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8",
+                                "--bits", "w4a8", "--mixed-precision", "3", "--frontier-plot",
+                                plot, "--json", out)  # fmt: skip
+    assert code == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    row = json.loads(out.read_text())["results"][0]
+    mp = row["mixed_precision_result"]
+    assert mp["average_bits"] <= 3 and row["bits"].startswith("w") and "mixed precision" in stdout
+    assert len(mp["frontier"]) >= 2 and set(mp["uniform"]) == {"2", "4", "8"}
+    res = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8",
+                  "--mixed-precision", "1")  # fmt: skip
+    assert_one_error_line(*res)
+    assert "unreachable" in res[2]
+    res = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8",
+                  "--frontier-plot", tmp_path / "x.png")  # fmt: skip
+    assert_one_error_line(*res)
+    assert not (tmp_path / "x.png").exists()

@@ -106,6 +106,18 @@ def format_comparison(report: dict) -> str:
         f"{'agree %':>8} {'SQNR dB':>8} {'KL':>8}"
     ]
     for r in report["results"]:
+        mixed = r.get("mixed_precision_result")
+        if mixed is not None:
+            counts: dict[int, int] = {}
+            for b in mixed["bits"].values():
+                counts[b] = counts.get(b, 0) + 1
+            lines.append(
+                f"mixed precision ({mixed['method']}, {r['calib'][:40]}, {r['bits']}): "
+                f"{mixed['average_bits']:.2f} average weight bits (target "
+                f"{mixed['target_average_bits']:g}); layers at "
+                + ", ".join(f"{b} bits: {n}" for b, n in sorted(counts.items()))
+            )
+    for r in report["results"]:
         sqnr = r["logit_sqnr_db"]
         lines.append(
             f"{r['bits']:<6} {r['calib'][:40]:<40} {r['fp32_accuracy']:7.2f} "

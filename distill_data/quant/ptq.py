@@ -112,6 +112,14 @@ class PTQConfig:
         drop_prob: QDrop's probability of leaving an activation element (and a block
             input element) unquantized during reconstruction; None: the method's (0.5
             for ``qdrop`` and ``genie``, 0 otherwise).
+        mixed_precision: average weight bits of the layers between the first and the
+            last (None: every layer at ``w_bits``): each layer's bits chosen from
+            ``mp_bits`` by ``mp_method`` (:mod:`distill_data.quant.mixed`): ``zeroq``
+            (the least total sensitivity on ZeroQ's Pareto frontier within that size)
+            or ``polino`` (bits by gradient norm, Polino et al. §3).
+        mp_bits: the weight bit widths mixed precision chooses from, e.g. ``"2,4,8"``.
+        mp_method: ``zeroq`` or ``polino`` (whose widths are any from 2 to 8: its rule
+            moves single bits between layers, the sum over layers preserved).
     """
 
     w_bits: int = 8
@@ -134,6 +142,9 @@ class PTQConfig:
     lr_act: float = 4e-5
     lr_weight_step: float = 1e-4
     drop_prob: float | None = None
+    mixed_precision: float | None = None
+    mp_bits: str = "2,4,8"
+    mp_method: str = "zeroq"
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")
@@ -166,6 +177,20 @@ class PTQConfig:
         require(
             self.drop_prob is None or 0 <= self.drop_prob < 1,
             f"drop_prob must be in [0, 1), got {self.drop_prob}",
+        )
+        if self.mixed_precision is not None:
+            from distill_data.quant.mixed import parse_bit_options
+
+            opts = parse_bit_options(self.mp_bits)
+            require(
+                min(opts) <= self.mixed_precision <= max(opts),
+                f"mixed precision at {self.mixed_precision:g} average bits is unreachable "
+                f"with bits {self.mp_bits} (from {min(opts)} to {max(opts)})",
+            )
+            require(self.fold_bn, "mixed precision works on the folded network: fold_bn=true")
+        require(
+            self.mp_method in ("zeroq", "polino"),
+            f"unknown mp_method {self.mp_method!r}; choose from: zeroq, polino",
         )
         require(
             self.method == "observer" or self.fold_bn,
@@ -405,6 +430,15 @@ def _layer_order(model: nn.Module) -> list[str]:
     return order
 
 
+def first_and_last(model: nn.Module, order: list[str]) -> tuple[str, str]:
+    """The first Conv2d and the last Linear layer (the first / last layer otherwise)."""
+    first = next((n for n in order if isinstance(model.get_submodule(n), nn.Conv2d)), order[0])
+    last = next(
+        (n for n in reversed(order) if isinstance(model.get_submodule(n), nn.Linear)), order[-1]
+    )
+    return first, last
+
+
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -466,14 +500,19 @@ def quantize_model(
     order = _layer_order(qmodel)
     if not order:
         raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
-    first = next((n for n in order if isinstance(qmodel.get_submodule(n), nn.Conv2d)), order[0])
-    last = next(
-        (n for n in reversed(order) if isinstance(qmodel.get_submodule(n), nn.Linear)), order[-1]
-    )
+    first, last = first_and_last(qmodel, order)
+    mixed = None
+    if cfg.mixed_precision is not None:
+        from distill_data.quant.mixed import assign_bits
+
+        body = [n for n in order if cfg.first_last_bits is None or n not in (first, last)]
+        mixed = assign_bits(qmodel, calib_images, body, cfg)
     for name in order:
         layer = qmodel.get_submodule(name)
         keep = cfg.first_last_bits is not None and name in (first, last)
         w_bits = cfg.first_last_bits if keep else cfg.w_bits
+        if mixed is not None and name in mixed["bits"]:
+            w_bits = mixed["bits"][name]
         a_bits = cfg.first_last_bits if keep else cfg.a_bits
         observer = make_observer(cfg.observer, a_bits, cfg.percentile, cfg.max_samples, cfg.seed)
         wrapper_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
@@ -492,6 +531,8 @@ def quantize_model(
             q.freeze()
         else:  # a registered layer the forward pass never used: nothing to calibrate
             q.calibrating = False
+    if mixed is not None:
+        qmodel.mixed_precision = mixed
     if cfg.method != "observer":
         from distill_data.quant.reconstruct import reconstruct
 
@@ -587,13 +628,16 @@ def evaluate_ptq(
     zq = model_logits(qmodel, test_x)
     fp32, quant = _top1(z, test_y), _top1(zq, test_y)
     recon = getattr(qmodel, "reconstruction", None)
+    mixed = getattr(qmodel, "mixed_precision", None)
     return {
         **({"reconstruction": recon} if recon is not None else {}),
+        **({"mixed_precision_result": mixed} if mixed is not None else {}),
         "fp32_accuracy": fp32,
         "quant_accuracy": quant,
         "accuracy_drop": fp32 - quant,
         **fidelity(z, zq),
-        "bits": cfg.bits,
+        # mixed precision: the body's average weight bits, e.g. "w2.5a8"
+        "bits": cfg.bits if mixed is None else f"w{mixed['average_bits']:.3g}a{cfg.a_bits}",
         "calib_images": int(calib_images.shape[0]),
         **config_to_dict(cfg),
     }
