@@ -1549,6 +1549,94 @@ def recon_tables(results: list[dict]) -> list[str]:
     return out
 
 
+def mixed_tables(results: list[dict]) -> list[str]:
+    """ZeroQ mixed precision and Polino's allocation against uniform weight bits."""
+    runs = [r for r in results if r.get("benchmark") == "mixed-precision"]
+    if not runs:
+        return []
+    latest: dict[tuple, dict] = {}
+    for r in sorted(runs, key=lambda r: r["date"]):
+        latest[(r["teacher_name"], r["calib_name"], r["run"])] = r
+    rows = []
+    for _, r in sorted(
+        latest.items(),
+        key=lambda kv: (kv[0][0], kv[0][1], -kv[1]["average_weight_bits"], kv[0][2]),  # fmt: skip
+    ):
+        s, mixed = r["settings"], r["result"].get("mixed_precision_result")
+        if mixed is None:
+            what = f"uniform {s['bits'][1]}-bit"
+        elif mixed["method"] == "zeroq":
+            what = f"ZeroQ mixed, target {mixed['target_average_bits']:g} bits"
+        else:
+            what = f"Polino's allocation from {round(mixed['target_average_bits'])} bits"
+        counts: dict[int, int] = {}
+        for b in (mixed or {}).get("bits", {}).values():
+            counts[b] = counts.get(b, 0) + 1
+        layers = ", ".join(f"{n}×{b}" for b, n in sorted(counts.items())) if counts else "—"
+        rows.append(
+            f"| {_calib_label(r)} | {what} | {r['average_weight_bits']:.3f} | {layers} | "
+            f"{r['result']['quant_accuracy']:.2f} |"
+        )
+    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
+    return [
+        "",
+        f"**Mixed-precision weights** (`bench/recon.py --stage mixed`; `mnist5k` teacher "
+        f"resnet, fp32 {fp32} %; weight bits of the 20 layers between the first and the "
+        "last (those two at 8), activations at 8 bits, MSE observer, no reconstruction; "
+        "average bits weighted by each layer's weights; layers = how many layers got how "
+        "many bits; the frontier: [docs/mixed_frontier_resnet.png](mixed_frontier_resnet.png))",
+        "",
+        "| calibration | weights | average bits | layers (count×bits) | test accuracy % |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+FORMAT_LABEL = {
+    "int8": "INT8 weights and activations",
+    "fp8_e4m3": "FP8 E4M3 weights and activations",
+    "fp8_e5m2": "FP8 E5M2 weights and activations",
+    "int4": "INT4 weights, INT8 activations",
+    "fp4_e2m1": "FP4 E2M1 weights (scale search), INT8 activations",
+    "fp4_e2m1_nosearch": "FP4 E2M1 weights (max scaling), INT8 activations",
+}
+
+
+def format_tables(results: list[dict]) -> list[str]:
+    """FP8 / FP4 fake quantization against integers of the same widths."""
+    runs = [r for r in results if r.get("benchmark") == "number-formats"]
+    if not runs:
+        return []
+    latest: dict[tuple, dict] = {}
+    for r in sorted(runs, key=lambda r: r["date"]):
+        latest[(r["teacher_name"], r["calib_name"], r["run"])] = r
+    order = list(FORMAT_LABEL)
+    rows = [
+        f"| {_calib_label(r)} | {r['settings']['bits']} | {FORMAT_LABEL.get(run, run)} | "
+        f"{r['result']['quant_accuracy']:.2f} | {r['result']['agreement']:.1f} |"
+        for (_, _, run), r in sorted(
+            latest.items(),
+            key=lambda kv: (
+                kv[0][:2],
+                order.index(kv[0][2]) if kv[0][2] in order else 99,
+            ),  # fmt: skip
+        )
+    ]
+    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
+    return [
+        "",
+        f"**Number formats** (`bench/recon.py --stage formats`; `mnist5k` teacher resnet, "
+        f"fp32 {fp32} %; the layers between the first and the last in the format named, "
+        "those two INT8; per-channel weight scales, per-tensor activation scales, "
+        "integers by the min/max observer, FP scales by LLM-FP4's search unless named; "
+        "agrees = top-1 agreement % with the float network on the test set)",
+        "",
+        "| calibration | bits | format | test accuracy % | agrees % |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def render_full(results: list[dict]) -> str:
     """docs/results.md: every table."""
     sections = [
@@ -1559,6 +1647,7 @@ def render_full(results: list[dict]) -> str:
         ("Students: distillation and quantization", student_tables(results)),
         ("", zeroshot_table(results) + student_set_table(results)),
         ("Reconstruction PTQ: AdaRound, BRECQ, QDrop, Genie-M", recon_tables(results)),
+        ("", mixed_tables(results) + format_tables(results)),
         ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
         ("kornia in the training pipelines", kornia_tables(results)),
     ]

@@ -11,6 +11,8 @@ is about an hour per network on this CPU), every other setting the official code
     python bench/recon.py --stage methods --methods genie qdrop --bits w2a4 \\
         --calib bench/.work/genie_resnet_256_it1000.h5 bench/.work/zeroq_resnet_256_it100.h5 \\
         noise:256
+    python bench/recon.py --stage mixed --calib real:256   # ZeroQ mixed precision
+    python bench/recon.py --stage formats --calib real:256 # FP8 / FP4 against integers
 """
 
 from __future__ import annotations
@@ -87,9 +89,100 @@ def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: lis
                 )
 
 
+MIXED = {  # name: PTQConfig settings; activations at 8 bits isolate the weights (ZeroQ Tab. 3)
+    "uniform4": {"bits": "w4a8"},
+    "uniform3": {"bits": "w3a8"},
+    "uniform2": {"bits": "w2a8"},
+    "zeroq4": {"bits": "w8a8", "mixed_precision": 4.0},
+    "zeroq3": {"bits": "w8a8", "mixed_precision": 3.0},
+    "zeroq2.5": {"bits": "w8a8", "mixed_precision": 2.5},
+    "polino4": {"bits": "w8a8", "mixed_precision": 4.0, "mp_method": "polino"},
+    "polino3": {"bits": "w8a8", "mixed_precision": 3.0, "mp_method": "polino"},
+}
+
+
+def stage_mixed(teacher: str, calibs: list[str], seed: int) -> None:
+    """ZeroQ's mixed precision (and Polino's allocation) against uniform weight bits at
+    equal size, MSE observer, activations at 8 bits; the frontier of the first set as a
+    PNG in docs/."""
+    tpath = WORK / f"teacher_{teacher}.pt"
+    for calib in calibs:
+        for name, s in MIXED.items():
+            settings = {k: v for k, v in s.items() if k != "bits"}
+            t0 = time.perf_counter()
+            rep = dd.quantize(tpath, calib, DATASET, bits=s["bits"], seed=seed, quiet=True,
+                              observer="mse", **settings)  # fmt: skip
+            wall = time.perf_counter() - t0
+            row = rep["results"][0]
+            mixed = row.get("mixed_precision_result")
+            avg = mixed["average_bits"] if mixed else float(s["bits"][1])
+            print(f"{teacher} {_calib_name(calib)} {name}: {row['quant_accuracy']:.2f} at "
+                  f"{avg:.3f} average weight bits, {wall:.0f} s", flush=True)  # fmt: skip
+            if mixed and name == "zeroq3" and calib == calibs[0]:
+                from distill_data.quant.mixed import plot_report
+
+                png = ROOT.parent / "docs" / f"mixed_frontier_{teacher}.png"
+                plot_report(mixed, png)
+                print(f"wrote {png}")
+            write_result(
+                f"mixed_{DATASET}_{teacher}_{_calib_name(calib)}_{name}_s{seed}",
+                {
+                    "benchmark": "mixed-precision",
+                    "teacher_name": teacher,
+                    "calib": calib,
+                    "calib_name": _calib_name(calib),
+                    "run": name,
+                    "seed": seed,
+                    "settings": {**s, "observer": "mse", "first_last_bits": 8},
+                    "average_weight_bits": avg,
+                    "wall_seconds": round(wall, 1),
+                    "result": row,
+                },
+            )
+
+
+FORMATS = {  # name: (bits, PTQConfig settings); integer rows use the min/max observer
+    "int8": ("w8a8", {}),
+    "fp8_e4m3": ("w8a8", {"w_format": "fp8_e4m3", "a_format": "fp8_e4m3"}),
+    "fp8_e5m2": ("w8a8", {"w_format": "fp8_e5m2", "a_format": "fp8_e5m2"}),
+    "int4": ("w4a8", {}),
+    "fp4_e2m1": ("w4a8", {"w_format": "fp4_e2m1"}),
+    "fp4_e2m1_nosearch": ("w4a8", {"w_format": "fp4_e2m1", "fp_search": False}),
+}
+
+
+def stage_formats(teacher: str, calibs: list[str], seed: int) -> None:
+    """FP8 (E4M3, E5M2) W8A8 and FP4 (E2M1) W4A8 against integers of the same widths
+    (min/max observer; FP activation scales from the LLM-FP4 search on the samples)."""
+    tpath = WORK / f"teacher_{teacher}.pt"
+    for calib in calibs:
+        for name, (bits, settings) in FORMATS.items():
+            t0 = time.perf_counter()
+            rep = dd.quantize(tpath, calib, DATASET, bits=bits, seed=seed, quiet=True,
+                              observer="minmax", **settings)  # fmt: skip
+            wall = time.perf_counter() - t0
+            row = rep["results"][0]
+            print(f"{teacher} {_calib_name(calib)} {name} {bits}: {row['quant_accuracy']:.2f} "
+                  f"(fp32 {row['fp32_accuracy']:.2f}), {wall:.0f} s", flush=True)  # fmt: skip
+            write_result(
+                f"formats_{DATASET}_{teacher}_{_calib_name(calib)}_{name}_s{seed}",
+                {
+                    "benchmark": "number-formats",
+                    "teacher_name": teacher,
+                    "calib": calib,
+                    "calib_name": _calib_name(calib),
+                    "run": name,
+                    "seed": seed,
+                    "settings": {"bits": bits, "observer": "minmax", **settings},
+                    "wall_seconds": round(wall, 1),
+                    "result": row,
+                },
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", nargs="+", required=True, choices=["methods"])
+    p.add_argument("--stage", nargs="+", required=True, choices=["methods", "mixed", "formats"])
     p.add_argument("--teacher", default="resnet")
     p.add_argument("--calib", nargs="+", default=["real:256"])
     p.add_argument("--bits", nargs="+", default=["w4a4", "w3a3", "w2a4"])
@@ -100,6 +193,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
+    if "formats" in args.stage:
+        stage_formats(args.teacher, args.calib, args.seed)
+    if "mixed" in args.stage:
+        stage_mixed(args.teacher, args.calib, args.seed)
     if "methods" in args.stage:
         stage_methods(args.teacher, args.calib, args.bits, args.methods, args.iterations,
                       args.seed)  # fmt: skip

@@ -592,7 +592,10 @@ def quantize(
     if not all(isinstance(b, str) for b in bit_list):
         raise ConfigError(f"bits must be names such as 'w8a8', got {bits!r}")
     _check_seed(seed)
-    cfg = make_config(PTQConfig, {"seed": seed, **ptq})
+    from distill_data.quant.ptq import parse_bits
+
+    w0, a0 = parse_bits(bit_list[0]) if bit_list else (8, 8)  # validated with its widths
+    cfg = make_config(PTQConfig, {"seed": seed, "w_bits": w0, "a_bits": a0, **ptq})
     return compare_calibrations(
         net, data, calibs, bit_list, cfg, seed=seed, progress=False if quiet else None
     )

@@ -117,6 +117,9 @@ def format_comparison(report: dict) -> str:
                 f"{mixed['target_average_bits']:g}); layers at "
                 + ", ".join(f"{b} bits: {n}" for b, n in sorted(counts.items()))
             )
+    formats = {r["formats"] for r in report["results"] if r.get("formats")}
+    if formats:
+        lines.append("number formats: " + "; ".join(sorted(formats)))
     for r in report["results"]:
         sqnr = r["logit_sqnr_db"]
         lines.append(

@@ -250,6 +250,7 @@ def save_frontier_plot(
     if chosen is not None:
         x, y = at(chosen.average_bits, chosen.sensitivity)
         d.ellipse([x - 8, y - 8, x + 8, y + 8], outline=(0, 150, 0), width=2)
+        d.text((x + 10, y + 4), f"chosen ({chosen.average_bits:.2f} bits)", fill=(0, 150, 0))
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -117,6 +117,12 @@ class PTQConfig:
             ``mp_bits`` by ``mp_method`` (:mod:`distill_data.quant.mixed`): ``zeroq``
             (the least total sensitivity on ZeroQ's Pareto frontier within that size)
             or ``polino`` (bits by gradient norm, Polino et al. §3).
+        w_format, a_format: ``int`` or a floating-point format of
+            :mod:`distill_data.quant.fp` (``fp8_e4m3``, ``fp8_e5m2`` with 8 bits,
+            ``fp4_e2m1`` with 4) for the weights / input activations of the layers
+            between the first and the last (those stay integers at ``first_last_bits``).
+        fp_search: FP scales by LLM-FP4's search (per weight channel, per activation
+            tensor); False: the largest value maps to the format's largest.
         mp_bits: the weight bit widths mixed precision chooses from, e.g. ``"2,4,8"``.
         mp_method: ``zeroq`` or ``polino`` (whose widths are any from 2 to 8: its rule
             moves single bits between layers, the sum over layers preserved).
@@ -145,6 +151,9 @@ class PTQConfig:
     mixed_precision: float | None = None
     mp_bits: str = "2,4,8"
     mp_method: str = "zeroq"
+    w_format: str = "int"
+    a_format: str = "int"
+    fp_search: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")
@@ -188,6 +197,27 @@ class PTQConfig:
                 f"with bits {self.mp_bits} (from {min(opts)} to {max(opts)})",
             )
             require(self.fold_bn, "mixed precision works on the folded network: fold_bn=true")
+        from distill_data.quant.fp import FORMAT_NAMES, FORMATS
+
+        for what, fmt, bits in (("w", self.w_format, self.w_bits), ("a", self.a_format,
+                                                                     self.a_bits)):  # fmt: skip
+            require(
+                fmt in FORMAT_NAMES,
+                f"unknown {what}_format {fmt!r}; choose from: {', '.join(FORMAT_NAMES)}",
+            )
+            require(
+                fmt == "int" or FORMATS[fmt].bits == bits,
+                f"{what}_format={fmt} has {FORMATS[fmt].bits if fmt in FORMATS else 0} bits, "
+                f"but the {'weight' if what == 'w' else 'activation'} bits are {bits}",
+            )
+        require(
+            (self.w_format == "int" and self.a_format == "int") or self.method == "observer",
+            "reconstruction learns integer grids: use w_format=int and a_format=int",
+        )
+        require(
+            self.w_format == "int" or self.mixed_precision is None,
+            "mixed precision chooses integer widths: use w_format=int",
+        )
         require(
             self.mp_method in ("zeroq", "polino"),
             f"unknown mp_method {self.mp_method!r}; choose from: zeroq, polino",
@@ -247,11 +277,31 @@ class ActQuant(nn.Module):
         self.register_parameter("step", None)
         self.drop_prob = 0.0
         self.drop_generator: torch.Generator | None = None
+        self.fp_format: str | None = None  # a floating-point grid (quant/fp.py) instead
+        self.fp_search = True
 
     def freeze(self) -> None:
         """Fix the quantization range from the observations (RuntimeError if none)."""
         if self.observer is None or not self.observer.seen:
             raise RuntimeError("ActQuant.freeze: no calibration data was observed")
+        if self.fp_format is not None:
+            from distill_data.quant.fp import get_format, search_scale
+
+            fmt = get_format(self.fp_format)
+            samples = getattr(self.observer, "samples", None)
+            lo, hi = self.observer.lo, self.observer.hi
+            if samples is not None and self.fp_search:
+                x = torch.cat([samples, lo.reshape(1), hi.reshape(1)])  # keep the extremes
+            else:
+                x = torch.stack([lo, hi])
+            self.scale.copy_(search_scale(x, fmt, None, self.fp_search).reshape(()))
+            self.zero_point.zero_()
+            self.lo.copy_(-fmt.max_value * self.scale)
+            self.hi.copy_(fmt.max_value * self.scale)
+            self.observer = None
+            self.calibrating = False
+            self.frozen = True
+            return
         lo, hi = self.observer.range()
         scale, zero_point = affine_qparams(lo, hi, self.bits)
         self.scale.copy_(scale)
@@ -270,6 +320,10 @@ class ActQuant(nn.Module):
             return x
         if not self.frozen:
             raise RuntimeError("ActQuant used before calibration; run quantize_model")
+        if self.fp_format is not None:
+            from distill_data.quant.fp import fp_fake_quant, get_format
+
+            return fp_fake_quant(x, self.scale, get_format(self.fp_format))
         if self.step is None:
             return act_fake_quant(x, self.scale, self.zero_point, self.bits)
         # LSQ (Esser et al. 2020): the step is a parameter, the round straight-through
@@ -366,6 +420,17 @@ class QuantLinear(nn.Module):
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)
+
+
+class FixedWeight(nn.Module):
+    """A weight quantized once (a floating-point grid): returned as it is."""
+
+    def __init__(self, w: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("w", w.clone())
+
+    def forward(self) -> Tensor:
+        return self.w
 
 
 # -------------------------------------------------------------------- BN folding
@@ -514,9 +579,19 @@ def quantize_model(
         if mixed is not None and name in mixed["bits"]:
             w_bits = mixed["bits"][name]
         a_bits = cfg.first_last_bits if keep else cfg.a_bits
-        observer = make_observer(cfg.observer, a_bits, cfg.percentile, cfg.max_samples, cfg.seed)
+        a_fp = None if keep or cfg.a_format == "int" else cfg.a_format
+        # a floating-point grid's scale search needs samples: a sampling observer
+        obs = "mse" if a_fp is not None and cfg.observer == "minmax" else cfg.observer
+        observer = make_observer(obs, a_bits, cfg.percentile, cfg.max_samples, cfg.seed)
         wrapper_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         wrapper = wrapper_cls(layer, w_bits, a_bits, observer).to(layer.weight.device)
+        wrapper.act.fp_format, wrapper.act.fp_search = a_fp, cfg.fp_search
+        if not keep and cfg.w_format != "int":
+            from distill_data.quant.fp import fp_weight_quant, get_format
+
+            wrapper.wq = FixedWeight(
+                fp_weight_quant(layer.weight.detach(), get_format(cfg.w_format), cfg.fp_search)
+            )
         _set_submodule(qmodel, name, wrapper)
 
     quantizers = [m for m in qmodel.modules() if isinstance(m, ActQuant)]
@@ -629,7 +704,9 @@ def evaluate_ptq(
     fp32, quant = _top1(z, test_y), _top1(zq, test_y)
     recon = getattr(qmodel, "reconstruction", None)
     mixed = getattr(qmodel, "mixed_precision", None)
+    fmt = [f"{k}={getattr(cfg, k)}" for k in ("w_format", "a_format") if getattr(cfg, k) != "int"]
     return {
+        **({"formats": ", ".join(fmt)} if fmt else {}),
         **({"reconstruction": recon} if recon is not None else {}),
         **({"mixed_precision_result": mixed} if mixed is not None else {}),
         "fp32_accuracy": fp32,
