@@ -1496,14 +1496,20 @@ def _calib_label(r: dict) -> str:
     return name
 
 
+def _latest(runs: list[dict], *fields: str) -> dict[tuple, dict]:
+    """The newest run of each combination of ``fields`` (a rerun replaces older files)."""
+    out: dict[tuple, dict] = {}
+    for r in sorted(runs, key=lambda r: r["date"]):
+        out[tuple(r[f] for f in fields)] = r
+    return out
+
+
 def recon_tables(results: list[dict]) -> list[str]:
     """Reconstruction PTQ against range-only PTQ, by calibration set and bit width."""
     runs = [r for r in results if r.get("benchmark") == "reconstruction-ptq"]
     if not runs:
         return []
-    latest: dict[tuple, dict] = {}
-    for r in sorted(runs, key=lambda r: r["date"]):
-        latest[(r["teacher_name"], r["calib_name"], r["bits"], r["method"])] = r
+    latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
     bits_order = {"w4a4": 0, "w3a3": 1, "w2a4": 2}
     keys = sorted(
         {(t, c) for t, c, _, _ in latest}, key=lambda k: (k[0], not k[1].startswith("real"), k[1])
@@ -1554,9 +1560,7 @@ def mixed_tables(results: list[dict]) -> list[str]:
     runs = [r for r in results if r.get("benchmark") == "mixed-precision"]
     if not runs:
         return []
-    latest: dict[tuple, dict] = {}
-    for r in sorted(runs, key=lambda r: r["date"]):
-        latest[(r["teacher_name"], r["calib_name"], r["run"])] = r
+    latest = _latest(runs, "teacher_name", "calib_name", "run")
     rows = []
     for _, r in sorted(
         latest.items(),
@@ -1607,9 +1611,7 @@ def format_tables(results: list[dict]) -> list[str]:
     runs = [r for r in results if r.get("benchmark") == "number-formats"]
     if not runs:
         return []
-    latest: dict[tuple, dict] = {}
-    for r in sorted(runs, key=lambda r: r["date"]):
-        latest[(r["teacher_name"], r["calib_name"], r["run"])] = r
+    latest = _latest(runs, "teacher_name", "calib_name", "run")
     order = list(FORMAT_LABEL)
     rows = [
         f"| {_calib_label(r)} | {r['settings']['bits']} | {FORMAT_LABEL.get(run, run)} | "
@@ -1633,6 +1635,37 @@ def format_tables(results: list[dict]) -> list[str]:
         "",
         "| calibration | bits | format | test accuracy % | agrees % |",
         "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def ptq_headline(results: list[dict]) -> list[str]:
+    """README: reconstruction against range-only PTQ from real images, by bit width."""
+    runs = [r for r in results if r.get("benchmark") == "reconstruction-ptq"
+            and r["calib_name"].startswith("real")]  # fmt: skip
+    if not runs:
+        return []
+    latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
+    methods = [m for m in RECON_ORDER if m != "mse" and any(k[3] == m for k in latest)]
+    rows = []
+    for teacher, calib, bits in sorted({k[:3] for k in latest},
+                                       key=lambda k: (k[0], k[1], -int(k[2][1]))):  # fmt: skip
+        cells = [
+            f"{latest[(teacher, calib, bits, m)]['result']['quant_accuracy']:.1f}"
+            if (teacher, calib, bits, m) in latest else "—"
+            for m in methods
+        ]  # fmt: skip
+        rows.append(f"| {bits} | " + " | ".join(cells) + " |")
+    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
+    its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
+    calib = _one_of(_calib_label(r) for r in runs)
+    return [
+        "",
+        f"**Post-training quantization of the ResNet teacher** (`mnist5k`, fp32 {fp32} %; "
+        f"calibrated on {calib}; reconstruction at {its} steps per block; test accuracy %)",
+        "",
+        "| bits | " + " | ".join(RECON_LABEL[m].split(" (")[0] for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
         *rows,
     ]
 
@@ -1675,7 +1708,9 @@ def render_readme(results: list[dict]) -> dict[str, str]:
     """README.md's blocks, by name: each replaces <!-- NAME:start --> ... <!-- NAME:end -->."""
     return {
         "cost": "\n".join(cost_tables(results)) or "_No speed results yet._",
-        "results": "\n".join(_strip(headline_tables(results) + student_headline(results)))
+        "results": "\n".join(
+            _strip(headline_tables(results) + student_headline(results) + ptq_headline(results))
+        )
         or "_No benchmark results yet._",
     }
 
