@@ -1485,9 +1485,9 @@ RECON_LABEL = {
 
 def _calib_label(r: dict) -> str:
     name = r["calib_name"]
-    kind, _, n = name.partition("_resnet_")
-    if kind in ("genie", "zeroq"):
-        count, _, its = n.partition("_it")
+    m = re.match(r"^(genie|zeroq)_.+_(\d+)_it(\d+)$", name)  # bench/student.py's sets
+    if m:
+        kind, count, its = m.groups()
         return f"{'Genie' if kind == 'genie' else 'ZeroQ'} set, {count} images ({its} it)"
     if name.startswith("real"):
         return f"{name[4:]} real images"
@@ -1517,19 +1517,18 @@ def recon_tables(results: list[dict]) -> list[str]:
     cols = sorted({b for _, _, b, _ in latest}, key=lambda b: bits_order.get(b, 9))
     out = []
     its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
-    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
     out += [
         "",
-        f"**Reconstruction PTQ** (`bench/recon.py`; `mnist5k` teacher resnet, fp32 {fp32} %; "
-        "test accuracy % of the quantized teacher; first and last layer at 8 bits, "
+        "**Reconstruction PTQ** (`bench/recon.py`; `mnist5k`, teacher's fp32 accuracy in "
+        "brackets; test accuracy % of the quantized teacher; first and last layer at 8 bits, "
         "per-channel symmetric weights, per-tensor activations; reconstruction at "
         f"{its} steps per block (the papers' code: 20,000), every other setting the "
         "official code's; one seed; s/block = seconds per reconstructed block or layer "
         "(mean over the network, median over the bit widths) on the CPU, 1 thread, "
         "another benchmark on the other core)",
         "",
-        "| calibration | method | " + " | ".join(cols) + " | s/block | peak RSS MiB |",
-        "|---|---|" + "---|" * len(cols) + "---|---|",
+        "| teacher | calibration | method | " + " | ".join(cols) + " | s/block | peak RSS MiB |",
+        "|---|---|---|" + "---|" * len(cols) + "---|---|",
     ]
     for teacher, calib in keys:
         for m in RECON_ORDER:
@@ -1549,7 +1548,8 @@ def recon_tables(results: list[dict]) -> list[str]:
                          if (teacher, calib, b, m) in latest)  # fmt: skip
             sec = f"{statistics.median(secs):.1f}" if secs else "—"
             out.append(
-                f"| {_calib_label(first)} | {RECON_LABEL[m]} | {' | '.join(cells)} | {sec} | "
+                f"| {teacher} ({first['result']['fp32_accuracy']:.2f}) | {_calib_label(first)} | "
+                f"{RECON_LABEL[m]} | {' | '.join(cells)} | {sec} | "
                 f"{max(rss):.0f} |"
             )
     return out
@@ -1578,20 +1578,20 @@ def mixed_tables(results: list[dict]) -> list[str]:
             counts[b] = counts.get(b, 0) + 1
         layers = ", ".join(f"{n}×{b}" for b, n in sorted(counts.items())) if counts else "—"
         rows.append(
-            f"| {_calib_label(r)} | {what} | {r['average_weight_bits']:.3f} | {layers} | "
+            f"| {r['teacher_name']} ({r['result']['fp32_accuracy']:.2f}) | {_calib_label(r)} | "
+            f"{what} | {r['average_weight_bits']:.3f} | {layers} | "
             f"{r['result']['quant_accuracy']:.2f} |"
         )
-    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
     return [
         "",
-        f"**Mixed-precision weights** (`bench/recon.py --stage mixed`; `mnist5k` teacher "
-        f"resnet, fp32 {fp32} %; weight bits of the 20 layers between the first and the "
+        "**Mixed-precision weights** (`bench/recon.py --stage mixed`; `mnist5k`, teacher's "
+        "fp32 accuracy in brackets; weight bits of the layers between the first and the "
         "last (those two at 8), activations at 8 bits, MSE observer, no reconstruction; "
         "average bits weighted by each layer's weights; layers = how many layers got how "
-        "many bits; the frontier: [docs/mixed_frontier_resnet.png](mixed_frontier_resnet.png))",
+        "many bits; the ResNet's frontier: [mixed_frontier_resnet.png](mixed_frontier_resnet.png))",
         "",
-        "| calibration | weights | average bits | layers (count×bits) | test accuracy % |",
-        "|---|---|---|---|---|",
+        "| teacher | calibration | weights | average bits | layers (count×bits) | accuracy % |",
+        "|---|---|---|---|---|---|",
         *rows,
     ]
 
@@ -1614,7 +1614,8 @@ def format_tables(results: list[dict]) -> list[str]:
     latest = _latest(runs, "teacher_name", "calib_name", "run")
     order = list(FORMAT_LABEL)
     rows = [
-        f"| {_calib_label(r)} | {r['settings']['bits']} | {FORMAT_LABEL.get(run, run)} | "
+        f"| {r['teacher_name']} ({r['result']['fp32_accuracy']:.2f}) | {_calib_label(r)} | "
+        f"{r['settings']['bits']} | {FORMAT_LABEL.get(run, run)} | "
         f"{r['result']['quant_accuracy']:.2f} | {r['result']['agreement']:.1f} |"
         for (_, _, run), r in sorted(
             latest.items(),
@@ -1624,17 +1625,16 @@ def format_tables(results: list[dict]) -> list[str]:
             ),  # fmt: skip
         )
     ]
-    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
     return [
         "",
-        f"**Number formats** (`bench/recon.py --stage formats`; `mnist5k` teacher resnet, "
-        f"fp32 {fp32} %; the layers between the first and the last in the format named, "
+        "**Number formats** (`bench/recon.py --stage formats`; `mnist5k`, teacher's fp32 "
+        "accuracy in brackets; the layers between the first and the last in the format named, "
         "those two INT8; per-channel weight scales, per-tensor activation scales, "
         "integers by the min/max observer, FP scales by LLM-FP4's search unless named; "
         "agrees = top-1 agreement % with the float network on the test set)",
         "",
-        "| calibration | bits | format | test accuracy % | agrees % |",
-        "|---|---|---|---|---|",
+        "| teacher | calibration | bits | format | test accuracy % | agrees % |",
+        "|---|---|---|---|---|---|",
         *rows,
     ]
 
@@ -1655,17 +1655,22 @@ def ptq_headline(results: list[dict]) -> list[str]:
             if (teacher, calib, bits, m) in latest else "—"
             for m in methods
         ]  # fmt: skip
-        rows.append(f"| {bits} | " + " | ".join(cells) + " |")
-    fp32 = _one_of(f"{r['result']['fp32_accuracy']:.2f}" for r in runs)
+        acc = next(r for k, r in latest.items() if k[:3] == (teacher, calib, bits))
+        rows.append(
+            f"| {teacher} ({acc['result']['fp32_accuracy']:.2f}) | {bits} | "
+            + " | ".join(cells)
+            + " |"
+        )
     its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
     calib = _one_of(_calib_label(r) for r in runs)
     return [
         "",
-        f"**Post-training quantization of the ResNet teacher** (`mnist5k`, fp32 {fp32} %; "
-        f"calibrated on {calib}; reconstruction at {its} steps per block; test accuracy %)",
+        f"**Post-training quantization of the teachers** (`mnist5k`, fp32 accuracy in "
+        f"brackets; calibrated on {calib}; reconstruction at {its} steps per block; test "
+        "accuracy %)",
         "",
-        "| bits | " + " | ".join(RECON_LABEL[m].split(" (")[0] for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
+        "| teacher | bits | " + " | ".join(RECON_LABEL[m].split(" (")[0] for m in methods) + " |",
+        "|---|---|" + "---|" * len(methods),
         *rows,
     ]
 
