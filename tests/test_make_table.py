@@ -669,3 +669,36 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
     assert body[0] == "| resnet | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
     assert body[1].startswith("| resnet | random (defaults) | 10 | 100 | 85.00")
     assert mt.student_set_table([]) == []
+
+
+def _recon(date: str, teacher: str, calib: str, bits: str, method: str, acc: float) -> dict:
+    return {
+        "schema_version": 1,
+        "benchmark": "reconstruction-ptq",
+        "date": date,
+        "teacher_name": teacher,
+        "calib": calib,
+        "calib_name": calib.replace(":", ""),
+        "bits": bits,
+        "method": method,
+        "seed": 0,
+        "settings": {"method": method, "iterations": 1000},
+        "seconds_per_block": None if method == "minmax" else 5.0,
+        "peak_rss_mib": 500.0,
+        "result": {"quant_accuracy": acc, "fp32_accuracy": 97.7 if teacher == "resnet" else 98.0},
+    }
+
+
+def test_reconstruction_rows_keep_teachers_apart_and_take_the_newest_rerun(mt):
+    runs = [
+        _recon("2026-12-01", "resnet", "real:256", "w2a4", "genie", 90.0),
+        _recon("2026-12-02", "resnet", "real:256", "w2a4", "genie", 97.6),  # the rerun
+        _recon("2026-12-02", "resnet", "real:256", "w2a4", "minmax", 64.0),
+        _recon("2026-12-02", "convnet_bn", "real:256", "w2a4", "genie", 95.0),
+    ]
+    rows = [line for line in mt.recon_tables(runs) if line.startswith("| resnet")]
+    assert len(rows) == 2 and "| 97.60 |" in rows[1] and "90.00" not in "".join(rows)
+    assert rows[0].split("|")[3].strip() == "range only, min/max"
+    head = mt.ptq_headline(runs)
+    assert any(line.startswith("| convnet_bn (98.00) | w2a4 | — | 95.0 |") for line in head)
+    assert any(line.startswith("| resnet (97.70) | w2a4 | 64.0 | 97.6 |") for line in head)
