@@ -265,20 +265,25 @@ SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,0
     "random": ([10, 50], {}),
     "herding": ([10, 50], {}),
     "dm": ([10], {"iterations": 200}),
+    "infer": ([10], {}),  # from the teacher (its defaults; soft labels unused: KD online)
 }
+TEACHER_DRIVEN = ("infer", "sre2l")
 
 
-def stage_sets(teacher: str, seeds: list[int], epochs: int) -> None:
+def stage_sets(teacher: str, seeds: list[int], epochs: int, methods: list[str]) -> None:
     """Students distilled from the teacher on stored condensed sets: the downstream use
     of a set (accuracy against the images it costs), float KD students of the ``student``
     recipe at ``epochs`` (one step per epoch on 100 images, so more epochs than on the
     full split)."""
     for method, (ipcs, opts) in SETS.items():
+        if method not in methods:
+            continue
         for ipc in ipcs:
             store = WORK / f"set_{method}_ipc{ipc}.h5"
             if not store.exists():
                 t0 = time.perf_counter()
-                dd.build(DATASET, method, ipc, store, options=opts, quiet=True)
+                by = {"teacher": teacher_path(teacher)} if method in TEACHER_DRIVEN else {}
+                dd.build(DATASET, method, ipc, store, options=opts, quiet=True, **by)
                 print(f"{method} ipc {ipc}: built in {time.perf_counter() - t0:.0f} s", flush=True)
             for seed in seeds:
                 out = STUDENTS / f"set_{teacher}_{method}{ipc}_s{seed}.pt"
@@ -315,6 +320,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--count", type=int, default=256, help="images of the zero-shot sets")
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
+                   help="condensed sets of --stage sets")  # fmt: skip
     p.add_argument(
         "--zeroq-iterations", type=int, default=500, help="ZeroQ's per batch (paper: 500)"
     )
@@ -336,7 +343,7 @@ def main() -> None:
         stage_ptq(args.teacher, args.seeds)
     if "sets" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
-        stage_sets(args.teacher, args.seeds, args.epochs)
+        stage_sets(args.teacher, args.seeds, args.epochs, args.sets)
     if "zeroshot" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
         its = {"zeroq": args.zeroq_iterations, "genie": args.genie_iterations}

@@ -268,3 +268,23 @@ def test_mixed_precision_command_plot_and_errors(teacher_file, tmp_path, run_cli
                   "--frontier-plot", tmp_path / "x.png")  # fmt: skip
     assert_one_error_line(*res)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_diverged_reconstruction_is_one_error_naming_the_rates(monkeypatch):
+    """Adam's steps are bounded by the learning rate, so no rate makes a tiny case NaN
+    here; a block whose error comes out NaN stands in for one that diverged."""
+    import distill_data.quant.reconstruct as rec
+    from distill_data.errors import DivergedError
+
+    real = rec._unit_error
+    calls = []
+
+    def nan_after_training(*args):
+        calls.append(1)
+        return real(*args) if len(calls) == 1 else float("nan")
+
+    monkeypatch.setattr(rec, "_unit_error", nan_after_training)
+    model, x = _calibrated(DepthwiseNet())
+    with pytest.raises(DivergedError, match="lr_round .* or lr_act"):
+        quantize_model(model, x, PTQConfig(w_bits=2, a_bits=4, method="brecq", iterations=2,
+                                           recon_batch=8))  # fmt: skip

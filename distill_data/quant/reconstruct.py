@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-from distill_data.errors import ConfigError
+from distill_data.errors import ConfigError, DivergedError
 from distill_data.quant.quantizers import LP_NORM, SCALE_EPS, symmetric_qrange
 
 RECON_METHODS = ("adaround", "brecq", "qdrop", "genie")
@@ -394,6 +394,11 @@ def reconstruct(
         for a in acts:
             a.learn_step(False)
         after = _unit_error(block, x_q, y, cfg.calib_batch)
+        if not math.isfinite(after):  # nothing NaN reaches a report
+            raise DivergedError(
+                f"reconstruction of {u.name} diverged (error {after}); lower the "
+                f"settings lr_round (now {cfg.lr_round:g}) or lr_act (now {cfg.lr_act:g})"
+            )
         rows.append(
             {
                 "unit": u.name,
