@@ -22,7 +22,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[data,dev,deploy]"
+	$(BIN)/python -m pip install -q -e ".[data,dev,deploy,kernels]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -121,6 +121,16 @@ def format_comparison(report: dict) -> str:
     if formats:
         lines.append("number formats: " + "; ".join(sorted(formats)))
     for r in report["results"]:
+        rec = r.get("reconstruction")
+        if rec:
+            before = sum(u["error_round_to_nearest"] for u in rec)
+            after = sum(u["error_reconstructed"] for u in rec)
+            lines.append(
+                f"{r['bits']} {r['calib'][:40]}: {len(rec)} blocks reconstructed in "
+                f"{sum(u['seconds'] for u in rec):.0f} s, output error on the calibration "
+                f"images {before:.4g} -> {after:.4g} (summed over blocks)"
+            )
+    for r in report["results"]:
         sqnr = r["logit_sqnr_db"]
         lines.append(
             f"{r['bits']:<6} {r['calib'][:40]:<40} {r['fp32_accuracy']:7.2f} "

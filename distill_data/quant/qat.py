@@ -58,13 +58,13 @@ from torch import Tensor, nn
 
 from distill_data.config import require
 from distill_data.errors import ConfigError
+from distill_data.kernels import fake_quant
 from distill_data.quant.fakequant import (
     EMA_MOMENTUM,
     bucket_fake_quant,
     bucket_overhead_bits,
     bucket_quantize,
     ema_update,
-    lsq_fake_quant,
     lsq_grad_scale,
     lsq_init_step,
     lsq_qrange,
@@ -106,6 +106,9 @@ class QuantSpec:
         fold_bn: fold Conv2d → BatchNorm2d pairs (``qat``/``lsq``); False keeps BatchNorm
             a float op after the quantized convolution.
         ema_momentum: averaging constant of ``qat``'s activation ranges.
+        kernels: ``lsq``'s fake quantization by ``torch`` (the reference), ``triton``
+            (the fused kernels of :mod:`distill_data.kernels`) or ``auto`` (Triton on
+            CUDA when installed).
     """
 
     method: str = "qat"
@@ -116,8 +119,15 @@ class QuantSpec:
     stochastic: bool = False
     fold_bn: bool = True
     ema_momentum: float = EMA_MOMENTUM
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
+        from distill_data.kernels import BACKENDS
+
+        require(
+            self.kernels in BACKENDS,
+            f"unknown kernels {self.kernels!r}; choose from: {', '.join(BACKENDS)}",
+        )
         require(
             self.method in QUANT_METHODS,
             f"unknown quantization {self.method!r}; choose from: {', '.join(QUANT_METHODS)}",
@@ -214,15 +224,18 @@ class SymmetricPerChannel(WeightQuantizer):
 class LSQWeight(WeightQuantizer):
     """``lsq``'s weights: one learned step per tensor, signed range ``[−2^(b−1), 2^(b−1)−1]``."""
 
-    def __init__(self, bits: int, w: Tensor) -> None:
+    def __init__(self, bits: int, w: Tensor, kernels: str = "auto") -> None:
         super().__init__()
         self.bits = bits
         self.qn, self.qp = lsq_qrange(bits, signed=True)
         self.grad_scale = lsq_grad_scale(w.numel(), self.qp)
         self.step = nn.Parameter(lsq_init_step(w.detach(), self.qp).reshape(()).float())
+        self.kernels = kernels
 
     def forward(self, w: Tensor) -> Tensor:
-        return lsq_fake_quant(w, positive(self.step), self.qn, self.qp, self.grad_scale)
+        return fake_quant(
+            w, positive(self.step), self.qn, self.qp, self.grad_scale, backend=self.kernels
+        )
 
     def codes(self, w: Tensor) -> dict:
         s = positive(self.step).detach()
@@ -335,9 +348,10 @@ class LSQActivation(nn.Module):
     """``lsq``'s input quantizer: a learned step, initialised on the first batch (which
     also decides unsigned ``[0, 2^b−1]`` for non-negative inputs, else signed)."""
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, kernels: str = "auto") -> None:
         super().__init__()
         self.bits = bits
+        self.kernels = kernels
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
@@ -350,7 +364,8 @@ class LSQActivation(nn.Module):
                 self.step.copy_(lsq_init_step(x, qp).reshape(()))
                 self.initialised.fill_(True)
         qn, qp = lsq_qrange(self.bits, bool(self.signed))
-        return lsq_fake_quant(x, positive(self.step), qn, qp, lsq_grad_scale(x[0].numel(), qp))
+        g = lsq_grad_scale(x[0].numel(), qp)
+        return fake_quant(x, positive(self.step), qn, qp, g, backend=self.kernels)
 
     def export(self) -> dict:
         return {
@@ -471,7 +486,7 @@ def _weight_quantizer(spec: QuantSpec, w: Tensor) -> WeightQuantizer:
     if spec.method == "qat":
         return SymmetricPerChannel(spec.w_bits)
     if spec.method == "lsq":
-        return LSQWeight(spec.w_bits, w)
+        return LSQWeight(spec.w_bits, w, spec.kernels)
     if spec.method == "qd":
         return BucketUniform(spec.w_bits, spec.bucket_size, spec.stochastic)
     return LearnedPoints(spec.w_bits, spec.bucket_size, w)
@@ -482,7 +497,7 @@ def _act_quantizer(spec: QuantSpec) -> nn.Module | None:
         return None
     if spec.method == "qat":
         return EMAActivation(spec.a_bits, spec.ema_momentum)
-    return LSQActivation(spec.a_bits)
+    return LSQActivation(spec.a_bits, spec.kernels)
 
 
 def quantize_(model: nn.Module, spec: QuantSpec, filter_fn: FilterFn | None = None) -> nn.Module:

@@ -120,6 +120,8 @@ class StudentConfig:
             layer's gradient (Polino §3; 5 cross-entropy minibatches, half of each
             layer's points kept as a floor, the total number of points preserved).
         feature_weight: weight of the feature-MSE term against the teacher (zero-shot QAT).
+        kernels: ``lsq``'s fake quantization by ``torch``, ``triton`` (the fused kernels,
+            :mod:`distill_data.kernels`) or ``auto`` (Triton on CUDA when installed).
         seed: seed of initialisation, shuffling, augmentation and stochastic rounding.
     """
 
@@ -139,6 +141,7 @@ class StudentConfig:
     dq_weights: bool | None = None
     dq_allocate: bool = False
     feature_weight: float = 0.0
+    kernels: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -181,6 +184,7 @@ class StudentConfig:
             first_last_bits=self.first_last_bits,
             bucket_size=self.bucket_size,
             stochastic=self.stochastic,
+            kernels=self.kernels,
         )
 
 

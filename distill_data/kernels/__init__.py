@@ -1,0 +1,74 @@
+"""Kernels for the student's quantized operations: a Triton kernel on CUDA, its pure-torch
+reference everywhere else, picked by :func:`fake_quant`'s ``backend``.
+
+Built so far (issue 17, first increment): fused LSQ / STE fake quantization of a tensor
+viewed as rows with one step each (per tensor: one row; per output channel: a row per
+channel; per bucket: a row per bucket), forward and backward one kernel each. The
+reference is :func:`distill_data.quant.fakequant.lsq_fake_quant`, the trainer's own
+function, so the kernel is checked against exactly what trains today.
+
+``TRITON_INTERPRET=1`` runs the Triton kernels on the CPU (about 100× slower than
+torch): the tests do that on small shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from distill_data.errors import ConfigError
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    """Whether Triton can run here: installed, and a CUDA device or the interpreter."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _rows(x: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` as (rows, columns) with one step per row, from a step that broadcasts as a
+    per-tensor (one element) or per-first-dimension (``(C, 1, ...)``) step."""
+    if step.numel() == 1:
+        return x.reshape(1, -1), step.reshape(1)
+    if step.numel() == x.shape[0] and all(d == 1 for d in step.shape[1:]):
+        return x.reshape(x.shape[0], -1), step.reshape(-1)
+    raise ConfigError(
+        f"fused fake quantization takes one step per tensor or per first-dimension slice; "
+        f"got a step of shape {tuple(step.shape)} for a tensor of shape {tuple(x.shape)}"
+    )
+
+
+def fake_quant(
+    x: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float = 1.0, backend: str = "auto"
+) -> Tensor:
+    """``round(clamp(x/s, −Q_N, Q_P))·s`` with LSQ's gradients (Esser et al. 2020, eq. 3;
+    straight-through for ``x`` strictly inside the range), the step per tensor or per
+    first-dimension slice. ``backend``: ``torch`` (the reference), ``triton`` (the fused
+    kernels; CUDA or ``TRITON_INTERPRET=1``) or ``auto`` (Triton on CUDA when installed).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda and triton_available())
+    if backend == "triton" and not triton_available():
+        raise ConfigError(
+            "kernels=triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)"
+        )
+    if not use_triton:
+        from distill_data.quant.fakequant import lsq_fake_quant
+
+        return lsq_fake_quant(x, step, qn, qp, grad_scale)
+    from distill_data.kernels.fakequant import FusedFakeQuant
+
+    rows, steps = _rows(x, step)
+    out = FusedFakeQuant.apply(rows, steps, qn, qp, grad_scale)
+    return out.reshape(x.shape)
+
+
+__all__ = ["BACKENDS", "fake_quant", "triton_available"]

@@ -1,0 +1,84 @@
+"""The Triton kernels against their torch references, under TRITON_INTERPRET=1 on the
+CPU: small shapes, odd sizes, the edges of the grid and exact ties."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton decorates the kernels
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from distill_data.errors import ConfigError  # noqa: E402
+from distill_data.kernels import fake_quant, triton_available  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+
+
+def _case(shape, per_channel, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 3
+    if per_channel:
+        step = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=g) * 0.5 + 0.1
+    else:
+        step = torch.tensor(0.37)
+    # exact ties and both ends of the range: x/s = k + 0.5, −Q_N, Q_P and beyond
+    flat = x.view(-1)
+    s0 = float(step.reshape(-1)[0])
+    specials = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -8.0, 7.0, -9.0, 9.0, 0.0]) * s0
+    flat[: min(len(specials), flat.numel())] = specials[: flat.numel()]
+    return x, step
+
+
+@pytest.mark.parametrize(
+    "shape, per_channel",
+    [((1,), False), ((7,), False), ((3, 5), True), ((5, 130), True), ((4, 3, 3, 3), True),
+     ((2, 1100), False), ((3, 2049), True)],
+)  # fmt: skip
+def test_fused_fake_quant_equals_the_reference(shape, per_channel):
+    qn, qp, gs = 8, 7, 0.25
+    x, step = _case(shape, per_channel)
+    outs = {}
+    for backend in ("torch", "triton"):
+        xi = x.clone().requires_grad_(True)
+        si = step.clone().requires_grad_(True)
+        y = fake_quant(xi, si, qn, qp, gs, backend=backend)
+        g = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+        (y * g).sum().backward()
+        outs[backend] = (y.detach(), xi.grad, si.grad)
+    (y_t, gx_t, gs_t), (y_k, gx_k, gs_k) = outs["torch"], outs["triton"]
+    assert torch.equal(y_k, y_t)  # bit-identical, ties to even included
+    assert torch.equal(gx_k, gx_t)  # the straight-through mask, range ends clipped
+    assert torch.allclose(gs_k, gs_t, rtol=1e-5, atol=1e-6)  # a sum in another order
+
+
+def test_ties_round_to_even_as_torch_round():
+    x = torch.tensor([0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5, 6.5, -7.5])
+    y = fake_quant(x, torch.tensor(1.0), 8, 7, backend="triton")
+    assert torch.equal(y, torch.round(x).clamp(-8, 7))
+
+
+def test_unknown_backend_and_unsupported_step_shapes():
+    x = torch.randn(4, 6)
+    with pytest.raises(ConfigError, match="unknown kernel backend"):
+        fake_quant(x, torch.tensor(1.0), 8, 7, backend="cuda")
+    with pytest.raises(ConfigError, match="one step per tensor or per first-dimension"):
+        fake_quant(x, torch.ones(1, 6), 8, 7, backend="triton")
+
+
+def test_an_lsq_student_trains_the_same_with_the_fused_kernels(tiny_npz, tmp_path):
+    import distill_data as dd
+    from distill_data.quant.student import load_student
+
+    reports, models = {}, {}
+    for k in ("torch", "triton"):
+        out = tmp_path / f"{k}.pt"
+        reports[k] = dd.train(str(tiny_npz), out, quant="lsq", bits="w4a4", width=4,
+                              kernels=k, options={"epochs": 2}, quiet=True)  # fmt: skip
+        models[k] = load_student(out)[0].state_dict()
+    assert reports["torch"]["test_accuracy"] == reports["triton"]["test_accuracy"]
+    for name, v in models["torch"].items():  # the step-size sums run in another order
+        assert torch.allclose(v.float(), models["triton"][name].float(), atol=1e-4), name
+    with pytest.raises(ConfigError, match="unknown kernels"):
+        dd.train(str(tiny_npz), tmp_path / "x.pt", quant="lsq", kernels="cuda", quiet=True)
