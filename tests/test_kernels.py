@@ -82,3 +82,41 @@ def test_an_lsq_student_trains_the_same_with_the_fused_kernels(tiny_npz, tmp_pat
         assert torch.allclose(v.float(), models["triton"][name].float(), atol=1e-4), name
     with pytest.raises(ConfigError, match="unknown kernels"):
         dd.train(str(tiny_npz), tmp_path / "x.pt", quant="lsq", kernels="cuda", quiet=True)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("kind", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("m, n, k", [(1, 3, 5), (5, 33, 70), (17, 8, 64)])
+def test_packed_linear_equals_unpack_then_linear(bits, kind, m, n, k):
+    from distill_data.kernels.lowbit import packed_linear
+    from distill_data.quant.pack import code_range, pack
+
+    g = torch.Generator().manual_seed(bits * 100 + m)
+    lo, hi = code_range(bits, True)
+    codes = torch.randint(lo, hi + 1, (n, k), generator=g)
+    codes[0, 0], codes[-1, -1] = lo, hi  # both ends of the code range
+    packed = pack(codes, bits, True)
+    scale = torch.rand(n if kind == "per_channel" else 1, generator=g) + 0.1
+    x = torch.randn(m, k, generator=g)
+    bias = torch.randn(n, generator=g)
+    ref = packed_linear(x, packed, bits, n, k, scale, kind, bias, backend="torch")
+    out = packed_linear(x, packed, bits, n, k, scale, kind, bias, backend="triton")
+    exact = x @ (codes.float() * scale.reshape(-1, 1)).T + bias
+    assert torch.allclose(ref, exact, atol=1e-4)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-4)  # the sum in tiles
+
+
+def test_packed_conv_through_im2col_equals_conv2d():
+    from distill_data.kernels.lowbit import packed_conv2d
+    from distill_data.quant.pack import pack
+
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-8, 8, (6, 3, 3, 3), generator=g)
+    scale = torch.rand(6, generator=g) + 0.1
+    x = torch.randn(2, 3, 9, 7, generator=g)
+    w = codes.float() * scale.view(-1, 1, 1, 1)
+    want = torch.nn.functional.conv2d(x, w, None, stride=2, padding=1)
+    for backend in ("torch", "triton"):
+        y = packed_conv2d(x, pack(codes, 4, True), 4, (6, 3, 3, 3), scale, "per_channel",
+                          stride=2, padding=1, backend=backend)  # fmt: skip
+        assert torch.allclose(y, want, atol=1e-4), backend

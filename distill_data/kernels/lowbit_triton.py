@@ -1,0 +1,52 @@
+"""The Triton kernel of :func:`distill_data.kernels.lowbit.packed_linear`: a tiled
+matrix product whose weight tiles are unpacked (LSB-first bitstream, two's complement)
+and scaled inside the loop."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _packed_mm(x_ptr, p_ptr, s_ptr, y_ptr, M, N, K, BITS: tl.constexpr,
+               PER_CHANNEL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr):  # fmt: skip
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    per_byte = 8 // BITS
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :],
+                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)  # fmt: skip
+        idx = rn[None, :] * K + rk[:, None]  # (BK, BN): code of W[n, k]
+        wmask = (rn[None, :] < N) & (rk[:, None] < K)
+        byte = tl.load(p_ptr + idx // per_byte, mask=wmask, other=0).to(tl.int32)
+        u = (byte >> ((idx % per_byte) * BITS)) & ((1 << BITS) - 1)
+        q = tl.where(u >= (1 << (BITS - 1)), u - (1 << BITS), u).to(tl.float32)
+        acc += tl.dot(x, q)
+    if PER_CHANNEL:
+        s = tl.load(s_ptr + rn, mask=rn < N, other=0.0)
+        acc = acc * s[None, :]
+    else:
+        acc = acc * tl.load(s_ptr)
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def packed_matmul(x: Tensor, packed: Tensor, bits: int, n: int, k: int, scale: Tensor,
+                  per_channel: bool) -> Tensor:  # fmt: skip
+    """``x (M, K) @ dequant(W)ᵀ → (M, N)`` in float32; the scale applied per output
+    column after the integer-valued accumulation (exact for per-channel and per-tensor
+    scales)."""
+    m = x.shape[0]
+    y = torch.empty((m, n), dtype=torch.float32, device=x.device)
+    bm, bn, bk = 16, 32, 32
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    _packed_mm[grid](x, packed, scale, y, m, n, k, BITS=bits, PER_CHANNEL=per_channel,
+                     BM=bm, BN=bn, BK=bk)  # fmt: skip
+    return y
