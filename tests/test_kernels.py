@@ -120,3 +120,22 @@ def test_packed_conv_through_im2col_equals_conv2d():
         y = packed_conv2d(x, pack(codes, 4, True), 4, (6, 3, 3, 3), scale, "per_channel",
                           stride=2, padding=1, backend=backend)  # fmt: skip
         assert torch.allclose(y, want, atol=1e-4), backend
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (3, 40, 65), (20, 7, 128)])
+def test_int8_product_is_exact(m, n, k):
+    from distill_data.kernels.lowbit import int8_linear
+
+    g = torch.Generator().manual_seed(m + n + k)
+    xq = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int64).to(torch.int8)
+    wq = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int64).to(torch.int8)
+    xq[0, 0], wq[0, 0] = -128, -127  # the extremes
+    xs, ws = torch.rand(m, generator=g) + 0.5, torch.rand(n, generator=g) + 0.5
+    exact = (xq.long() @ wq.long().T).double() * xs.double()[:, None] * ws.double()[None, :]
+    for backend in ("torch", "triton"):
+        y = int8_linear(xq, wq, xs, ws, backend=backend)
+        assert torch.allclose(y.double(), exact, rtol=1e-6), backend
+    acc = int8_linear(xq, wq, torch.ones(1), torch.ones(1), backend="triton")
+    assert torch.equal(acc, (xq.long() @ wq.long().T).float())  # the integer sums, exactly
+    with pytest.raises(ConfigError, match="int8 codes"):
+        int8_linear(xq.float(), wq, xs, ws)

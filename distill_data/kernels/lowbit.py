@@ -87,3 +87,41 @@ def packed_conv2d(x: Tensor, packed: Tensor, bits: int, weight_shape: tuple[int,
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def int8_linear_reference(xq: Tensor, wq: Tensor, x_scale: Tensor, w_scale: Tensor) -> Tensor:
+    """``(xq · wqᵀ) ⊙ (x_scale ⊗ w_scale)``: int8 codes (``xq (M, K)``, ``wq (N, K)``), an
+    exact integer product (int64 on the CPU), then one scale per row of ``x`` (or one)
+    and per output channel (or one)."""
+    _check_int8(xq, wq)
+    acc = xq.to(torch.int64) @ wq.to(torch.int64).T
+    return acc.to(torch.float32) * x_scale.reshape(-1, 1).float() * w_scale.reshape(1, -1).float()
+
+
+def int8_linear(xq: Tensor, wq: Tensor, x_scale: Tensor, w_scale: Tensor,
+                backend: str = "auto") -> Tensor:  # fmt: skip
+    """The W8A8 product of :func:`int8_linear_reference`; the Triton kernel accumulates
+    in int32 (exact for K < 133,000: 127² · K < 2³¹)."""
+    from distill_data.kernels import BACKENDS, triton_available
+
+    _check_int8(xq, wq)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    use = backend == "triton" or (backend == "auto" and xq.is_cuda and triton_available())
+    if not use:
+        return int8_linear_reference(xq, wq, x_scale, w_scale)
+    from distill_data.kernels.lowbit_triton import int8_matmul
+
+    m, n = xq.shape[0], wq.shape[0]
+    xs = x_scale.float().reshape(-1).expand(m).contiguous()
+    ws = w_scale.float().reshape(-1).expand(n).contiguous()
+    return int8_matmul(xq.contiguous(), wq.contiguous(), xs, ws)
+
+
+def _check_int8(xq: Tensor, wq: Tensor) -> None:
+    if xq.dtype != torch.int8 or wq.dtype != torch.int8:
+        raise ConfigError(f"int8 products take int8 codes, got {xq.dtype} and {wq.dtype}")
+    if xq.dim() != 2 or wq.dim() != 2 or xq.shape[1] != wq.shape[1]:
+        raise ConfigError(f"shapes {tuple(xq.shape)} and {tuple(wq.shape)} do not multiply")
+    if xq.shape[1] >= 133_000:
+        raise ConfigError("int32 accumulation is exact only for K < 133,000")

@@ -50,3 +50,35 @@ def packed_matmul(x: Tensor, packed: Tensor, bits: int, n: int, k: int, scale: T
     _packed_mm[grid](x, packed, scale, y, m, n, k, BITS=bits, PER_CHANNEL=per_channel,
                      BM=bm, BN=bn, BK=bk)  # fmt: skip
     return y
+
+
+@triton.jit
+def _int8_mm(x_ptr, w_ptr, xs_ptr, ws_ptr, y_ptr, M, N, K, BM: tl.constexpr,
+             BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :],
+                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)  # fmt: skip
+        w = tl.load(w_ptr + rn[None, :] * K + rk[:, None],
+                    mask=(rn[None, :] < N) & (rk[:, None] < K), other=0)  # fmt: skip
+        acc += tl.dot(x, w, out_dtype=tl.int32)
+    xs = tl.load(xs_ptr + rm, mask=rm < M, other=0.0)
+    ws = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
+    y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def int8_matmul(xq: Tensor, wq: Tensor, x_scale: Tensor, w_scale: Tensor) -> Tensor:
+    """int8 ``xq (M, K)`` times int8 ``wq (N, K)``ᵀ, int32 accumulation, then the scales."""
+    m, k = xq.shape
+    n = wq.shape[0]
+    y = torch.empty((m, n), dtype=torch.float32, device=xq.device)
+    bm, bn, bk = 16, 32, 32
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    _int8_mm[grid](xq, wq, x_scale, w_scale, y, m, n, k, BM=bm, BN=bn, BK=bk)
+    return y
