@@ -139,3 +139,25 @@ def test_int8_product_is_exact(m, n, k):
     assert torch.equal(acc, (xq.long() @ wq.long().T).float())  # the integer sums, exactly
     with pytest.raises(ConfigError, match="int8 codes"):
         int8_linear(xq.float(), wq, xs, ws)
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
+def test_fp_fake_quant_kernel_equals_the_reference(fmt):
+    from distill_data.kernels import fp_fake_quant
+    from distill_data.quant.fp import FORMATS
+
+    spec = FORMATS[fmt]
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(6, 333, generator=g) * torch.exp2(torch.randint(-10, 8, (6, 333), generator=g))
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, spec.max_value, 1e9])
+    x[0, : len(grid)] = grid  # grid values, saturation
+    x[1, : len(grid) - 1] = (grid[1:] + grid[:-1]) / 2  # ties
+    scale = torch.rand(6, 1, generator=g) + 0.5
+    scale[0] = scale[1] = 1.0
+    for xs, s in ((x, scale), (x, torch.tensor(0.75))):
+        ref = fp_fake_quant(xs, s, fmt, backend="torch")
+        out = fp_fake_quant(xs, s, fmt, backend="triton")
+        assert torch.equal(out, ref)
+    xg = x.clone().requires_grad_(True)
+    fp_fake_quant(xg, scale, fmt, backend="triton").sum().backward()
+    assert torch.equal(xg.grad, torch.ones_like(x))

@@ -1,11 +1,12 @@
 """Kernels for the student's quantized operations: a Triton kernel on CUDA, its pure-torch
 reference everywhere else, picked by :func:`fake_quant`'s ``backend``.
 
-Built so far (issue 17, first increment): fused LSQ / STE fake quantization of a tensor
-viewed as rows with one step each (per tensor: one row; per output channel: a row per
-channel; per bucket: a row per bucket), forward and backward one kernel each. The
-reference is :func:`distill_data.quant.fakequant.lsq_fake_quant`, the trainer's own
-function, so the kernel is checked against exactly what trains today.
+Built so far (issue 17): fused LSQ / STE fake quantization of a tensor viewed as rows
+with one step each (per tensor: one row; per output channel: a row per channel; per
+bucket: a row per bucket), forward and backward one kernel each, its reference
+:func:`distill_data.quant.fakequant.lsq_fake_quant` (the trainer's own function); the
+same on FP8/FP4 grids (:func:`fp_fake_quant`); packed int2/int4/int8 weight-only and
+int8 × int8 products (:mod:`distill_data.kernels.lowbit`).
 
 ``TRITON_INTERPRET=1`` runs the Triton kernels on the CPU (about 100× slower than
 torch): the tests do that on small shapes.
@@ -71,4 +72,25 @@ def fake_quant(
     return out.reshape(x.shape)
 
 
-__all__ = ["BACKENDS", "fake_quant", "triton_available"]
+def fp_fake_quant(x: Tensor, scale: Tensor, fmt: str, backend: str = "auto") -> Tensor:
+    """``s · fp_round(x / s)`` on the FP8/FP4 grid ``fmt`` (:mod:`distill_data.quant.fp`),
+    the scale per tensor or per first-dimension slice, straight-through gradient for
+    ``x``; ``backend`` as in :func:`fake_quant` (the reference:
+    :func:`distill_data.quant.fp.fp_fake_quant`)."""
+    from distill_data.quant.fp import fp_fake_quant as reference
+    from distill_data.quant.fp import get_format
+
+    spec = get_format(fmt)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda and triton_available())
+    rows, steps = _rows(x, scale)
+    if not use_triton:
+        shape = (-1,) + (1,) * (x.dim() - 1) if steps.numel() > 1 else ()
+        return reference(x, steps.reshape(shape) if shape else steps.reshape(()), spec)
+    from distill_data.kernels.fakequant import FusedFPFakeQuant
+
+    return FusedFPFakeQuant.apply(rows, steps, spec).reshape(x.shape)
+
+
+__all__ = ["BACKENDS", "fake_quant", "fp_fake_quant", "triton_available"]

@@ -84,3 +84,41 @@ class FusedFakeQuant(torch.autograd.Function):
                                     float(ctx.qn), float(ctx.qp), BLOCK=BLOCK)  # fmt: skip
         gs = (part.sum(1) * ctx.grad_scale).to(ctx.dtypes[1])
         return gx.to(ctx.dtypes[0]), gs, None, None, None
+
+
+@triton.jit
+def _fp_forward(x_ptr, s_ptr, y_ptr, n_cols, n, min_exp, man_bits, max_value,
+                BLOCK: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + offs // n_cols, mask=mask, other=1.0).to(tl.float32)
+    v = x / s
+    mag = tl.abs(v)
+    e = tl.floor(tl.log2(tl.maximum(mag, 1.1754943508222875e-38)))
+    e = tl.maximum(e, min_exp)
+    quantum = tl.exp2(e - man_bits)
+    r = tl.minimum(_round_half_even(mag / quantum) * quantum, max_value)
+    y = tl.where(v < 0, -r, r) * s
+    tl.store(y_ptr + offs, y, mask=mask)
+
+
+class FusedFPFakeQuant(torch.autograd.Function):
+    """``s · fp_round(x / s)`` on an ExMy grid, straight-through gradient for ``x`` (as
+    :func:`distill_data.quant.fp.fp_fake_quant`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, fmt) -> Tensor:
+        x_c, s_c = x.contiguous().float(), step.contiguous().float()
+        y = torch.empty_like(x_c)
+        n = x_c.numel()
+        _fp_forward[(triton.cdiv(n, BLOCK),)](
+            x_c, s_c, y, x_c.shape[1], n, float(fmt.min_exp), float(fmt.man_bits),
+            float(fmt.max_value), BLOCK=BLOCK,
+        )  # fmt: skip
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None

@@ -94,9 +94,11 @@ def fp_round(x: Tensor, fmt: FPFormat) -> Tensor:
 
 
 def fp_fake_quant(x: Tensor, scale: Tensor, fmt: FPFormat) -> Tensor:
-    """``s · fp_round(x / s)`` with the gradient passed straight through (inside the range)."""
+    """``s · fp_round(x / s)`` with the gradient passed straight through. Written
+    ``y + (x − x.detach())`` (an exact zero) rather than ``x + (y − x).detach()``, whose
+    two roundings moved saturated values by an ulp."""
     y = fp_round(x.detach() / scale, fmt) * scale
-    return x + (y - x).detach()
+    return y.detach() + (x - x.detach())
 
 
 def search_scale(x: Tensor, fmt: FPFormat, dim: int | None, search: bool = True) -> Tensor:
