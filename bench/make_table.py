@@ -1489,6 +1489,9 @@ def _calib_label(r: dict) -> str:
     if m:
         kind, count, its = m.groups()
         return f"{'Genie' if kind == 'genie' else 'ZeroQ'} set, {count} images ({its} it)"
+    m = re.match(r"^set_(\w+?)_ipc(\d+)$", name)  # bench/student.py's condensed sets
+    if m:
+        return f"{m.group(1)} set, IPC {m.group(2)}"
     if name.startswith("real"):
         return f"{name[4:]} real images"
     if name.startswith("noise"):
@@ -1642,7 +1645,7 @@ def format_tables(results: list[dict]) -> list[str]:
 def ptq_headline(results: list[dict]) -> list[str]:
     """README: reconstruction against range-only PTQ from real images, by bit width."""
     runs = [r for r in results if r.get("benchmark") == "reconstruction-ptq"
-            and r["calib_name"].startswith("real")]  # fmt: skip
+            and r["calib_name"] == "real256"]  # fmt: skip
     if not runs:
         return []
     latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")

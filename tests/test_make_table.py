@@ -695,10 +695,14 @@ def test_reconstruction_rows_keep_teachers_apart_and_take_the_newest_rerun(mt):
         _recon("2026-12-02", "resnet", "real:256", "w2a4", "genie", 97.6),  # the rerun
         _recon("2026-12-02", "resnet", "real:256", "w2a4", "minmax", 64.0),
         _recon("2026-12-02", "convnet_bn", "real:256", "w2a4", "genie", 95.0),
+        _recon("2026-12-02", "resnet", "real:1024", "w2a4", "genie", 97.0),  # not headline
     ]
-    rows = [line for line in mt.recon_tables(runs) if line.startswith("| resnet")]
-    assert len(rows) == 2 and "| 97.60 |" in rows[1] and "90.00" not in "".join(rows)
+    table = mt.recon_tables(runs)
+    rows = [line for line in table if line.startswith("| resnet (97.70) | 256 real")]
+    assert len(rows) == 2 and "| 97.60 |" in rows[1] and "90.00" not in "".join(table)
     assert rows[0].split("|")[3].strip() == "range only, min/max"
+    assert any("| 1024 real images | Genie-M | 97.00 |" in line for line in table)
     head = mt.ptq_headline(runs)
+    assert "97.0 |" not in "".join(head)  # the headline: 256 real images only
     assert any(line.startswith("| convnet_bn (98.00) | w2a4 | — | 95.0 |") for line in head)
     assert any(line.startswith("| resnet (97.70) | w2a4 | 64.0 | 97.6 |") for line in head)
