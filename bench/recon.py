@@ -11,6 +11,8 @@ is about an hour per network on this CPU), every other setting the official code
     python bench/recon.py --stage methods --methods genie qdrop --bits w2a4 \\
         --calib bench/.work/genie_resnet_256_it1000.h5 bench/.work/zeroq_resnet_256_it100.h5 \\
         noise:256
+    python bench/recon.py --stage methods --teacher convnet_bn --methods minmax qdrop genie \
+        --bits w2a4 --calib --data-free zeroq:100 genie:1000   # sets from that teacher
     python bench/recon.py --stage mixed --calib real:256   # ZeroQ mixed precision
     python bench/recon.py --stage formats --calib real:256 # FP8 / FP4 against integers
 """
@@ -184,7 +186,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", nargs="+", required=True, choices=["methods", "mixed", "formats"])
     p.add_argument("--teacher", default="resnet")
-    p.add_argument("--calib", nargs="+", default=["real:256"])
+    p.add_argument("--calib", nargs="*", default=["real:256"])
+    p.add_argument(
+        "--data-free", nargs="+", default=[], metavar="METHOD:ITERATIONS",
+        help="also calibrate on a ZeroQ / Genie set of 256 images made from the teacher "
+        "(built by bench/student.py's helper if missing), e.g. zeroq:100 genie:1000",
+    )  # fmt: skip
     p.add_argument("--bits", nargs="+", default=["w4a4", "w3a3", "w2a4"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--iterations", type=int, default=1000, help="reconstruction steps per block")
@@ -193,6 +200,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
+    for spec in args.data_free:
+        from student import _data_free_set
+
+        method, _, its = spec.partition(":")
+        args.calib.append(str(_data_free_set(args.teacher, method, 256, int(its))))
     if "formats" in args.stage:
         stage_formats(args.teacher, args.calib, args.seed)
     if "mixed" in args.stage:
