@@ -98,13 +98,13 @@ def format_comparison(report: dict) -> str:
     if ptq.get("method", "observer") != "observer":
         lines.append(
             f"{ptq['method']} reconstruction, {ptq['iterations']} steps per "
-            f"{'layer' if ptq['method'] == 'adaround' else 'block'}, activation ranges "
-            f"started from the {ptq['observer']} observer"
+            + (
+                "layer, activation ranges from the "
+                if ptq["method"] == "adaround"
+                else "block, activation steps learned from the "
+            )  # fmt: skip
+            + f"{ptq['observer']} observer's"
         )
-    lines += [
-        f"{'bits':<6} {'calibration':<40} {'fp32 %':>7} {'quant %':>8} {'drop':>6} "
-        f"{'agree %':>8} {'SQNR dB':>8} {'KL':>8}"
-    ]
     for r in report["results"]:
         mixed = r.get("mixed_precision_result")
         if mixed is not None:
@@ -126,10 +126,15 @@ def format_comparison(report: dict) -> str:
             before = sum(u["error_round_to_nearest"] for u in rec)
             after = sum(u["error_reconstructed"] for u in rec)
             lines.append(
-                f"{r['bits']} {r['calib'][:40]}: {len(rec)} blocks reconstructed in "
+                f"{r['bits']} {r['calib'][:40]}: {len(rec)} "
+                f"{'layers' if ptq.get('method') == 'adaround' else 'blocks'} reconstructed in "
                 f"{sum(u['seconds'] for u in rec):.0f} s, output error on the calibration "
                 f"images {before:.4g} -> {after:.4g} (summed over blocks)"
             )
+    lines.append(
+        f"{'bits':<6} {'calibration':<40} {'fp32 %':>7} {'quant %':>8} {'drop':>6} "
+        f"{'agree %':>8} {'SQNR dB':>8} {'KL':>8}"
+    )
     for r in report["results"]:
         sqnr = r["logit_sqnr_db"]
         lines.append(
