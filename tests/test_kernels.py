@@ -161,3 +161,26 @@ def test_fp_fake_quant_kernel_equals_the_reference(fmt):
     xg = x.clone().requires_grad_(True)
     fp_fake_quant(xg, scale, fmt, backend="triton").sum().backward()
     assert torch.equal(xg.grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("quant, bits", [("lsq", "w4a4"), ("qat", "w2a8")])
+def test_a_shipped_student_runs_through_the_packed_kernels(tiny_npz, tmp_path, quant, bits):
+    import distill_data as dd
+    from distill_data.data import load_dataset
+    from distill_data.quant.qat import quant_layers
+    from distill_data.quant.student import load_student
+
+    out = tmp_path / "s.pt"
+    dd.train(str(tiny_npz), out, quant=quant, bits=bits, width=4, options={"epochs": 1},
+             quiet=True)  # fmt: skip
+    ref, _ = load_student(out)
+    fast, _ = load_student(out, kernels="triton")
+    packed = [n for n, q in quant_layers(fast).items() if getattr(q, "packed", None)]
+    assert packed and len(packed) == len(quant_layers(fast))  # every layer packable here
+    data = load_dataset(str(tiny_npz))
+    x = data.normalize(data.x_test)
+    with torch.no_grad():
+        a, b = ref(x), fast(x)
+    assert torch.allclose(a, b, atol=1e-4) and torch.equal(a.argmax(1), b.argmax(1))
+    with pytest.raises(ConfigError, match="unknown kernels"):
+        load_student(out, kernels="gpu")

@@ -417,6 +417,20 @@ class QuantLayer(nn.Module):
             self.bn.bias
         )
 
+    def _packed_op(self, x: Tensor, p: dict) -> Tensor:
+        """The deployed layer through the packed low-bit product (load_student's kernels)."""
+        from distill_data.kernels.lowbit import packed_conv2d, packed_linear
+
+        b = self.deployed_bias
+        if isinstance(self.layer, nn.Conv2d):
+            c = self.layer
+            return packed_conv2d(x, p["blob"].to(x.device), p["bits"], p["shape"],
+                                 p["scale"].to(x.device), p["kind"], b, c.stride, c.padding,
+                                 c.dilation, p["backend"])  # fmt: skip
+        n, k = p["shape"]
+        return packed_linear(x, p["blob"].to(x.device), p["bits"], n, k,
+                             p["scale"].to(x.device), p["kind"], b, p["backend"])  # fmt: skip
+
     def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if isinstance(self.layer, nn.Conv2d):
             return self.layer._conv_forward(x, w, b)
@@ -425,6 +439,9 @@ class QuantLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.deployed:
             x = self.aq(x) if self.aq is not None else x
+            packed = getattr(self, "packed", None)
+            if packed is not None:
+                return self._packed_op(x, packed)
             return self._op(x, self.deployed_weight, self.deployed_bias)
         if not self.enabled:  # the float network: plain layer, BatchNorm as trained
             out = self.layer(x)

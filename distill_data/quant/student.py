@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill_data.errors import StoreError
+from distill_data.errors import ConfigError, StoreError
 from distill_data.models import _reason, build_model
 from distill_data.quant.fakequant import bucket_count, bucket_dequantize, nonuniform_dequantize
 from distill_data.quant.pack import pack, unpack
@@ -154,8 +154,14 @@ def save_student(
     return payload
 
 
-def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+def load_student(path: str | os.PathLike, kernels: str = "torch") -> tuple[nn.Module, dict]:
     """Rebuild a student file as a deployed network (eval mode); returns ``(model, payload)``.
+
+    ``kernels``: ``torch`` computes each layer with its dequantized float weight;
+    ``triton`` (or ``auto`` on CUDA) multiplies with the packed codes directly
+    (:mod:`distill_data.kernels.lowbit`) wherever a layer is a Linear or a groups = 1
+    convolution with per-channel or per-tensor scales at 2, 4 or 8 bits, the rest as
+    ``torch``.
 
     Raises:
         StoreError: not a student file, a newer version, or contents that do not fit the
@@ -172,13 +178,17 @@ def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise StoreError(f"{p} is not a distill-data student file (no format tag)")
     if payload.get("version", 0) > STUDENT_VERSION:
         raise StoreError(f"{p} was written by a newer distill-data; upgrade to read it")
+    from distill_data.kernels import BACKENDS
+
+    if kernels not in BACKENDS:
+        raise ConfigError(f"unknown kernels {kernels!r}; choose from: {', '.join(BACKENDS)}")
     try:
-        return deploy_payload(payload), payload
+        return deploy_payload(payload, kernels), payload
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
         raise StoreError(f"{p}: the student does not fit its architecture ({_reason(e)})") from None
 
 
-def deploy_payload(payload: dict) -> nn.Module:
+def deploy_payload(payload: dict, kernels: str = "torch") -> nn.Module:
     """A deployed network from a student payload (see :func:`load_student`)."""
     cfg = dict(payload["config"])
     channels, num_classes = cfg.pop("channels"), cfg.pop("num_classes")
@@ -204,6 +214,23 @@ def deploy_payload(payload: dict) -> nn.Module:
                 f"{tuple(q.layer.weight.shape)}"
             )
         _deploy(q, weight, stored["bias"], stored["act"])
+        w = stored["weight"]
+        packable = (
+            kernels != "torch"
+            and w["kind"] in ("per_channel", "per_tensor")
+            and w["bits"] in (2, 4, 8)
+            and w["signed"]
+            and (isinstance(q.layer, nn.Linear) or getattr(q.layer, "groups", 1) == 1)
+        )
+        if packable:  # the packed product reads these instead of deployed_weight
+            q.packed = {
+                "blob": w["packed"],
+                "bits": w["bits"],
+                "scale": w["scale"].float(),
+                "kind": w["kind"],
+                "shape": tuple(w["shape"]),
+                "backend": kernels,
+            }
     return model.eval()
 
 
