@@ -1574,6 +1574,8 @@ def mixed_tables(results: list[dict]) -> list[str]:
             what = f"uniform {s['bits'][1]}-bit"
         elif mixed["method"] == "zeroq":
             what = f"ZeroQ mixed, target {mixed['target_average_bits']:g} bits"
+            if mixed["bit_options"] != [2, 4, 8]:
+                what += f" from {{{','.join(map(str, mixed['bit_options']))}}}"
         else:
             what = f"Polino's allocation from {round(mixed['target_average_bits'])} bits"
         counts: dict[int, int] = {}

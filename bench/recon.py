@@ -98,18 +98,21 @@ MIXED = {  # name: PTQConfig settings; activations at 8 bits isolate the weights
     "zeroq4": {"bits": "w8a8", "mixed_precision": 4.0},
     "zeroq3": {"bits": "w8a8", "mixed_precision": 3.0},
     "zeroq2.5": {"bits": "w8a8", "mixed_precision": 2.5},
+    "zeroq3_2348": {"bits": "w8a8", "mixed_precision": 3.0, "mp_bits": "2,3,4,8"},
     "polino4": {"bits": "w8a8", "mixed_precision": 4.0, "mp_method": "polino"},
     "polino3": {"bits": "w8a8", "mixed_precision": 3.0, "mp_method": "polino"},
 }
 
 
-def stage_mixed(teacher: str, calibs: list[str], seed: int) -> None:
+def stage_mixed(teacher: str, calibs: list[str], seed: int, only: list[str] | None = None) -> None:
     """ZeroQ's mixed precision (and Polino's allocation) against uniform weight bits at
     equal size, MSE observer, activations at 8 bits; the frontier of the first set as a
     PNG in docs/."""
     tpath = WORK / f"teacher_{teacher}.pt"
     for calib in calibs:
         for name, s in MIXED.items():
+            if only and name not in only:
+                continue
             settings = {k: v for k, v in s.items() if k != "bits"}
             t0 = time.perf_counter()
             rep = dd.quantize(tpath, calib, DATASET, bits=s["bits"], seed=seed, quiet=True,
@@ -196,6 +199,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--iterations", type=int, default=1000, help="reconstruction steps per block")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed", nargs="+", choices=list(MIXED), help="runs of --stage mixed")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,7 +212,7 @@ def main() -> None:
     if "formats" in args.stage:
         stage_formats(args.teacher, args.calib, args.seed)
     if "mixed" in args.stage:
-        stage_mixed(args.teacher, args.calib, args.seed)
+        stage_mixed(args.teacher, args.calib, args.seed, args.mixed)
     if "methods" in args.stage:
         stage_methods(args.teacher, args.calib, args.bits, args.methods, args.iterations,
                       args.seed)  # fmt: skip
