@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from test_cli import assert_one_error_line
+from test_quant import _gen
 from torch import nn
 
 from distill_data.config import make_config
@@ -24,10 +25,6 @@ from distill_data.quant.reconstruct import (
     lp_weight_scales,
     rectified_sigmoid,
 )
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _calibrated(model: nn.Module, channels: int = 3, n: int = 48, seed: int = 0):

@@ -33,6 +33,18 @@ def triton_available() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def use_triton(x: Tensor, backend: str) -> bool:
+    """Whether a kernel call on ``x`` runs Triton: ``triton`` always (refused where it
+    cannot run), ``auto`` for CUDA tensors when Triton is installed, ``torch`` never."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    if backend == "triton" and not triton_available():
+        raise ConfigError(
+            "kernels=triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)"
+        )
+    return backend == "triton" or (backend == "auto" and x.is_cuda and triton_available())
+
+
 def _rows(x: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
     """``x`` as (rows, columns) with one step per row, from a step that broadcasts as a
     per-tensor (one element) or per-first-dimension (``(C, 1, ...)``) step."""
@@ -54,14 +66,7 @@ def fake_quant(
     first-dimension slice. ``backend``: ``torch`` (the reference), ``triton`` (the fused
     kernels; CUDA or ``TRITON_INTERPRET=1``) or ``auto`` (Triton on CUDA when installed).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
-    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda and triton_available())
-    if backend == "triton" and not triton_available():
-        raise ConfigError(
-            "kernels=triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)"
-        )
-    if not use_triton:
+    if not use_triton(x, backend):
         from distill_data.quant.fakequant import lsq_fake_quant
 
         return lsq_fake_quant(x, step, qn, qp, grad_scale)
@@ -81,11 +86,8 @@ def fp_fake_quant(x: Tensor, scale: Tensor, fmt: str, backend: str = "auto") -> 
     from distill_data.quant.fp import get_format
 
     spec = get_format(fmt)
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
-    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda and triton_available())
     rows, steps = _rows(x, scale)
-    if not use_triton:
+    if not use_triton(x, backend):
         shape = (-1,) + (1,) * (x.dim() - 1) if steps.numel() > 1 else ()
         return reference(x, steps.reshape(shape) if shape else steps.reshape(()), spec)
     from distill_data.kernels.fakequant import FusedFPFakeQuant
@@ -93,4 +95,4 @@ def fp_fake_quant(x: Tensor, scale: Tensor, fmt: str, backend: str = "auto") -> 
     return FusedFPFakeQuant.apply(rows, steps, spec).reshape(x.shape)
 
 
-__all__ = ["BACKENDS", "fake_quant", "fp_fake_quant", "triton_available"]
+__all__ = ["BACKENDS", "fake_quant", "fp_fake_quant", "triton_available", "use_triton"]

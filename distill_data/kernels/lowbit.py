@@ -47,15 +47,12 @@ def packed_linear(
 ) -> Tensor:  # fmt: skip
     """``x (M, K) → (M, N)`` through the packed weight; ``backend`` as in
     :func:`distill_data.kernels.fake_quant`."""
-    from distill_data.kernels import BACKENDS, triton_available
+    from distill_data.kernels import use_triton
 
     _check(bits, kind)
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
     if x.shape[-1] != k:
         raise ConfigError(f"input has {x.shape[-1]} features, the packed weight takes {k}")
-    use = backend == "triton" or (backend == "auto" and x.is_cuda and triton_available())
-    if not use:
+    if not use_triton(x, backend):
         return packed_linear_reference(x, packed, bits, n, k, scale, kind, bias)
     from distill_data.kernels.lowbit_triton import packed_matmul
 
@@ -74,15 +71,15 @@ def packed_conv2d(x: Tensor, packed: Tensor, bits: int, weight_shape: tuple[int,
     :func:`packed_linear`."""
     o, c, kh, kw = weight_shape
     cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-    h = (x.shape[2] + 2 * _pair(padding)[0] - _pair(dilation)[0] * (kh - 1) - 1) // _pair(stride)[
-        0
-    ] + 1
-    w = (x.shape[3] + 2 * _pair(padding)[1] - _pair(dilation)[1] * (kw - 1) - 1) // _pair(stride)[
-        1
-    ] + 1
+    size = [
+        (n + 2 * p - d * (k - 1) - 1) // st + 1  # the output size of a convolution
+        for n, k, p, d, st in zip(
+            x.shape[2:], (kh, kw), _pair(padding), _pair(dilation), _pair(stride)
+        )  # fmt: skip
+    ]
     y = packed_linear(cols.transpose(1, 2), packed, bits, o, c * kh * kw, scale, kind, bias,
                       backend)  # fmt: skip
-    return y.transpose(1, 2).reshape(x.shape[0], o, h, w)
+    return y.transpose(1, 2).reshape(x.shape[0], o, *size)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -102,13 +99,10 @@ def int8_linear(xq: Tensor, wq: Tensor, x_scale: Tensor, w_scale: Tensor,
                 backend: str = "auto") -> Tensor:  # fmt: skip
     """The W8A8 product of :func:`int8_linear_reference`; the Triton kernel accumulates
     in int32 (exact for K < 133,000: 127² · K < 2³¹)."""
-    from distill_data.kernels import BACKENDS, triton_available
+    from distill_data.kernels import use_triton
 
     _check_int8(xq, wq)
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown kernel backend {backend!r}; choose from: {', '.join(BACKENDS)}")
-    use = backend == "triton" or (backend == "auto" and xq.is_cuda and triton_available())
-    if not use:
+    if not use_triton(xq, backend):
         return int8_linear_reference(xq, wq, x_scale, w_scale)
     from distill_data.kernels.lowbit_triton import int8_matmul
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from distill_data.errors import ConfigError
-from distill_data.quant.quantizers import SCALE_EPS
+from distill_data.quant.quantizers import clip_search
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,6 @@ FORMATS = {
     "fp4_e2m1": FPFormat("fp4_e2m1", 2, 1),
 }
 FORMAT_NAMES = ("int", *FORMATS)
-CLIP_GRID = tuple(k / 100 for k in range(100, 0, -1))
 
 
 def get_format(name: str) -> FPFormat:
@@ -104,20 +103,10 @@ def fp_fake_quant(x: Tensor, scale: Tensor, fmt: FPFormat) -> Tensor:
 def search_scale(x: Tensor, fmt: FPFormat, dim: int | None, search: bool = True) -> Tensor:
     """The scale of ``x`` for ``fmt``: per slice along ``dim`` (None: one per tensor),
     minimising the mean squared error over the clipping grid (LLM-FP4's exponent-bias
-    search, module docstring), or ``max |x| / largest`` with ``search=False``."""
-    flat = x.detach().float()
-    flat = flat.reshape(1, -1) if dim is None else flat.movedim(dim, 0).reshape(x.shape[dim], -1)
-    top = flat.abs().amax(1).clamp(min=SCALE_EPS)
-    best = top / fmt.max_value
-    if not search:
-        return best
-    best_err = torch.full_like(top, float("inf"))
-    for ratio in CLIP_GRID:
-        s = (ratio * top / fmt.max_value).clamp(min=SCALE_EPS)
-        err = (fp_round(flat / s[:, None], fmt) * s[:, None] - flat).pow(2).mean(1)
-        better = err < best_err
-        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
-    return best
+    search, module docstring; :func:`~distill_data.quant.quantizers.clip_search`), or
+    ``max |x| / largest`` with ``search=False``."""
+    rows = x.reshape(1, -1) if dim is None else x.movedim(dim, 0).reshape(x.shape[dim], -1)
+    return clip_search(rows, fmt.max_value, lambda v, s: fp_round(v / s, fmt) * s, 2.0, search)
 
 
 def fp_weight_quant(w: Tensor, fmt: FPFormat, search: bool = True) -> Tensor:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill_data.errors import ConfigError
+from distill_data.quant.ptq import model_logits
 from distill_data.quant.quantizers import check_bits, weight_fake_quant
 
 
@@ -54,12 +55,6 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: Tensor, batch: int = 256) -> Tensor:
-    device = next(model.parameters()).device
-    return torch.cat([model(x[i : i + batch].to(device)).float() for i in range(0, len(x), batch)])
-
-
-@torch.no_grad()
 def layer_sensitivity(
     model: nn.Module, calib: Tensor, layers: list[str], bit_options: tuple[int, ...]
 ) -> dict[str, dict[int, float]]:
@@ -67,7 +62,7 @@ def layer_sensitivity(
     mean KL of the float network's softmax to the one with only that layer's weights
     quantized. ``model`` is a float network in eval mode (the folded one); each layer's
     weights are put back after it is measured."""
-    ref = F.log_softmax(_logits(model, calib), 1)
+    ref = F.log_softmax(model_logits(model, calib), 1)
     mods = _layers(model)
     out: dict[str, dict[int, float]] = {}
     for name in layers:
@@ -76,7 +71,7 @@ def layer_sensitivity(
         out[name] = {}
         for k in bit_options:
             layer.weight.copy_(weight_fake_quant(keep, k))
-            q = F.log_softmax(_logits(model, calib), 1)
+            q = F.log_softmax(model_logits(model, calib), 1)
             kl = F.kl_div(q, ref, log_target=True, reduction="batchmean")
             out[name][k] = max(float(kl), 0.0)
             layer.weight.copy_(keep)
@@ -159,7 +154,7 @@ def gradient_norms(
     at the float optimum would say nothing)."""
     mods = _layers(model)
     keep = {n: mods[n].weight.detach().clone() for n in layers}
-    ref = F.softmax(_logits(model, calib), 1)
+    ref = F.softmax(model_logits(model, calib), 1)
     grads = {n: torch.zeros_like(keep[n]) for n in layers}
     try:
         with torch.no_grad():
@@ -168,7 +163,7 @@ def gradient_norms(
         device = next(model.parameters()).device
         for i in range(0, len(calib), batch):
             out = F.log_softmax(model(calib[i : i + batch].to(device)), 1)
-            loss = F.kl_div(out, ref[i : i + batch], reduction="sum") / len(calib)
+            loss = F.kl_div(out, ref[i : i + batch].to(out.device), reduction="sum") / len(calib)
             g = torch.autograd.grad(loss, [mods[n].weight for n in layers])
             for n, gi in zip(layers, g):
                 grads[n] += gi

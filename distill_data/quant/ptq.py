@@ -36,6 +36,14 @@ from torch import Tensor, fx, nn
 
 from distill_data.config import config_to_dict, require
 from distill_data.errors import ConfigError, DataError
+from distill_data.quant.fp import (
+    FORMAT_NAMES,
+    FORMATS,
+    fp_fake_quant,
+    fp_weight_quant,
+    get_format,
+    search_scale,
+)
 from distill_data.quant.quantizers import (
     DEFAULT_MAX_SAMPLES,
     MAX_BITS,
@@ -197,8 +205,6 @@ class PTQConfig:
                 f"with bits {self.mp_bits} (from {min(opts)} to {max(opts)})",
             )
             require(self.fold_bn, "mixed precision works on the folded network: fold_bn=true")
-        from distill_data.quant.fp import FORMAT_NAMES, FORMATS
-
         for what, fmt, bits in (("w", self.w_format, self.w_bits), ("a", self.a_format,
                                                                      self.a_bits)):  # fmt: skip
             require(
@@ -285,8 +291,6 @@ class ActQuant(nn.Module):
         if self.observer is None or not self.observer.seen:
             raise RuntimeError("ActQuant.freeze: no calibration data was observed")
         if self.fp_format is not None:
-            from distill_data.quant.fp import get_format, search_scale
-
             fmt = get_format(self.fp_format)
             samples = getattr(self.observer, "samples", None)
             lo, hi = self.observer.lo, self.observer.hi
@@ -321,9 +325,7 @@ class ActQuant(nn.Module):
         if not self.frozen:
             raise RuntimeError("ActQuant used before calibration; run quantize_model")
         if self.fp_format is not None:
-            from distill_data.quant.fp import fp_fake_quant, get_format
-
-            return fp_fake_quant(x, self.scale, get_format(self.fp_format))
+            return fp_fake_quant(x, self.scale, FORMATS[self.fp_format])
         if self.step is None:
             return act_fake_quant(x, self.scale, self.zero_point, self.bits)
         # LSQ (Esser et al. 2020): the step is a parameter, the round straight-through
@@ -587,8 +589,6 @@ def quantize_model(
         wrapper = wrapper_cls(layer, w_bits, a_bits, observer).to(layer.weight.device)
         wrapper.act.fp_format, wrapper.act.fp_search = a_fp, cfg.fp_search
         if not keep and cfg.w_format != "int":
-            from distill_data.quant.fp import fp_weight_quant, get_format
-
             wrapper.wq = FixedWeight(
                 fp_weight_quant(layer.weight.detach(), get_format(cfg.w_format), cfg.fp_search)
             )

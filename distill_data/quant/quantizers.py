@@ -205,6 +205,28 @@ def mse_range(
     return best
 
 
+def clip_search(
+    rows: Tensor, largest: float, quantize, p: float = 2.0, search: bool = True
+) -> Tensor:
+    """Per-row scales ``s = α · max|row| / largest`` minimising ``mean |row − q(row)|^p``
+    over the clipping ratios α = 1.00, 0.99, …, 0.01 (ties keep the larger α); with
+    ``search=False`` α = 1. ``rows`` is 2-D; ``quantize(rows, s)`` returns the quantized
+    rows for one scale per row (shape ``(R, 1)``). The search of BRECQ's / Genie's weight
+    steps (p = 2.4) and of LLM-FP4's FP scales (p = 2)."""
+    flat = rows.detach().float()
+    top = flat.abs().amax(1).clamp(min=SCALE_EPS)
+    best = top / largest
+    if not search:
+        return best
+    best_err = torch.full_like(top, float("inf"))
+    for ratio in sorted(MSE_GRID, reverse=True):
+        s = (ratio * top / largest).clamp(min=SCALE_EPS)
+        err = (flat - quantize(flat, s[:, None])).abs().pow(p).mean(1)
+        better = err < best_err
+        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+    return best
+
+
 # ------------------------------------------------------------------------- observers
 
 
@@ -365,6 +387,7 @@ __all__ = [
     "affine_qparams",
     "affine_qrange",
     "check_bits",
+    "clip_search",
     "make_observer",
     "minmax_range",
     "mse_range",

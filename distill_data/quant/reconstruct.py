@@ -63,11 +63,10 @@ import torch
 from torch import Tensor, fx, nn
 
 from distill_data.errors import ConfigError, DivergedError
-from distill_data.quant.quantizers import LP_NORM, SCALE_EPS, symmetric_qrange
+from distill_data.quant.quantizers import LP_NORM, clip_search, symmetric_qrange
 
 RECON_METHODS = ("adaround", "brecq", "qdrop", "genie")
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid (Nagel et al. 2020, §4.2)
-CLIP_GRID = tuple(k / 100 for k in range(100, 0, -1))
 
 
 @dataclass(frozen=True)
@@ -91,20 +90,14 @@ SETTINGS = {
 
 def lp_weight_scales(w: Tensor, bits: int, p: float = LP_NORM) -> Tensor:
     """Per-output-channel symmetric steps minimising ``mean |w − q(w)|^p`` over clip
-    ratios 1.00, 0.99, …, 0.01 of ``max |w_c|`` (ties keep the larger ratio)."""
+    ratios of ``max |w_c|`` (:func:`~distill_data.quant.quantizers.clip_search`)."""
     _, qmax = symmetric_qrange(bits)
-    flat = w.detach().reshape(w.shape[0], -1).float()
-    top = flat.abs().amax(1).clamp(min=SCALE_EPS)
-    best_err = torch.full_like(top, math.inf)
-    best = top / qmax
-    for ratio in CLIP_GRID:
-        s = (ratio * top / qmax).clamp(min=SCALE_EPS)
-        q = torch.clamp(torch.round(flat / s[:, None]), -qmax, qmax) * s[:, None]
-        err = (flat - q).abs().pow(p).mean(1)
-        better = err < best_err
-        best = torch.where(better, s, best)
-        best_err = torch.where(better, err, best_err)
-    return best
+    return clip_search(
+        w.reshape(w.shape[0], -1),
+        qmax,
+        lambda x, s: torch.clamp(torch.round(x / s), -qmax, qmax) * s,
+        p,
+    )
 
 
 def rectified_sigmoid(v: Tensor) -> Tensor:
