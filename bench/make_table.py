@@ -763,6 +763,55 @@ def cost_tables(results: list[dict]) -> list[str]:
     return lines + eval_cost_table(results, ev.runs, ev.epochs)
 
 
+def torchrun_table(results: list[dict]) -> list[str]:
+    """torchrun against one process (bench/torchrun.py): seconds, speed-up, the share of
+    the time spent in collectives, and whether the output was the same."""
+    runs: dict[tuple[str, int], dict] = {}
+    for r in sorted(
+        (r for r in results if r.get("benchmark") == "torchrun"), key=lambda r: r["date"]
+    ):
+        runs[(r["stage"], r["processes"])] = r
+    if not runs:
+        return []
+    order = {"dm": 0, "sre2l": 1, "eval3": 2, "eval6": 3}
+    out = []
+    for (stage, _k), r in sorted(runs.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
+        st = r["settings"]
+        if stage == "dm":
+            work = f"DM, mnist5k IPC {st['ipc']}, {st['iterations']} iterations"
+        elif stage == "sre2l":
+            work = f"SRe2L, mnist5k IPC {st['ipc']}, {st['iterations']} its × 10 batches"
+        else:
+            extra = f" + {st['runs']} on random subsets" if st["baselines"] else ""
+            work = f"eval: {st['runs']} ConvNets on the set{extra}, {st['epochs']} epochs"
+        if "output" in r:
+            o = r["output"]
+            same = (
+                "bit-identical"
+                if o["bitwise_equal"] and o["labels_equal"]
+                else f"max Δ {o['max_abs_image_difference']:.1e}"
+            )
+        else:
+            same = "identical" if r["identical_results"] else "differs"
+        out.append(
+            f"| {work} | {r['one_process']['seconds']:.1f} s | {r['torchrun']['seconds']:.1f} s "
+            f"| {r['speedup']:.2f}× | {100 * r['communication_share']:.1f} % | {same} |"
+        )
+    k = sorted({kk for _, kk in runs})
+    machine = next(iter(runs.values()))["machine"]
+    return [
+        "",
+        f"torchrun, gloo, {'/'.join(map(str, k))} ranks × 1 thread against one process × 1 "
+        f"thread ({machine['nproc']} × {machine['cpu_model']}; `bench/torchrun.py`; "
+        "collectives = seconds inside collectives, waiting for the slower rank included, "
+        "over the ranks' time)",
+        "",
+        "| work | 1 process | torchrun | speed-up | collectives | output vs 1 process |",
+        "|---|---|---|---|---|---|",
+        *out,
+    ]
+
+
 def _speed_machine(speed: dict[str, tuple[dict, dict]]) -> str:
     machines = {(r["machine"]["nproc"], r["machine"]["cpu_model"]) for _, r in speed.values()}
     return "; ".join(f"{n} × {model}" for n, model in sorted(machines)) or "—"
@@ -1693,6 +1742,7 @@ def render_full(results: list[dict]) -> str:
         ("", mixed_tables(results) + format_tables(results)),
         ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
         ("kornia in the training pipelines", kornia_tables(results)),
+        ("torchrun: several processes, the one-process result", torchrun_table(results)),
     ]
     lines = [
         "# Benchmark results",

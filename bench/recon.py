@@ -13,6 +13,8 @@ is about an hour per network on this CPU), every other setting the official code
         noise:256
     python bench/recon.py --stage methods --teacher convnet_bn --methods minmax qdrop genie \
         --bits w2a4 --calib --data-free zeroq:100 genie:1000   # sets from that teacher
+    python bench/recon.py --stage methods --teacher convnet_bn --methods minmax qdrop genie \
+        --bits w2a4 --calib real:1024 noise:1024 --data-free zeroq:100 --count 1024
     python bench/recon.py --stage mixed --calib real:256   # ZeroQ mixed precision
     python bench/recon.py --stage formats --calib real:256 # FP8 / FP4 against integers
 """
@@ -192,9 +194,10 @@ def main() -> None:
     p.add_argument("--calib", nargs="*", default=["real:256"])
     p.add_argument(
         "--data-free", nargs="+", default=[], metavar="METHOD:ITERATIONS",
-        help="also calibrate on a ZeroQ / Genie set of 256 images made from the teacher "
+        help="also calibrate on a ZeroQ / Genie set of --count images made from the teacher "
         "(built by bench/student.py's helper if missing), e.g. zeroq:100 genie:1000",
     )  # fmt: skip
+    p.add_argument("--count", type=int, default=256, help="images of the --data-free sets")
     p.add_argument("--bits", nargs="+", default=["w4a4", "w3a3", "w2a4"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--iterations", type=int, default=1000, help="reconstruction steps per block")
@@ -208,7 +211,7 @@ def main() -> None:
         from student import _data_free_set
 
         method, _, its = spec.partition(":")
-        args.calib.append(str(_data_free_set(args.teacher, method, 256, int(its))))
+        args.calib.append(str(_data_free_set(args.teacher, method, args.count, int(its))))
     if "formats" in args.stage:
         stage_formats(args.teacher, args.calib, args.seed)
     if "mixed" in args.stage:

@@ -11,7 +11,10 @@ Public API::
     dd.tune_allocator()   # optional: faster CPU runs (glibc keeps freed pages for reuse)
 """
 
-from distill_data import train  # the package, callable as dd.train(...) (api.train)
+from distill_data import (
+    dist,  # torchrun: dd.dist.leave(0) ends a script's rank
+    train,  # the package, callable as dd.train(...) (api.train)
+)
 from distill_data._version import __version__
 from distill_data.api import (
     build,
@@ -29,6 +32,7 @@ __all__ = [
     "DistillDataError",
     "__version__",
     "build",
+    "dist",
     "evaluate",
     "list_datasets",
     "list_methods",

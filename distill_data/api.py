@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill_data import dist
 from distill_data.augment import (
     AugmentPipeline,
     PerSampleAugment,
@@ -87,7 +88,7 @@ def build(
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
     force: bool = False,
-) -> SyntheticSet:
+) -> SyntheticSet | None:
     """Make a synthetic set with ``method`` and write it to ``out``.
 
     Args:
@@ -106,10 +107,17 @@ def build(
     inputs, nor an existing file of another kind), so bad input never leaves a file
     behind or destroys one. The store is written
     atomically; long builds checkpoint next to ``out`` and continue with ``resume``.
+
+    Under ``torchrun`` every rank calls this with the same arguments: the ranks split
+    the classes (matching generators, coresets) or batches (teacher-driven ones), and
+    rank 0 writes ``out``, equal to a one-process build's (docs/design-notes.md,
+    "torchrun"). Rank 0 returns the set; the other ranks return None.
     """
     cls = GENERATORS.get(_check_str("method", method))
     _check_seed(seed)
     device = resolve_device(device)
+    group = dist.context(device)  # under torchrun: this rank's place in the job
+    device = dist.rank_device(device, group)
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(f"options must be a dict of settings, got {type(options).__name__}")
     opts = dict(options or {})
@@ -176,6 +184,7 @@ def build(
         teacher=net,
         count=count,
         teachers=nets or None,
+        dist=group,
     )
     return run_generator(gen, method, out_path, resume=resume, quiet=quiet, log=log)
 
@@ -324,6 +333,8 @@ def evaluate(
     INFER's ensemble labels its set: pass the same teachers the set was built with.
     """
     device = resolve_device(device)
+    group = dist.context(device)  # under torchrun the ranks share the models to train
+    device = dist.rank_device(device, group)
     request = EvalRequest(
         config=make_config(EvalConfig, protocol),
         baselines=tuple(baselines) if not isinstance(baselines, str) else baselines,
@@ -351,7 +362,14 @@ def evaluate(
         members = [member for member, _ in loaded]
         net = (members[0] if len(members) == 1 else TeacherEnsemble(members)).eval().to(device)
     report = _evaluate(
-        store, dataset, request, teacher=net, device=device, quiet=quiet, store_path=path
+        store,
+        dataset,
+        request,
+        teacher=net,
+        device=device,
+        quiet=quiet,
+        store_path=path,
+        group=group,
     )
     if net is not None:
         report["protocol"]["teachers"] = len(members)
@@ -471,6 +489,8 @@ def train(
         recipe = "student" if cfg.init == "scratch" else "finetune"
     train_recipe = student_recipe(recipe, dict(options or {}), kd)
     device = resolve_device(device)
+    group = dist.context(device)  # under torchrun: one model, data-parallel (DDP)
+    device = dist.rank_device(device, group)
     teachers = _teacher_list(teacher)
     spec_kind = _sample_spec(data)
     store_path = None if data is None or isinstance(data, SyntheticSet) or spec_kind else data
@@ -535,6 +555,7 @@ def train(
         quiet=quiet,
         resume=resume,
         log=log,
+        group=group,
     )
     return {"kind": "distill-data student", "dataset": real.name, **report}
 

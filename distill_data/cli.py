@@ -16,7 +16,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from distill_data import api
+from distill_data import api, dist
 from distill_data._version import __version__
 from distill_data.config import parse_set_options
 from distill_data.errors import DistillDataError, DistillDataWarning, cli_spelling
@@ -218,6 +218,13 @@ def build(
 
     Long builds checkpoint to OUT.ckpt.pt; after Ctrl-C or a crash, the same command
     with --resume continues from there.
+
+    
+    On several processes (gloo on CPU, NCCL with --device cuda), the same result:
+      torchrun --nproc_per_node=2 -m distill_data build --dataset mnist5k \
+          --method dm --ipc 10 --out set.h5
+    Matching methods and coresets split the classes, teacher-driven ones the batches;
+    rank 0 writes OUT and the checkpoint (resume with the same process count).
     """
     global _interrupt_hint
     from distill_data.store import checkpoint_path_for
@@ -243,6 +250,8 @@ def build(
         log=log,
         force=force,
     )
+    if synset is None:  # another torchrun rank: rank 0 wrote the store and says so
+        return
     m = synset.meta
     click.echo(
         f"wrote {out}: {len(synset)} images ({m.generator}, {size_label(m.ipc, m.count)}, "
@@ -342,7 +351,12 @@ def eval_cmd(
     force,
     quiet,
 ) -> None:
-    """Train fresh networks on STORE and test them on the real test split."""
+    """Train fresh networks on STORE and test them on the real test split.
+
+    \b
+    Under torchrun the ranks share the models (same report as one process):
+      torchrun --nproc_per_node=2 -m distill_data eval set.h5 --runs 4
+    """
     from distill_data.evaluation import format_report
 
     reads = api.input_paths(dataset, store=store, networks=teachers)
@@ -372,6 +386,8 @@ def eval_cmd(
         quiet=quiet,
         **protocol,
     )
+    if not dist.peek().main:  # torchrun: every rank has the report, rank 0 tells
+        return
     click.echo(format_report(report))
     if json_out:
         _write_json(json_out, report)
@@ -659,6 +675,11 @@ def train(
     A quantized student is saved as packed integer codes with their scales (it loads with
     torch.load(weights_only=True)); the report checks that the saved student predicts
     exactly as the trained one, and gives float and quantized accuracy, size and speed.
+
+    \b
+    One student, data-parallel over processes (DDP; each rank takes its rows of
+    every batch, rank 0 writes the file):
+      torchrun --nproc_per_node=2 -m distill_data train -d mnist5k --teacher t.pt ...
     """
     global _interrupt_hint
     from distill_data.store import checkpoint_path_for
@@ -694,6 +715,8 @@ def train(
         log=log,
         **student,
     )
+    if not dist.peek().main:  # torchrun: rank 0 saved the student and reports
+        return
     click.echo(format_student_report(report))
     if json_out:
         _write_json(json_out, report)
@@ -865,6 +888,18 @@ _default_showwarning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit code 2 for every user error."""
+    code: int | str | None = 0
+    try:
+        _main(argv)
+    except SystemExit as e:
+        code = e.code
+        if not dist.joined():
+            raise
+    if dist.joined():  # torchrun: leave the group together, without C++ teardown
+        dist.leave(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _main(argv: list[str] | None) -> None:
     tune_allocator()  # see distill_data.runtime: large CPU tensors reuse heap pages
     try:
         with cli_spelling(), warnings.catch_warnings():
@@ -879,7 +914,9 @@ def main(argv: list[str] | None = None) -> None:
         _err(f"error: {e.format_message()}{hint}")
         sys.exit(2)
     except DistillDataError as e:
-        _err(f"error: {e}")
+        if dist.reports(e, dist.peek()):  # under torchrun: one rank tells, not every one
+            prefix = f"[rank {dist.peek().rank}] " if dist.peek().active else ""
+            _err(f"{prefix}error: {e}")
         sys.exit(2)
     except (click.Abort, KeyboardInterrupt) as e:
         # click turns Ctrl-C into Abort; a bare Abort (e.g. EOF at a prompt) is no interrupt

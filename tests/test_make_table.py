@@ -706,3 +706,44 @@ def test_reconstruction_rows_keep_teachers_apart_and_take_the_newest_rerun(mt):
     assert "97.0 |" not in "".join(head)  # the headline: 256 real images only
     assert any(line.startswith("| convnet_bn (98.00) | w2a4 | — | 95.0 |") for line in head)
     assert any(line.startswith("| resnet (97.70) | w2a4 | 64.0 | 97.6 |") for line in head)
+
+
+def _torchrun(stage: str, date: str, speedup: float, **extra) -> dict:
+    settings = {"ipc": 10, "iterations": 20}
+    if stage.startswith("eval"):
+        settings = {"runs": 3, "epochs": 60, "baselines": ["random"] if stage == "eval6" else []}
+    return {
+        "schema_version": 1,
+        "benchmark": "torchrun",
+        "date": date,
+        "machine": {"nproc": 2, "cpu_model": "test CPU"},
+        "stage": stage,
+        "processes": 2,
+        "settings": settings,
+        "one_process": {"seconds": 10.0 * speedup},
+        "torchrun": {"seconds": 10.0},
+        "speedup": speedup,
+        "communication_share": 0.012,
+        **extra,
+    }
+
+
+def test_torchrun_rows_say_speedup_and_whether_the_output_matched(mt):
+    same = {"bitwise_equal": True, "labels_equal": True, "max_abs_image_difference": 0.0}
+    off = {"bitwise_equal": False, "labels_equal": True, "max_abs_image_difference": 3e-5}
+    rows = mt.torchrun_table(
+        [
+            _torchrun("dm", "2026-12-01", 1.5, output=off),
+            _torchrun("dm", "2026-12-03", 1.9, output=same),  # the newer run of a stage wins
+            _torchrun("eval3", "2026-12-03", 1.45, identical_results=True),
+            _torchrun("eval6", "2026-12-03", 1.95, identical_results=False),
+        ]
+    )
+    body = [r for r in rows if r.startswith("| ") and not r.startswith("| work")]
+    assert len(body) == 3
+    assert "DM, mnist5k IPC 10, 20 iterations" in body[0] and "1.90×" in body[0]
+    assert body[0].endswith("| bit-identical |") and "1.2 %" in body[0]
+    assert "3 ConvNets on the set, 60 epochs" in body[1] and body[1].endswith("| identical |")
+    assert "+ 3 on random subsets" in body[2]
+    assert body[2].endswith("| differs |")
+    assert mt.torchrun_table([]) == []

@@ -22,9 +22,12 @@ GOLDEN = {
         "random": [1.113966, 1.099523],
         "full": [1.11645, 1.099226],
     },
-    "soft_stored": {"synthetic": [1.114675, 1.099179], "random": [1.114587, 1.099174]},
-    "sre2l_online": {"synthetic": [1.109282, 1.103307], "random": [1.109641, 1.102914]},
-    "infer_stored": {"synthetic": [1.109295, 1.103293], "random": [1.109639, 1.102908]},
+    # "synthetic" of the three soft-label rows re-recorded on 3 Dec 2026: SRe2L's batches
+    # draw from their own streams since then (torchrun batch sharding), so the pinned
+    # set's pixels changed; the protocols (and their "random" rows) did not
+    "soft_stored": {"synthetic": [1.11459, 1.09917], "random": [1.114587, 1.099174]},
+    "sre2l_online": {"synthetic": [1.109938, 1.103735], "random": [1.109641, 1.102914]},
+    "infer_stored": {"synthetic": [1.109936, 1.103708], "random": [1.109639, 1.102908]},
     "noaug": {"synthetic": [1.116081, 1.098988]},
     "scores_noaug": {"synthetic_noaug": [1.116081, 1.098988], "random_noaug": [1.115865, 1.099325]},
 }

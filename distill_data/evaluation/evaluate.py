@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from distill_data.data import RealDataset, find_dataset, load_dataset
+from distill_data.dist import ONE, Dist, balance, together
 from distill_data.errors import ConfigError, DataError, opt
-from distill_data.evaluation.protocol import EvalConfig, evaluate_set, label_mode
+from distill_data.evaluation.protocol import (
+    EvalConfig,
+    evaluate_set,
+    label_mode,
+    summarise,
+    train_and_test,
+)
 from distill_data.evaluation.report import machine_info, now_iso
 from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
 from distill_data.store import SyntheticSet
@@ -249,6 +259,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     quiet: bool = False,
     store_path: str | None = None,
+    group: Dist = ONE,
 ) -> dict:
     """Train-from-scratch evaluation of ``synset``; returns a JSON-ready report.
 
@@ -259,6 +270,8 @@ def evaluate(
             protocol on the set alone.
         teacher: relabels the random-subset baseline when ``request.soft`` (same soft
             labels), and every batch with ``relabel="online"``.
+        group: under torchrun, the ranks share the models to train (each keeps its run
+            seed, so the report equals a one-process one); every rank gets the report.
     """
     request = request or EvalRequest()
     cfg = request.config
@@ -274,7 +287,10 @@ def evaluate(
             file=sys.stderr,
         )
     results: dict[str, dict] = {}
-    for row in plan(request, synset, data, teacher):
+    rows = plan(request, synset, data, teacher)
+    if group.active:
+        results = evaluate_shared(rows, data, device, quiet, group)
+    for row in rows if not group.active else ():
         results[row.key] = evaluate_set(
             row.images,
             row.labels,
@@ -351,7 +367,60 @@ def evaluate(
         "scores": score_block,
         "machine": machine_info(),
         "device": str(device),
+        "processes": group.world,
     }
+
+
+def evaluate_shared(
+    rows: list[PlannedSet], data: RealDataset, device: Any, quiet: bool, group: Dist
+) -> dict[str, dict]:
+    """Every (row, run) model of the plan, shared out over the ranks (longest first to
+    the least-loaded rank; cost = epochs × training images), then each row summarised
+    in run order on every rank. A run's seed is its run index, as in one process."""
+    jobs = [(i, r) for i, row in enumerate(rows) for r in range(row.config.runs)]
+
+    def epochs_of(row: PlannedSet) -> int:
+        return row.epochs or row.config.epochs
+
+    costs = [float(epochs_of(rows[i]) * max(1, len(rows[i].images))) for i, _ in jobs]
+    owner = balance(costs, group.world)
+    mine = [job for job, o in zip(jobs, owner) if o == group.rank]
+
+    def train_mine() -> list[tuple]:
+        out = []
+        total = sum(epochs_of(rows[i]) for i, _ in mine)
+        desc = f"eval (rank 0 of {group.world})"
+        hide = quiet or not group.main
+        with tqdm(total=total, desc=desc, disable=hide, dynamic_ncols=True) as bar:
+            for i, r in mine:
+                row = rows[i]
+                x, y, s = (
+                    (*row.draw(r), None)[:3] if row.draw is not None else
+                    (row.images, row.labels, row.soft)
+                )  # fmt: skip
+                t0 = time.perf_counter()
+                acc, loss = train_and_test(x, y, data, row.config, r, epochs_of(row), device,
+                                           bar, s, row.temperature, row.teacher)  # fmt: skip
+                out.append((i, r, 100.0 * acc, loss, len(x), s is not None,
+                            time.perf_counter() - t0))  # fmt: skip
+        return out
+
+    done = sorted(x for part in group.all_gather(together(group, train_mine)) for x in part)
+    results = {}
+    for i, row in enumerate(rows):
+        runs = [x for x in done if x[0] == i]
+        results[row.key] = summarise(
+            [x[2] for x in runs],
+            [x[3] for x in runs],
+            row.config,
+            epochs_of(row),
+            runs[-1][4],
+            row.temperature,
+            row.teacher is not None or runs[-1][5],
+            row.teacher is not None,
+            sum(x[6] for x in runs),
+        )
+    return results
 
 
 def format_report(report: dict) -> str:

@@ -257,6 +257,24 @@ def evaluate_set(
             accs.append(100.0 * acc)
             losses.append(loss)
             bar.set_postfix(acc=f"{np.mean(accs):.2f}%", refresh=False)
+    n = int(len(images)) if resample is None else int(len(x))
+    supervised = teacher is not None or s is not None
+    return summarise(accs, losses, cfg, epochs, n, temperature, supervised, teacher is not None,
+                     time.perf_counter() - t0)  # fmt: skip
+
+
+def summarise(
+    accs: list[float],
+    losses: list[float],
+    cfg: EvalConfig,
+    epochs: int,
+    n_images: int,
+    temperature: float,
+    soft: bool,
+    online: bool,
+    seconds: float,
+) -> dict:
+    """One row of the report from its runs' final test accuracies (percent) and losses."""
     return {
         "accs": [round(a, 4) for a in accs],
         "mean": float(np.mean(accs)),
@@ -264,9 +282,7 @@ def evaluate_set(
         "test_losses": [round(v, 6) for v in losses],
         "runs": cfg.runs,
         "epochs": epochs,
-        "n_images": int(len(images)) if resample is None else int(len(x)),
-        "labels": label_mode(
-            teacher is not None or s is not None, teacher is not None, temperature, cfg.recipe
-        ),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "n_images": n_images,
+        "labels": label_mode(soft, online, temperature, cfg.recipe),
+        "seconds": round(seconds, 2),
     }

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from distill_data.config import config_to_dict, require
 from distill_data.data import ImageSpace, RealDataset
+from distill_data.dist import ONE, Dist, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
 from distill_data.registry import Registry
 from distill_data.store import (
@@ -79,6 +80,14 @@ class Generator(abc.ABC):
     supports_count: ClassVar[bool] = False
     #: Teachers the method needs at least (ensemble methods: more than one).
     min_teachers: ClassVar[int] = 1
+    #: How the work splits over torchrun ranks: ``class`` (each rank owns a block of
+    #: classes) or ``batch`` (each rank owns a block of independent batches).
+    shard_by: ClassVar[str] = "class"
+    #: ``result()`` rows are stored grouped by class (a stable sort of the gathered
+    #: rows by label restores the one-process order); False: concatenation does.
+    sorted_by_class: ClassVar[bool] = False
+    #: ``extra_meta`` keys whose lists are per-rank parts, concatenated in rank order.
+    sharded_meta: ClassVar[tuple[str, ...]] = ()
     #: Settings that may differ on ``--resume`` (they do not change the steps already
     #: taken): more ``iterations`` continue the run; the rest only cap memory or layout.
     resume_free: ClassVar[tuple[str, ...]] = (
@@ -99,8 +108,11 @@ class Generator(abc.ABC):
         teacher: nn.Module | None = None,
         count: int | None = None,
         teachers: list[nn.Module] | None = None,
+        dist: Dist = ONE,
     ) -> None:
         self.config = config
+        #: this process's place among torchrun ranks (one process: rank 0 of 1)
+        self.dist = dist
         self.data = data
         self.ipc = ipc
         #: images to make: ``count`` when given (ipc is then 0), else ipc per class
@@ -187,8 +199,22 @@ class Generator(abc.ABC):
         return self.state_dict()
 
     def total_steps(self) -> int:
-        """Number of :meth:`step` calls a build makes (default: ``config.iterations``)."""
+        """Number of :meth:`step` calls this rank makes (default: ``config.iterations``)."""
         return self.config.iterations
+
+    def build_steps(self) -> int:
+        """Steps the whole build makes over all ranks (recorded in the store)."""
+        return self.total_steps()
+
+    def shard_units(self) -> int:
+        """How many units (classes or batches, see ``shard_by``) there are to split."""
+        return self.data.num_classes
+
+    def my_classes(self) -> range:
+        """The classes this rank owns (all of them in one process)."""
+        if self.shard_by != "class":
+            return range(self.data.num_classes)
+        return self.dist.shard(self.data.num_classes)
 
     def extra_meta(self) -> dict[str, Any]:
         """Method-specific facts recorded in the store's ``extra`` attribute."""
@@ -227,7 +253,7 @@ def run_generator(
     resume: bool = False,
     quiet: bool = False,
     log: Any = None,
-) -> SyntheticSet:
+) -> SyntheticSet | None:
     """Run ``gen`` to completion and write ``out`` atomically; returns the stored set.
 
     With ``resume`` and a matching checkpoint next to ``out``, continues from it; a
@@ -235,38 +261,57 @@ def run_generator(
     one whose contents do not fit this build (a damaged or hand-edited file) is refused
     with the reason. A NaN or infinite loss stops the run, naming the learning-rate
     settings to lower; nothing is written then.
+
+    Under torchrun (``gen.dist`` active) every rank runs this with its share of the
+    work: the ranks first check that they were given the same settings, step together
+    (one all-reduce of the loss and a failure flag per step), and rank 0 gathers every
+    rank's state into the one checkpoint and every rank's rows into the one store.
+    Rank 0 returns the set; the other ranks return None.
     """
     out = Path(out)
     cfg = gen.config
+    d = gen.dist
     ckpt = checkpoint_path_for(out)
     sig = _signature(gen, method)
+    if d.active:
+        _check_same_settings(gen, sig, out)
+    quiet = quiet or not d.main
+    log = log if d.main else None
     start = 0
     gen.quiet = quiet
     if log:
         for note in gen.notes():
             log(f"note: {note}")
         _size_note(log, gen)
-    gen.setup()
-    if resume and ckpt.exists():
-        payload = load_checkpoint(ckpt)
-        start = _restore(gen, payload, sig, ckpt)
-        if log:
-            log(f"resuming {method} from iteration {start} ({ckpt})")
-    elif resume and log:
-        log(f"no checkpoint at {ckpt}; starting from scratch")
+    together(d, gen.setup)
+    if resume:
+        found = d.broadcast(ckpt.exists() if d.main else None)
+        if found:
+            parts = together(d, lambda: _split_checkpoint(d, ckpt) if d.main else None)
+            mine = d.scatter(parts)
+            start = together(d, lambda: _restore(gen, mine, sig, ckpt))
+            if log:
+                log(f"resuming {method} from iteration {start} ({ckpt})")
+        elif log:
+            log(f"no checkpoint at {ckpt}; starting from scratch")
 
     def checkpoint(iteration: int) -> None:
-        save_checkpoint(
-            ckpt,
-            {
-                "iteration": iteration,
-                "state": gen.state_dict(),
-                "rng": gen.rng.get_state(),
-                "signature": sig,
-            },
-        )
+        mine = {"state": gen.state_dict(), "rng": gen.rng.get_state()}
+        parts = d.gather(mine)
 
-    total = gen.total_steps()
+        def write() -> None:
+            if not d.main:
+                return
+            head = {"iteration": iteration, "signature": sig}
+            if d.active:
+                save_checkpoint(ckpt, {**head, "world_size": d.world, "ranks": parts})
+            else:
+                save_checkpoint(ckpt, {**head, **mine})
+
+        together(d, write)
+
+    mine_total = gen.total_steps()
+    total = d.all_max(mine_total)  # batch shards may differ by one batch
     if start < total:
         bar = tqdm(
             range(start, total),
@@ -279,7 +324,7 @@ def run_generator(
         t0 = time.perf_counter()
         try:
             for it in bar:
-                loss = gen.step(it)
+                loss = _step(gen, it, mine_total)
                 if not math.isfinite(loss):
                     raise DivergedError(_diverged(gen, method, loss, it))
                 bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
@@ -290,7 +335,7 @@ def run_generator(
         finally:
             bar.close()
 
-    images, labels, soft = gen.result()
+    images, labels, soft, extra = _gather_result(gen)
     meta = StoreMeta(
         generator=method,
         config=config_to_dict(cfg),
@@ -301,24 +346,124 @@ def run_generator(
         mean=tuple(gen.data.mean),
         std=tuple(gen.data.std),
         classes=list(gen.data.classes),
-        iterations=max(total, start),
+        iterations=max(gen.build_steps() if d.active else total, start),
         count=0 if gen.ipc else gen.n_images,
         extra={
-            **gen.extra_meta(),
+            **extra,
             "dataset_source": gen.data.source,
             **({"teacher_fingerprint": sig["teacher"]} if gen.teacher is not None else {}),
         },
     )
-    synset = SyntheticSet(
-        images=images.detach().cpu().float().contiguous(),
-        labels=labels.detach().cpu().long(),
-        meta=meta,
-        soft_labels=None if soft is None else soft.detach().cpu().float(),
-        temperature=getattr(gen, "temperature", None) if soft is not None else None,
-    )
-    write_store(out, synset)
-    ckpt.unlink(missing_ok=True)
+    synset = None
+    if d.main:
+        synset = SyntheticSet(
+            images=images.detach().cpu().float().contiguous(),
+            labels=labels.detach().cpu().long(),
+            meta=meta,
+            soft_labels=None if soft is None else soft.detach().cpu().float(),
+            temperature=getattr(gen, "temperature", None) if soft is not None else None,
+        )
+
+    def finish() -> None:
+        if d.main:
+            write_store(out, synset)
+            ckpt.unlink(missing_ok=True)
+
+    together(d, finish)  # the other ranks return once the store is there
     return synset
+
+
+def _step(gen: Generator, it: int, mine_total: int) -> float:
+    """One step on every rank; the returned loss is the sum over class shards (the
+    one-process loss) or this rank's batch loss, NaN when any rank's loss was NaN."""
+    d = gen.dist
+    if not d.active:
+        return gen.step(it)
+    loss, error = 0.0, None
+    try:
+        if it < mine_total:
+            loss = gen.step(it)
+    except Exception as e:
+        error = e
+    total, failed = d.sync_step(loss if error is None else 0.0, error is not None)
+    if failed:
+        d.agree(error)
+    if gen.shard_by == "class" or not math.isfinite(total):
+        return total
+    return loss
+
+
+def _gather_result(gen: Generator) -> tuple[torch.Tensor, torch.Tensor, Any, dict]:
+    """This rank's rows and facts, joined on rank 0 in the one-process order."""
+    d = gen.dist
+
+    def local() -> tuple:
+        images, labels, soft = gen.result()
+        return images.detach().cpu(), labels.detach().cpu(), soft, gen.extra_meta()
+
+    part = together(d, local)
+    if not d.active:
+        return part
+    parts = d.gather(part)
+    if not d.main:
+        return part  # only rank 0 writes
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    soft = None if parts[0][2] is None else torch.cat([p[2].detach().cpu() for p in parts])
+    extra = dict(parts[0][3])
+    for key in gen.sharded_meta:
+        extra[key] = [v for p in parts for v in p[3][key]]
+    if gen.sorted_by_class:
+        order = torch.argsort(labels, stable=True)
+        images, labels = images[order], labels[order]
+        soft = None if soft is None else soft[order]
+    return images, labels, soft, extra
+
+
+def _check_same_settings(gen: Generator, sig: dict, out: Path) -> None:
+    """Every rank must run the same build; name what differs from rank 0's."""
+    d = gen.dist
+    units = gen.shard_units()
+    mine = {**sig, "out": str(out)}
+    everyone = d.all_gather(mine)
+    for r, theirs in enumerate(everyone):
+        diff = [k for k in mine if theirs.get(k) != everyone[0].get(k)]
+        if diff:
+            raise ConfigError(
+                f"rank {r} was started with other settings than rank 0 "
+                f"({', '.join(diff)} differ); start every rank with the same command"
+            )
+    if d.world > units:
+        raise ConfigError(
+            f"{d.world} processes but only {units} {gen.shard_by}{'es' if units > 1 else ''} "
+            "to share out; "
+            f"run at most {units} (torchrun --nproc_per_node)"
+        )
+
+
+def _split_checkpoint(d: Dist, ckpt: Path) -> list[dict]:
+    """The checkpoint's per-rank payloads (each with the shared iteration/signature)."""
+    payload = load_checkpoint(ckpt)
+    head = {k: payload.get(k) for k in ("iteration", "signature")}
+    made = payload.get("world_size", 1)
+    if not isinstance(made, int) or isinstance(made, bool) or made < 1:
+        raise StoreError(f"checkpoint {ckpt} has no valid 'world_size' (damaged)")
+    if made != d.world:
+        how = "without torchrun" if made == 1 else f"under torchrun --nproc_per_node={made}"
+        raise ConfigError(
+            f"checkpoint {ckpt} was written by {made} process{'es' if made > 1 else ''}, "
+            f"this build has {d.world}; resume it {how}"
+        )
+    if made == 1:
+        return [payload]
+    ranks = payload.get("ranks")
+    if (
+        not isinstance(ranks, list)
+        or len(ranks) != made
+        or not all(isinstance(r, dict) for r in ranks)
+    ):
+        raise StoreError(f"checkpoint {ckpt} does not hold {made} ranks' states (damaged)")
+    return [{**head, **r} for r in ranks]
 
 
 def size_label(ipc: int, count: int) -> str:

@@ -25,9 +25,15 @@ from distill_data.synth.base import GENERATORS, Generator, GeneratorConfig
 class CoresetGenerator(Generator):
     """Shared shape: choose ``ipc`` training indices per class in :meth:`select`."""
 
+    sharded_meta = ("selected_indices",)
+
     def setup(self) -> None:
         chosen = []
+        self.classes = self.my_classes()
         for c, idx in enumerate(self.data.indices_per_class()):
+            if c not in self.classes:
+                self.skip(c, idx)
+                continue
             local = self.select(c, idx)
             if len(local) != self.ipc or len(set(local.tolist())) != self.ipc:
                 raise RuntimeError(f"{type(self).__name__} selected a bad set for class {c}")
@@ -37,6 +43,10 @@ class CoresetGenerator(Generator):
     @abc.abstractmethod
     def select(self, c: int, idx: torch.Tensor) -> torch.Tensor:
         """Positions (into ``idx``, the class's training indices) of the chosen images."""
+
+    def skip(self, c: int, idx: torch.Tensor) -> None:
+        """Another rank selects class ``c``; make the random draws its selection would
+        make, so this rank's classes see the one-process random stream."""
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, None]:
         x = self.data.normalize(self.data.x_train[self.indices])
@@ -52,6 +62,9 @@ class RandomSubset(CoresetGenerator):
 
     def select(self, c: int, idx: torch.Tensor) -> torch.Tensor:
         return torch.randperm(len(idx), generator=self.rng)[: self.ipc]
+
+    def skip(self, c: int, idx: torch.Tensor) -> None:
+        self.select(c, idx)
 
 
 @dataclass(frozen=True)
@@ -80,9 +93,16 @@ class FeatureCoreset(CoresetGenerator):
     Config = FeatureCoresetConfig
     config: FeatureCoresetConfig
 
+    #: training index → row of ``features`` (None: rows are training indices)
+    _row: torch.Tensor | None = None
+
     def setup(self) -> None:
         self.features = self._embed_all()
         super().setup()
+
+    def features_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """Features of the training images ``idx``."""
+        return self.features[idx if self._row is None else self._row[idx]]
 
     @torch.no_grad()
     def _embed_all(self) -> torch.Tensor:
@@ -100,10 +120,21 @@ class FeatureCoreset(CoresetGenerator):
                     f"{d.channels}-channel {d.im_size[0]}x{d.im_size[1]}"
                 )
         net = net.to(self.device).eval()
+        # this rank's classes only (all in one process); rows of ``features`` follow
+        # the training indices through ``_row``
+        per_class = d.indices_per_class()
+        mine = torch.cat([per_class[c] for c in self.my_classes()])
+        if len(mine) == len(d.x_train):
+            mine = torch.arange(len(d.x_train))
+        else:
+            self._row = torch.full((len(d.x_train),), -1, dtype=torch.long)
+            self._row[mine] = torch.arange(len(mine))
         try:
             feats = [
-                net.embed(d.normalize(d.x_train[i : i + cfg.batch_size]).to(self.device)).cpu()
-                for i in range(0, len(d.x_train), cfg.batch_size)
+                net.embed(
+                    d.normalize(d.x_train[mine[i : i + cfg.batch_size]]).to(self.device)
+                ).cpu()
+                for i in range(0, len(mine), cfg.batch_size)
             ]
         except RuntimeError as e:
             raise ConfigError(
@@ -121,7 +152,7 @@ class Herding(FeatureCoreset):
     """
 
     def select(self, c: int, idx: torch.Tensor) -> torch.Tensor:
-        f = self.features[idx]
+        f = self.features_of(idx)
         mu = f.mean(0)
         total = torch.zeros_like(mu)
         available = torch.ones(len(idx), dtype=torch.bool)
@@ -146,7 +177,7 @@ class KCenter(FeatureCoreset):
     def select(self, c: int, idx: torch.Tensor) -> torch.Tensor:
         import faiss  # only k-center needs it: importing distill_data stays light
 
-        f = np.ascontiguousarray(self.features[idx].float().numpy())
+        f = np.ascontiguousarray(self.features_of(idx).float().numpy())
         mu = f.mean(0, keepdims=True)
         first = int(faiss.pairwise_distances(mu, f)[0].argmin())
         chosen = [first]

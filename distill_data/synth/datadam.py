@@ -177,7 +177,7 @@ class DataDAM(MatchingGenerator):
     def match(self, net, real, real_y, syn, syn_y) -> torch.Tensor:
         r = self.embed_real(lambda x: self._features(net, x), real)
         s = self._features(net, syn)
-        k = self.data.num_classes
+        k = self.num_local
         loss = datadam_loss(
             list(r[:-1]), r[-1], real_y, list(s[:-1]), s[-1], syn_y, k, self.config.lam
         )

@@ -70,4 +70,4 @@ class DistributionMatching(MatchingGenerator):
         syn_y: torch.Tensor,
     ) -> torch.Tensor:
         real_emb = self.embed_real(net.embed, real)
-        return dm_loss(real_emb, real_y, net.embed(syn), syn_y, self.data.num_classes)
+        return dm_loss(real_emb, real_y, net.embed(syn), syn_y, self.num_local)

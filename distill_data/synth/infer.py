@@ -90,6 +90,7 @@ class INFER(BatchedInversion):
     needs_real = True
     samples_real = True
     supports_count = False
+    sorted_by_class = True
 
     @property
     def temperature(self) -> float:
@@ -167,7 +168,8 @@ class INFER(BatchedInversion):
     @torch.no_grad()
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = self.data.num_classes
-        parts = [self.real[g].cpu() for g in range(self.groups)]
+        # the real images once (rank 0's part under torchrun), then this rank's batches
+        parts = [self.real[g].cpu() for g in range(self.groups)] if self.dist.main else []
         parts += [
             torch.maximum(torch.minimum(x.to(self.device), self.hi), self.lo).cpu()
             for x in self.done

@@ -1,15 +1,29 @@
 """Shared loop of teacher-inversion generators that make images in independent batches
-(ZeroQ, Genie): per-batch set-up, the step → batch dispatch, finished batches, labels
-from the teacher's predictions, and resumable state."""
+(ZeroQ, Genie, SRe2L, INFER): per-batch set-up, the step → batch dispatch, finished
+batches, labels from the teacher's predictions, and resumable state.
+
+Every batch draws from its own ``torch.Generator``, seeded from (seed, batch index)
+(:func:`batch_seed`), so a batch's images do not depend on which batches ran before it
+in the same process: under torchrun each rank makes its own block of batches and the
+gathered set equals a one-process build's. (Until 3 Dec 2026 one generator ran through
+all batches in turn; sets built before then differ from today's for the same seed.)"""
 
 from __future__ import annotations
 
 import abc
+import hashlib
 from typing import Any, ClassVar
 
 import torch
 
 from distill_data.synth.base import Generator
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch`` of a build seeded ``seed`` (a hash: neighbouring
+    seeds and batches get unrelated streams)."""
+    digest = hashlib.sha256(f"distill-data batch {seed} {batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class BatchedInversion(Generator):
@@ -29,14 +43,21 @@ class BatchedInversion(Generator):
     # ``iterations`` is per batch here: changing it on resume would remap finished steps
     resume_free = ("checkpoint_every",)
 
+    shard_by = "batch"
+
     def setup(self) -> None:
         self.teacher = self.teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.sizes = self.plan()
+        #: this rank's block of batches (all of them in one process)
+        self.mine = self.dist.shard(len(self.sizes))
         self.done: list[torch.Tensor] = []
-        self.batch = 0
-        self.start_batch(0)
+        self.batch = self.mine.start
+        self.begin_batch(self.batch)
+
+    def shard_units(self) -> int:
+        return len(self.plan())
 
     def plan(self) -> list[int]:
         """Batch sizes: full batches, the rest last; a lone remainder image joins the
@@ -49,7 +70,15 @@ class BatchedInversion(Generator):
         return sizes
 
     def total_steps(self) -> int:
+        return self.config.iterations * len(self.dist.shard(len(self.plan())))
+
+    def build_steps(self) -> int:
         return self.config.iterations * len(self.plan())
+
+    def begin_batch(self, b: int) -> None:
+        """Batch ``b``'s own random stream, then the method's :meth:`start_batch`."""
+        self.rng = torch.Generator().manual_seed(batch_seed(self.seed, b))
+        self.start_batch(b)
 
     @abc.abstractmethod
     def start_batch(self, b: int) -> None:
@@ -77,11 +106,11 @@ class BatchedInversion(Generator):
         """Inverse of :meth:`batch_state`."""
 
     def step(self, iteration: int) -> float:
-        b = iteration // self.config.iterations
+        b = self.mine.start + iteration // self.config.iterations
         if b != self.batch:
             self._finish_batch()
             self.batch = b
-            self.start_batch(b)
+            self.begin_batch(b)
         loss = self.loss(self.images())
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -96,7 +125,7 @@ class BatchedInversion(Generator):
 
     @torch.no_grad()
     def _finish_batch(self) -> None:
-        if len(self.done) == self.batch:
+        if len(self.done) == self.batch - self.mine.start:
             self.done.append(self.images().detach().cpu().clone())
 
     @torch.no_grad()
@@ -123,21 +152,23 @@ class BatchedInversion(Generator):
         """Batch ``state['batch']``'s learnable state, and one finished batch of the
         planned size per entry of ``done`` (shapes only: meta tensors)."""
         b, done = state.get("batch"), state.get("done")
-        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < len(self.sizes):
+        if isinstance(b, bool) or not isinstance(b, int) or b not in self.mine:
             raise ValueError(f"state['batch'] = {b!r} is not a batch of this build")
-        if not isinstance(done, list) or len(done) not in (b, b + 1):
-            raise ValueError(f"state['done'] does not hold the {b} batches finished before")
-        self.start_batch(b)
+        before = b - self.mine.start
+        if not isinstance(done, list) or len(done) not in (before, before + 1):
+            raise ValueError(f"state['done'] does not hold the {before} batches finished before")
+        self.begin_batch(b)
         template = self.state_dict()
         shape = tuple(self.images().shape[1:])
         template["done"] = [
-            torch.empty(self.sizes[i], *shape, device="meta") for i in range(len(done))
+            torch.empty(self.sizes[self.mine.start + i], *shape, device="meta")
+            for i in range(len(done))
         ]
         return template
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batch = int(state["batch"])
-        self.start_batch(self.batch)
+        self.begin_batch(self.batch)
         self.done = list(state["done"])
         self.load_batch_state(state["learn"])
         for o, s in zip(self.optimizers, state["optimizers"]):

@@ -19,6 +19,7 @@ from torch import nn
 
 from distill_data.augment import DSA, AugParams, strategy_for
 from distill_data.config import require
+from distill_data.errors import ConfigError
 from distill_data.models import MODELS, build_model
 from distill_data.runtime import to_device
 from distill_data.synth.base import Generator, GeneratorConfig
@@ -133,15 +134,26 @@ class MatchingGenerator(Generator):
 
     def setup(self) -> None:
         d, cfg = self.data, self.config
-        k, ipc = d.num_classes, self.ipc
-        self.labels = torch.arange(k).repeat_interleave(ipc)
+        ipc = self.ipc
+        #: this rank's classes (all in one process); losses see local labels 0..n-1
+        self.classes = self.my_classes()
+        self.num_local = len(self.classes)
+        if self.dist.active:
+            self._refuse_batchnorm()
+        self.labels = torch.tensor(list(self.classes)).repeat_interleave(ipc)
+        # every rank makes every class's draws, in class order, and keeps its own: the
+        # random stream, and so the images, are those of a one-process build
+        inits = []
+        for c, idx in enumerate(d.indices_per_class()):
+            if cfg.init == "real":
+                init = idx[torch.randperm(len(idx), generator=self.rng)[:ipc]]
+            else:
+                init = torch.randn((ipc, d.channels, *d.im_size), generator=self.rng)
+            if c in self.classes:
+                inits.append(init)
+        init = torch.cat(inits)
         if cfg.init == "real":
-            idx = torch.cat(
-                [i[torch.randperm(len(i), generator=self.rng)[:ipc]] for i in d.indices_per_class()]
-            )
-            init = d.normalize(d.x_train[idx])
-        else:
-            init = torch.randn((k * ipc, d.channels, *d.im_size), generator=self.rng)
+            init = d.normalize(d.x_train[init])
         self.images = init.to(self.device).clone().requires_grad_(True)
         strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else strategy_for(d.is_digits)
         strategy = strategy if cfg.dsa else "none"
@@ -151,10 +163,27 @@ class MatchingGenerator(Generator):
         if cfg.fyi:
             strategy = "_".join(g for g in strategy.split("_") if g != "flip") or "none"
         self.dsa = DSA(strategy, batchmode=batchmode)
-        # Real training images, normalised once, on the device (grad never needed).
-        self.real = d.normalize(d.x_train).to(self.device)
+        # Real training images of this rank's classes, normalised once, on the device
+        # (grad never needed); ``_row`` maps a training index to its row there.
         self.real_by_class = d.indices_per_class()
+        mine = torch.cat([self.real_by_class[c] for c in self.classes])
+        self.real = d.normalize(d.x_train[mine]).to(self.device)
+        self._row = torch.full((len(d.x_train),), -1, dtype=torch.long)
+        self._row[mine] = torch.arange(len(mine))
         self.optimizers = self.make_optimizers()
+
+    def _refuse_batchnorm(self) -> None:
+        """Train-mode BatchNorm normalises over every class's images at once, so a class
+        shard cannot compute its part alone."""
+        d, cfg = self.data, self.config
+        with torch.random.fork_rng(devices=[]):
+            probe = build_model(cfg.model, d.channels, d.num_classes, d.im_size, **net_options(cfg))
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
+            raise ConfigError(
+                f"model {cfg.model!r} has BatchNorm, whose batch statistics mix every "
+                "class's images, so its classes cannot be split over processes; use a "
+                "per-sample-normalised model (convnet) or run one process"
+            )
 
     @abc.abstractmethod
     def make_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -191,7 +220,9 @@ class MatchingGenerator(Generator):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real and synthetic batches of all classes with one siamese DSA draw per class.
 
-        Returns ``(real_x, real_y, syn_x, syn_y)``; rows are grouped by class.
+        Returns ``(real_x, real_y, syn_x, syn_y)``; rows are grouped by class, labels
+        are local (0 .. ``num_local`` − 1 over this rank's classes; add
+        ``self.classes.start`` for the dataset's class index).
 
         All random draws come from ``self.rng`` on the host, class by class (real pick,
         then each DSA draw); then everything one iteration needs on the device goes over
@@ -203,11 +234,13 @@ class MatchingGenerator(Generator):
         dsas = [d for d in (self.flip, self.dsa) if d is not None and d.enabled]
         n_syn = self.ipc * (2 if cfg.fyi else 1)
         picks, draws = [], []
-        for idx in self.real_by_class:
+        for c, idx in enumerate(self.real_by_class):  # every class's draws, as one process
             pick = idx[torch.randperm(len(idx), generator=self.rng)[: cfg.batch_real]]
-            picks.append(pick)
             n = max(len(pick), n_syn)
-            draws.append([d.sample(n, h, w, generator=self.rng) for d in dsas])
+            draw = [d.sample(n, h, w, generator=self.rng) for d in dsas]
+            if c in self.classes:
+                picks.append(self._row[pick])
+                draws.append(draw)
         real_y = torch.arange(len(picks)).repeat_interleave(torch.tensor([len(p) for p in picks]))
         syn_y = torch.arange(len(picks)).repeat_interleave(n_syn)
         host = [torch.cat(picks), real_y, syn_y]

@@ -285,6 +285,11 @@ def feature_pool(
     return pool
 
 
+def _cpu_pool(pool: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """A pool's state dicts on the CPU (to travel between ranks)."""
+    return [tuple({k: v.cpu() for k, v in sd.items()} for sd in pair) for pair in pool]
+
+
 @GENERATORS.register("ncfm", "NCFM: characteristic-function matching (CVPR 2025)")
 class NCFM(MatchingGenerator):
     """Wang et al., CVPR 2025: minimise the characteristic function discrepancy of
@@ -296,7 +301,10 @@ class NCFM(MatchingGenerator):
 
     def setup(self) -> None:
         cfg, d = self.config, self.data
-        pool = feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet)
+        # under torchrun each rank trains its block of the pool; all ranks get all of it
+        members = self.dist.shard(cfg.pool_size) if self.dist.active else None
+        mine = feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet, members=members)
+        pool = [pair for part in self.dist.all_gather(_cpu_pool(mine)) for pair in part]
         # on the device once: blending then never crosses between host and device
         self.pool = [
             tuple({k: v.to(self.device) for k, v in sd.items()} for sd in pair) for pair in pool
@@ -345,12 +353,23 @@ class NCFM(MatchingGenerator):
         self._calib_net = nets[1]
         return nets[0]
 
+    _t_split: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def frequencies(self) -> torch.Tensor:
         cfg = self.config
         n = cfg.num_freqs if self.sampler is None else cfg.sampler_freqs
         noise = torch.randn((n, self.feat_dim), generator=self.rng)
         noise = to_device([noise], self.device)[0]
-        return noise if self.sampler is None else self.sampler(noise)
+        if self.sampler is None:
+            return noise
+        t = self.sampler(noise)
+        if not self.dist.active:
+            return t
+        # the sampler ascends the CFD summed over every rank's classes: the loss here
+        # sees a detached copy, whose gradient is summed over ranks in after_backward
+        leaf = t.detach().requires_grad_(True)
+        self._t_split = (t, leaf)
+        return leaf
 
     def match(self, net, real, real_y, syn, syn_y) -> torch.Tensor:
         cfg = self.config
@@ -358,13 +377,13 @@ class NCFM(MatchingGenerator):
         syn_f = F.normalize(net.embed(syn), dim=1)
         t = self.frequencies()
         loss = cfg.loss_scale * cf_discrepancy(
-            real_f, real_y, syn_f, syn_y, t, self.data.num_classes, cfg.alpha, cfg.beta
+            real_f, real_y, syn_f, syn_y, t, self.num_local, cfg.alpha, cfg.beta
         )
         if cfg.calib_weight > 0:
             # Σ_c mean CE over class c's images: the official per-class calibration steps,
-            # each as heavy as that class's CFD term
-            ce = F.cross_entropy(self._calib_net(syn), syn_y, reduction="sum")
-            loss = loss + cfg.calib_weight * ce / (len(syn_y) / self.data.num_classes)
+            # each as heavy as that class's CFD term (the classifier sees dataset labels)
+            ce = F.cross_entropy(self._calib_net(syn), syn_y + self.classes.start, reduction="sum")
+            loss = loss + cfg.calib_weight * ce / (len(syn_y) / self.num_local)
         return loss
 
     def step(self, iteration: int) -> float:
@@ -376,6 +395,11 @@ class NCFM(MatchingGenerator):
 
     def after_backward(self) -> None:
         """Min-max: the sampling network ascends the discrepancy the pixels descend."""
+        if self._t_split is not None:  # one all-reduce of dCFD/dt, then ψ's backward
+            t, leaf = self._t_split
+            self._t_split = None
+            grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+            t.backward(self.dist.all_reduce_(grad))
         if self.sampler is not None:
             for p in self.sampler.parameters():
                 if p.grad is not None:

@@ -138,6 +138,7 @@ class SRe2L(BatchedInversion):
     Config = SRe2LConfig
     config: SRe2LConfig
     supports_count = False
+    sorted_by_class = True
 
     @property
     def temperature(self) -> float:
@@ -189,11 +190,13 @@ class SRe2L(BatchedInversion):
     @torch.no_grad()
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         parts = list(self.done)
-        if len(parts) == self.batch:  # called before the last batch finished
+        first = self.mine.start
+        if len(parts) == self.batch - first:  # called before the last batch finished
             parts.append(self.x.detach().cpu())
         images = torch.cat(parts)
         k = self.data.num_classes
-        labels = torch.cat([torch.arange(k).repeat(n // k) for n in self.sizes[: len(parts)]])
+        sizes = self.sizes[first : first + len(parts)]
+        labels = torch.cat([torch.arange(k).repeat(n // k) for n in sizes])
         soft = torch.cat(
             [
                 self.teacher(images[i : i + 256].to(self.device)).cpu()

@@ -9,6 +9,7 @@ and the student trainer.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from distill_data.augment import (
     strategy_for,
 )
 from distill_data.data import ImageSpace
+from distill_data.dist import ONE, Dist
 from distill_data.errors import DivergedError
 from distill_data.train.losses import DEFAULT_TEMPERATURES, kd_loss
 from distill_data.train.recipe import TrainRecipe
@@ -151,6 +153,7 @@ def fit(
     epoch_start: Any = None,
     epoch_end: Any = None,
     resume: FitState | None = None,
+    group: Dist = ONE,
 ) -> nn.Module:
     """Train ``model`` in place on ``data`` as ``recipe`` says; the one training loop.
 
@@ -176,6 +179,15 @@ def fit(
     :class:`FitState` (e.g. a checkpoint), and ``resume`` to continue from such a state:
     the result equals an uninterrupted run's.
 
+    ``group`` (under torchrun): data-parallel training of one model with
+    DistributedDataParallel. Every rank draws the same permutation, augmentation and
+    mixing for the whole batch (the one-process draws), keeps its block of the batch's
+    rows, and weights its loss by its share of the rows, so the averaged gradient is
+    the one-process batch gradient up to summation order. BatchNorm normalises each
+    rank's rows with their own statistics (DDP's behaviour: a rank's block is a smaller
+    batch); floating-point buffers (running statistics, activation ranges) are averaged
+    over ranks after every epoch, so every rank ends with the same model.
+
     Raises:
         DivergedError: a loss was NaN or infinite (checked at the end of every epoch);
             callers add which of their settings to change.
@@ -192,7 +204,7 @@ def fit(
     dsa, pipeline = (DSA("none"), augment) if augment else augmentation(recipe, data.space)
     temperature = resolve_temperature(recipe, data)
     opt = make_optimizer(model, recipe, params)
-    base_lrs = [group["lr"] for group in opt.param_groups]
+    base_lrs = [pg["lr"] for pg in opt.param_groups]
     mix_rng = (
         np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         if recipe.mix != "none"
@@ -205,6 +217,7 @@ def fit(
         if mix_rng is not None:
             mix_rng.bit_generator.state = resume.mix_rng
         start = resume.epoch
+    net = model if not group.active else _data_parallel(model, device)
     x_all, y_all = data.images.to(device), data.labels.to(device)
     soft = None if data.soft is None else data.soft.to(device)
     n = len(x_all)
@@ -212,8 +225,8 @@ def fit(
     # per epoch instead of one per step, and a diverged run stops before it is used
     bad_steps = torch.zeros((), dtype=torch.int64, device=device)
     for ep in range(start, recipe.epochs):
-        for group, base in zip(opt.param_groups, base_lrs):
-            group["lr"] = epoch_lr(recipe, base, ep)
+        for pg, base in zip(opt.param_groups, base_lrs):
+            pg["lr"] = epoch_lr(recipe, base, ep)
         model.train()
         if epoch_start is not None:  # after train(): the hook may put modules in eval mode
             epoch_start(ep)
@@ -234,7 +247,12 @@ def fit(
                 x = apply_mix(x, mix)
                 if target is not None:
                     target = mix_targets(target, mix)
-            out = model(x)
+            share = 1.0
+            if group.active:  # this rank's rows of the one-process batch
+                rows, share = batch_share(len(x), group)
+                x, y = x[rows], y[rows]
+                target = None if target is None else target[rows]
+            out = net(x)
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(x)
@@ -242,9 +260,12 @@ def fit(
             if aux_loss is not None:
                 loss = loss + aux_loss()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if share != 1.0 else loss).backward()
             opt.step()
             bad_steps += ~torch.isfinite(loss.detach())
+        if group.active:
+            bad_steps = group.all_reduce_(bad_steps)
+            _average_buffers(model, group)
         if int(bad_steps):
             raise DivergedError(
                 "training diverged: the loss became NaN or infinite in epoch "
@@ -263,3 +284,32 @@ def fit(
                 ),
             )
     return model
+
+
+def batch_share(n: int, group: Dist) -> tuple[slice, float]:
+    """This rank's rows of a batch of ``n`` and the weight of its mean loss
+    (``world × rows / n``: DDP averages the ranks' gradients, so the result is the
+    gradient of the batch mean). A batch smaller than the group is taken whole by every
+    rank (weight 1: the average of equal gradients is that gradient)."""
+    if n < group.world:
+        return slice(0, n), 1.0
+    rows = group.shard(n)
+    return slice(rows.start, rows.stop), group.world * len(rows) / n
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` under DistributedDataParallel (rank 0's weights broadcast at the start;
+    buffers are averaged per epoch by :func:`fit`, not broadcast per step)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device] if device.type == "cuda" else None
+    params = inspect.signature(DistributedDataParallel).parameters
+    sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=ids, **{sync: False})
+
+
+@torch.no_grad()
+def _average_buffers(model: nn.Module, group: Dist) -> None:
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            group.all_reduce_(buf).div_(group.world)

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from distill_data.config import require
 from distill_data.data import RealDataset
+from distill_data.dist import ONE, Dist, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
 from distill_data.models import MODELS, build_model, nonfinite_tensors, save_model
 from distill_data.quant.qat import (
@@ -273,10 +274,15 @@ def train_student(
     quiet: bool = False,
     resume: bool = False,
     log: Any = None,
+    group: Dist = ONE,
 ) -> dict:
     """Train a student on ``train`` as ``cfg`` and ``recipe`` say, save it to ``out``
     (a quantized student file, or a network file when not quantized) and return the
     report (see the module docstring). Resumable from ``out``'s checkpoint.
+
+    Under torchrun (``group``) the one student trains data-parallel (see
+    :func:`~distill_data.train.fit`); rank 0 writes the checkpoints and the file, and
+    every rank returns the report.
 
     Raises:
         ConfigError: a data-free set without a teacher, ``init="teacher"`` without one,
@@ -337,8 +343,10 @@ def train_student(
         "teachers": len(teachers),
     }
     state = None
-    if resume and ckpt.exists():
-        payload = load_checkpoint(ckpt)
+    if resume and group.broadcast(ckpt.exists() if group.main else None):
+        payload = group.broadcast(
+            together(group, lambda: load_checkpoint(ckpt) if group.main else None)
+        )
         if payload.get("signature") != signature:
             raise ConfigError(
                 f"checkpoint {ckpt} was made with other settings; rerun without "
@@ -384,6 +392,9 @@ def train_student(
             frozen["observers"] = True
 
     def epoch_end(ep: int, fit_state: FitState) -> None:
+        together(group, lambda: save(ep, fit_state) if group.main else None)
+
+    def save(ep: int, fit_state: FitState) -> None:
         if ep + 1 < recipe.epochs:
             save_checkpoint(
                 ckpt,
@@ -403,7 +414,7 @@ def train_student(
             initial=start_epoch,
             desc=f"student {cfg.model if cfg.init == 'scratch' else 'from teacher'}"
             + ("" if spec is None else f" {spec.method} {spec.tag}"),
-            disable=quiet,
+            disable=quiet or not group.main,
             dynamic_ncols=True,
         ) as bar:
             fit(
@@ -418,6 +429,7 @@ def train_student(
                 epoch_start=epoch_start,
                 epoch_end=epoch_end,
                 resume=state,
+                group=group,
             )
     except DivergedError as e:
         raise DivergedError(
@@ -427,77 +439,83 @@ def train_student(
         remove_hooks()
     seconds = time.perf_counter() - t0
     epochs_run = recipe.epochs - start_epoch
-    student.eval()
-    bad = nonfinite_tensors(student)
-    if bad:
-        raise DivergedError(f"the student's {', '.join(bad[:3])} became NaN; lower the lr")
-    logits = test_logits(student, data, device)
-    report: dict = {
-        "student": {
-            "model": student.arch,
-            "config": {k: v for k, v in student.config.items() if k != "im_size"},
-            "parameters": float_params,
-        },
-        "data": {"source": train.source, "images": len(train.images), **train.extra},
-        "loss": _loss_note(recipe, len(teachers), train),
-        "test_accuracy": _top1(logits, data),
-        "train_seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(1, epochs_run), 3),
-        "epochs": recipe.epochs,
-    }
-    if teachers:
-        t_logits = test_logits(teacher, data, device)
-        report["teacher"] = {
-            "count": len(teachers),
-            "test_accuracy": _top1(t_logits, data),
-            "parameters": sum(_params(t) for t in teachers),
-        }
-    meta = {
-        "dataset": data.name,
-        "dataset_source": data.source,
-        "dataset_fingerprint": data.fingerprint,
-        "input_shape": [data.channels, *data.im_size],
-        "classes": list(data.classes),
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "test_accuracy": report["test_accuracy"],
-        "student_config": asdict(cfg),
-        "train_recipe": asdict(recipe),
-        **({"teacher": teacher_meta} if teacher_meta else {}),
-    }
-    if spec is None:
-        save_model(student.cpu(), out, meta=meta)
-        tensors = sum(t.numel() * t.element_size() for t in student.state_dict().values())
-        report["file_bytes"] = out.stat().st_size
-        report["payload_bytes"] = tensors
-        report["fp32_bytes"] = 4 * float_params
-    else:
-        from distill_data.quant.student import load_student, save_student, student_summary
 
-        with float_mode(student):
-            report["float_test_accuracy"] = _top1(test_logits(student, data, device), data)
-        report["quant"] = {**asdict(spec), "layers": weight_bits_report(student)}
-        if allocation is not None:
-            report["quant"]["points_allocation"] = allocation
-        payload = save_student(student.cpu(), spec, out, meta=meta)
-        summary = student_summary(payload)
-        loaded, _ = load_student(out)
-        again = test_logits(loaded.to(device), data, device)
-        report["integer_student"] = {
-            "file": str(out),
-            "file_bytes": out.stat().st_size,
-            "payload_bytes": summary["bytes"],
-            # the float student's parameters before quantization (and folding), as for
-            # the float runs, so every row of a comparison has the same baseline
-            "fp32_bytes": 4 * float_params,
-            "compression": round(4 * float_params / summary["bytes"], 3),
-            "test_accuracy": _top1(again, data),
-            "top1_agreement_with_fake_quant": 100.0
-            * float((again.argmax(1) == logits.argmax(1)).float().mean()),
-            "max_abs_logit_difference": float((again - logits).abs().max()),
+    def finish() -> dict | None:
+        if not group.main:  # rank 0 tests, saves and reports
+            return None
+        student.eval()
+        bad = nonfinite_tensors(student)
+        if bad:
+            raise DivergedError(f"the student's {', '.join(bad[:3])} became NaN; lower the lr")
+        logits = test_logits(student, data, device)
+        report: dict = {
+            "student": {
+                "model": student.arch,
+                "config": {k: v for k, v in student.config.items() if k != "im_size"},
+                "parameters": float_params,
+            },
+            "data": {"source": train.source, "images": len(train.images), **train.extra},
+            "loss": _loss_note(recipe, len(teachers), train),
+            "test_accuracy": _top1(logits, data),
+            "train_seconds": round(seconds, 2),
+            "seconds_per_epoch": round(seconds / max(1, epochs_run), 3),
+            "epochs": recipe.epochs,
         }
-    ckpt.unlink(missing_ok=True)
-    return report
+        if teachers:
+            t_logits = test_logits(teacher, data, device)
+            report["teacher"] = {
+                "count": len(teachers),
+                "test_accuracy": _top1(t_logits, data),
+                "parameters": sum(_params(t) for t in teachers),
+            }
+        meta = {
+            "dataset": data.name,
+            "dataset_source": data.source,
+            "dataset_fingerprint": data.fingerprint,
+            "input_shape": [data.channels, *data.im_size],
+            "classes": list(data.classes),
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "test_accuracy": report["test_accuracy"],
+            "student_config": asdict(cfg),
+            "train_recipe": asdict(recipe),
+            **({"teacher": teacher_meta} if teacher_meta else {}),
+        }
+        if spec is None:
+            save_model(student.cpu(), out, meta=meta)
+            tensors = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+            report["file_bytes"] = out.stat().st_size
+            report["payload_bytes"] = tensors
+            report["fp32_bytes"] = 4 * float_params
+        else:
+            from distill_data.quant.student import load_student, save_student, student_summary
+
+            with float_mode(student):
+                report["float_test_accuracy"] = _top1(test_logits(student, data, device), data)
+            report["quant"] = {**asdict(spec), "layers": weight_bits_report(student)}
+            if allocation is not None:
+                report["quant"]["points_allocation"] = allocation
+            payload = save_student(student.cpu(), spec, out, meta=meta)
+            summary = student_summary(payload)
+            loaded, _ = load_student(out)
+            again = test_logits(loaded.to(device), data, device)
+            report["integer_student"] = {
+                "file": str(out),
+                "file_bytes": out.stat().st_size,
+                "payload_bytes": summary["bytes"],
+                # the float student's parameters before quantization (and folding), as for
+                # the float runs, so every row of a comparison has the same baseline
+                "fp32_bytes": 4 * float_params,
+                "compression": round(4 * float_params / summary["bytes"], 3),
+                "test_accuracy": _top1(again, data),
+                "top1_agreement_with_fake_quant": 100.0
+                * float((again.argmax(1) == logits.argmax(1)).float().mean()),
+                "max_abs_logit_difference": float((again - logits).abs().max()),
+            }
+        ckpt.unlink(missing_ok=True)
+        return report
+
+    return group.broadcast(together(group, finish))
 
 
 def teacher_of(teachers: list[nn.Module]) -> nn.Module | None:

@@ -1,0 +1,324 @@
+"""Builds under torchrun (two gloo ranks on this machine) equal one-process builds.
+
+One torchrun job builds a set with every kind of generator (matching: split by class;
+coresets: by class; teacher-driven: by batch) through the Python API; each is compared
+with the same build made here in one process (one thread, as torchrun gives each rank).
+Bitwise equality is asserted wherever the arithmetic is the same; NCFM's sampling
+network sums its gradient over ranks, so its images are held to a stated tolerance.
+The CLI is run under torchrun for the resume-after-a-killed-rank path and the error
+paths: ranks started with different settings, a rank that fails, and a checkpoint
+resumed with another number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import write_npz
+
+import distill_data as dd
+
+TINY = {"width": 8, "batch_real": 8}
+NCFM = {**TINY, "pool_size": 3, "pretrain_epochs": 1}
+#: name: (method, ipc, count, options, needs teacher, two teachers)
+JOBS = {
+    "dm": ("dm", 2, None, {**TINY, "iterations": 3}),
+    "dm_fyi": ("dm+fyi", 2, None, {**TINY, "iterations": 2}),
+    "datadam": ("datadam", 2, None, {**TINY, "iterations": 2}),
+    "ncfm": ("ncfm", 2, None, {**NCFM, "iterations": 2}),
+    "ncfm_sampler": ("ncfm", 2, None, {**NCFM, "iterations": 3, "frequencies": "sampler"}),
+    "random": ("random", 2, None, {}),
+    "herding": ("herding", 2, None, {}),
+    "kcenter": ("kcenter", 2, None, {}),
+    "zeroq": ("zeroq", None, 10, {"batch_size": 4, "iterations": 2}),
+    "genie": ("genie", None, 10, {"batch_size": 4, "iterations": 2}),
+    "sre2l": ("sre2l", 3, None, {"iterations": 2}),
+    "infer": ("infer", 6, None, {"iterations": 2}),
+}
+#: the only build whose ranks add floating-point parts (the sampler's gradient)
+TOLERANCE = {"ncfm_sampler": 1e-3}
+
+DRIVER = """
+import json, sys
+import distill_data as dd
+jobs, npz, teacher, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+for name, (method, ipc, count, opts) in jobs.items():
+    teachers = None
+    if method in ("zeroq", "genie", "sre2l"):
+        teachers = [teacher]
+    if method == "infer":
+        teachers = [teacher, teacher]
+    dataset = None if count else npz
+    options = dict(opts, cache_dir=out + "/pool") if method == "ncfm" else dict(opts)
+    dd.build(dataset, method, ipc, f"{out}/{name}.h5", count=count, teacher=teachers,
+             options=options, quiet=True)
+dd.dist.leave(0)  # a script's way out of a torchrun job (see distill_data.dist.leave)
+"""
+
+
+def torchrun(args: list[str], nproc: int = 2, **kw) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=nproc ARGS`` (a free port each time)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={nproc}", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+    if res.returncode and os.environ.get("DD_DEBUG_LOG"):
+        with open(os.environ["DD_DEBUG_LOG"], "a") as f:
+            f.write(res.stderr + "\n=====\n")
+    return res
+
+
+def ours(stderr: str) -> list[str]:
+    """stderr without torchrun's own warnings and failure summary."""
+    return [ln for ln in stderr.splitlines() if ln.startswith(("error", "[rank", "note"))]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("torchrun")
+    npz = write_npz(tmp / "d.npz", classes=4, n_train=12, n_test=4, seed=1)
+    teacher = tmp / "t.pt"
+    dd.teacher(str(npz), teacher, model="convnet_bn", epochs=1, width=8, quiet=True)
+    return tmp, npz, teacher
+
+
+@pytest.fixture(scope="module")
+def two_rank_sets(files):
+    tmp, npz, teacher = files
+    out = tmp / "two"
+    out.mkdir()
+    driver = tmp / "driver.py"
+    driver.write_text(textwrap.dedent(DRIVER))
+    import json
+
+    res = torchrun([str(driver), json.dumps(JOBS), str(npz), str(teacher), str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def one_process(files, name: str, out: Path) -> Path:
+    tmp, npz, teacher = files
+    method, ipc, count, opts = JOBS[name]
+    teachers = {"infer": [teacher, teacher]}.get(method, [teacher])
+    needs_teacher = method in ("zeroq", "genie", "sre2l", "infer")
+    opts = dict(opts, cache_dir=str(tmp / "two" / "pool")) if method == "ncfm" else opts
+    dd.build(
+        None if count else str(npz),
+        method,
+        ipc,
+        out,
+        count=count,
+        teacher=teachers if needs_teacher else None,
+        options=opts,
+        quiet=True,
+    )
+    return out
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in ("images", "labels", "soft_labels") if k in f}
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_two_ranks_make_the_one_process_set(files, two_rank_sets, tmp_path, name):
+    two = read(two_rank_sets / f"{name}.h5")
+    one = read(one_process(files, name, tmp_path / "one.h5"))
+    assert two.keys() == one.keys()
+    np.testing.assert_array_equal(two["labels"], one["labels"])
+    tol = TOLERANCE.get(name, 0.0)
+    for key in ("images", "soft_labels"):
+        if key in one:
+            assert two[key].shape == one[key].shape
+            diff = float(np.abs(two[key] - one[key]).max())
+            assert diff <= tol, f"{name} {key}: max |difference| {diff} > {tol}"
+    with h5py.File(two_rank_sets / f"{name}.h5", "r") as a, h5py.File(tmp_path / "one.h5") as b:
+        assert a.attrs["iterations"] == b.attrs["iterations"]
+
+
+def build_args(npz: Path, out: Path, *extra: str) -> list[str]:
+    """``-m distill_data build`` of a tiny DM set (the first two items are the module)."""
+    sets = [item for k, v in TINY.items() for item in ("--set", f"{k}={v}")]
+    args = ["-m", "distill_data", "build", "--dataset", str(npz), "--method", "dm"]
+    return [*args, "--ipc", "2", "--out", str(out), "-q", *sets, *extra]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        kids += [int(k) for k in text]
+    return kids
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_killed_rank_resumes_from_the_checkpoint(files, tmp_path):
+    _, npz, _ = files
+    out = tmp_path / "set.h5"
+    ckpt = Path(str(out) + ".ckpt.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += build_args(npz, out, "--iterations", "100000", "--set", "checkpoint_every=3")
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not ckpt.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert ckpt.exists(), "no checkpoint appeared"
+        victims = [p for p in _children(job.pid) if _rank_of(p) == 1]
+        assert victims, "rank 1 not found"
+        os.kill(victims[0], signal.SIGKILL)
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert not out.exists()  # nothing half-written
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["world_size"] == 2 and len(saved["ranks"]) == 2
+    stop = saved["iteration"] + 2
+
+    # the checkpoint holds both ranks' states: one process cannot take it over
+    lone = subprocess.run(
+        [sys.executable, "-m", "distill_data", *build_args(npz, out, "--resume")[2:]],
+        capture_output=True,
+        text=True,
+    )
+    assert lone.returncode == 2
+    assert "written by 2 processes" in lone.stderr and "Traceback" not in lone.stderr
+    res = torchrun(build_args(npz, out, "--resume", "--iterations", str(stop)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not ckpt.exists()
+    ref = tmp_path / "ref.h5"
+    dd.build(str(npz), "dm", 2, ref, options={**TINY, "iterations": stop}, quiet=True)
+    np.testing.assert_array_equal(read(out)["images"], read(ref)["images"])
+
+
+def test_the_cli_says_it_once(files, tmp_path):
+    _, npz, _ = files
+    res = torchrun(build_args(npz, tmp_path / "s.h5", "--iterations", "2"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("wrote ") == 1
+
+
+ODD = """
+import os, sys
+from distill_data.cli import main
+args = sys.argv[1:]
+if os.environ["RANK"] == "1":
+    args += ["--seed", "5"]
+main(args)
+"""
+
+
+def test_ranks_started_differently_stop_with_one_line(files, tmp_path):
+    _, npz, _ = files
+    script = tmp_path / "odd.py"
+    script.write_text(ODD)
+    out = tmp_path / "s.h5"
+    res = torchrun([str(script), *build_args(npz, out, "--iterations", "2")[2:]])
+    assert res.returncode != 0
+    lines = ours(res.stderr)
+    assert len(lines) == 1, res.stderr
+    assert "rank 1 was started with other settings" in lines[0] and "seed" in lines[0]
+    assert not out.exists()
+
+
+FAIL = """
+import os, sys
+from distill_data.cli import main
+from distill_data.errors import StoreError
+from distill_data.synth.dm import DistributionMatching
+
+step = DistributionMatching.step
+def failing(self, it):
+    if os.environ["RANK"] == "1" and it == 1:
+        raise StoreError("disk trouble on rank 1")
+    return step(self, it)
+DistributionMatching.step = failing
+main(sys.argv[1:])
+"""
+
+
+def test_a_failing_rank_stops_every_rank_with_its_message(files, tmp_path):
+    _, npz, _ = files
+    script = tmp_path / "fail.py"
+    script.write_text(FAIL)
+    out = tmp_path / "s.h5"
+    res = torchrun([str(script), *build_args(npz, out, "--iterations", "4")[2:]])
+    assert res.returncode != 0
+    assert ours(res.stderr) == ["[rank 1] error: disk trouble on rank 1"], res.stderr
+    assert not out.exists() and not Path(str(out) + ".ckpt.pt").exists()
+
+
+def test_more_processes_than_batches_is_refused(files, tmp_path):
+    _, _, teacher = files
+    out = tmp_path / "z.h5"
+    args = ["-m", "distill_data", "build", "--method", "zeroq", "--teacher", str(teacher)]
+    args += ["--count", "4", "--set", "batch_size=4", "--iterations", "1", "--out", str(out)]
+    res = torchrun(args)
+    assert res.returncode != 0
+    lines = ours(res.stderr)
+    assert len(lines) == 1 and "2 processes but only 1 batch to" in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_evaluation_runs_shared_over_ranks_give_the_one_process_report(files, tmp_path):
+    tmp, npz, _ = files
+    store = tmp_path / "set.h5"
+    dd.build(str(npz), "random", 2, store, quiet=True)
+    args = [str(store), "--dataset", str(npz), "--runs", "3", "--epochs", "3"]
+    args += ["--set", "width=8", "--baseline", "random", "-q"]
+    res = torchrun(["-m", "distill_data", "eval", *args, "--json", str(tmp_path / "two.json")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("synthetic") == 1  # one report, from rank 0
+    import json
+
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = dd.evaluate(store, str(npz), runs=3, epochs=3, width=8, baselines=["random"], quiet=True)
+    assert two["processes"] == 2 and one["processes"] == 1
+    for key in ("synthetic", "random"):
+        assert two["results"][key]["accs"] == one["results"][key]["accs"]
+        assert two["results"][key]["test_losses"] == one["results"][key]["test_losses"]
+
+
+def test_a_student_trains_data_parallel_like_one_process(files, tmp_path):
+    _, npz, teacher = files
+    args = ["-d", str(npz), "--teacher", str(teacher), "--model", "convnet", "--epochs", "2"]
+    args += ["--set", "width=8", "--set", "batch_size=10", "-q"]
+    res = torchrun(["-m", "distill_data", "train", *args, "--out", str(tmp_path / "two.pt")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("student convnet") == 1
+    dd.train(
+        str(npz),
+        tmp_path / "one.pt",
+        teacher=str(teacher),
+        model="convnet",
+        width=8,
+        options={"batch_size": 10, "epochs": 2},
+        quiet=True,
+    )
+    two = torch.load(tmp_path / "two.pt", weights_only=True)["state_dict"]
+    one = torch.load(tmp_path / "one.pt", weights_only=True)["state_dict"]
+    assert two.keys() == one.keys()
+    for k in one:  # the batch gradient as a sum of two ranks' parts: rounding only
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5)
