@@ -5,8 +5,10 @@ milliseconds and peak CUDA memory of each; one JSON file in bench/results/.
 
     python bench/kernels.py            # needs a CUDA device and triton
 
-Only the fake-quantization kernels exist so far; the packed int4/int2 and int8 products
-of issue 17 come with their own rows.
+The packed weight-only products (a 4096 × 4096 weight as 4-bit per-channel codes and
+as 2-bit ``qd`` buckets of 256, times 64 and 1024 rows) and the int8 × int8 product run
+against their references (unpack + dequantize + matmul; int64 matmul for int8) in a
+second table: milliseconds, peak extra memory, and the weight bytes each reads.
 """
 
 from __future__ import annotations
@@ -74,6 +76,56 @@ def main() -> None:
         "kernels_fakequant_gpu",
         {"benchmark": "kernels", "device": torch.cuda.get_device_name(), "rows": rows},
     )
+    write_result(
+        "kernels_lowbit_gpu",
+        {"benchmark": "kernels-lowbit", "device": torch.cuda.get_device_name(),
+         "rows": lowbit_rows(dev)},
+    )  # fmt: skip
+
+
+def lowbit_rows(dev: torch.device) -> list[dict]:
+    """The packed products against their references, per case and batch of rows."""
+    from distill_data.kernels.lowbit import int8_linear, packed_linear
+    from distill_data.quant.pack import pack
+
+    n = k = 4096
+    g = torch.Generator().manual_seed(0)
+    int4 = pack(torch.randint(-8, 8, (n, k), generator=g), 4, True).to(dev)
+    scale = (torch.rand(n, generator=g) + 0.5).to(dev) / 100
+    int2 = pack(torch.randint(0, 4, (n * k,), generator=g), 2, False).to(dev)
+    buckets = n * k // 256
+    affine = {"alpha": torch.rand(buckets, device=dev), "beta": torch.randn(buckets, device=dev),
+              "bucket_size": 256}  # fmt: skip
+    wq = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8).to(dev)
+    rows = []
+    for m in (64, 1024):
+        x = torch.randn(m, k, device=dev)
+        xq = torch.randint(-127, 128, (m, k), dtype=torch.int8, device=dev)
+        xs, ws = torch.rand(m, device=dev), torch.rand(n, device=dev)
+        cases = {
+            "int4 per-channel": (
+                lambda b, x=x: packed_linear(x, int4, 4, n, k, scale, "per_channel", backend=b),
+                int4.numel(),
+            ),  # fmt: skip
+            "int2 qd buckets of 256": (
+                lambda b, x=x: packed_linear(x, int2, 2, n, k, None, "bucket", backend=b, **affine),
+                int2.numel(),
+            ),  # fmt: skip
+            "int8 x int8": (
+                lambda b, xq=xq, xs=xs, ws=ws: int8_linear(xq, wq, xs, ws, backend=b),
+                wq.numel(),
+            ),  # fmt: skip
+        }
+        for name, (fn, nbytes) in cases.items():
+            row = {"case": name, "m": m, "n": n, "k": k, "weight_bytes": nbytes}
+            for backend in ("torch", "triton"):
+                with torch.no_grad():
+                    ms, mib = _time(lambda fn=fn, b=backend: fn(b))
+                row[backend] = {"ms": round(ms, 4), "peak_extra_mib": round(mib, 1)}
+            row["speedup"] = round(row["torch"]["ms"] / row["triton"]["ms"], 2)
+            print(row, flush=True)
+            rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

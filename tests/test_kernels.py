@@ -184,3 +184,100 @@ def test_a_shipped_student_runs_through_the_packed_kernels(tiny_npz, tmp_path, q
     assert torch.allclose(a, b, atol=1e-4) and torch.equal(a.argmax(1), b.argmax(1))
     with pytest.raises(ConfigError, match="unknown kernels"):
         load_student(out, kernels="gpu")
+
+
+def _affine_case(kind, bits, n, k, bucket, seed):
+    """Unsigned codes with per-bucket α, β (and sorted points) over an (n, k) weight; the
+    weight as the student file dequantizes it."""
+    from distill_data.quant.fakequant import bucket_dequantize, nonuniform_dequantize
+    from distill_data.quant.pack import pack
+    from distill_data.quant.student import _bucket_codes
+
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (n * k,), generator=g)
+    codes[0], codes[-1] = 0, 2**bits - 1
+    size = n * k if n * k <= bucket else bucket
+    rows = -(-n * k // size)
+    alpha = torch.rand(rows, generator=g) + 0.2
+    beta = torch.randn(rows, generator=g) * 0.1
+    points = torch.rand(2**bits, generator=g) * 2 - 1
+    grid = _bucket_codes(codes, n * k, bucket)
+    if kind == "bucket":
+        w = bucket_dequantize(grid, alpha, beta, (n, k), bits)
+    else:
+        w = nonuniform_dequantize(grid, points, alpha, beta, (n, k))
+    affine = {"alpha": alpha, "beta": beta, "bucket_size": size}
+    if kind == "points":
+        affine["points"] = points
+    return pack(codes, bits, False), w, affine
+
+
+@pytest.mark.parametrize("kind", ["bucket", "points"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("m, n, k, bucket", [(3, 5, 7, 8), (9, 33, 70, 256), (4, 8, 40, 1000)])
+def test_bucket_and_points_weights_multiply_as_their_dequantized_weight(kind, bits, m, n, k,
+                                                                        bucket):  # fmt: skip
+    from distill_data.kernels.lowbit import packed_linear
+
+    packed, w, affine = _affine_case(kind, bits, n, k, bucket, seed=bits + n)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1))
+    want = x @ w.T
+    ref = packed_linear(x, packed, bits, n, k, None, kind, backend="torch", **affine)
+    out = packed_linear(x, packed, bits, n, k, None, kind, backend="triton", **affine)
+    assert torch.equal(ref, torch.nn.functional.linear(x, w))  # the same weight values
+    assert torch.allclose(out, want, rtol=1e-5, atol=1e-4)  # the sum in tiles
+    with pytest.raises(ConfigError, match="need alpha"):
+        packed_linear(x, packed, bits, n, k, None, kind, backend="torch")
+
+
+@pytest.mark.parametrize("kind, bits", [("per_channel", 2), ("per_tensor", 4), ("bucket", 2),
+                                        ("points", 4)])  # fmt: skip
+@pytest.mark.parametrize("groups", [2, 6])  # 6: depthwise, 9 codes a group (not byte-aligned)
+def test_grouped_convolutions_run_from_the_packed_codes(kind, bits, groups):
+    from distill_data.kernels.lowbit import packed_conv2d
+    from distill_data.quant.pack import code_range, pack
+
+    o, c, kh, kw = 6, 6 // groups, 3, 3
+    g = torch.Generator().manual_seed(groups + bits)
+    affine, scale = {}, None
+    if kind in ("bucket", "points"):
+        packed, w, affine = _affine_case(kind, bits, o, c * kh * kw, 16, seed=groups)
+        w = w.view(o, c, kh, kw)
+    else:
+        lo, hi = code_range(bits, True)
+        codes = torch.randint(lo, hi + 1, (o, c, kh, kw), generator=g)
+        scale = torch.rand(o if kind == "per_channel" else 1, generator=g) + 0.1
+        w = codes.float() * (scale.view(-1, 1, 1, 1) if kind == "per_channel" else scale)
+        packed = pack(codes, bits, True)
+    x = torch.randn(2, 6, 7, 9, generator=g)
+    bias = torch.randn(o, generator=g)
+    want = torch.nn.functional.conv2d(x, w, bias, stride=2, padding=1, groups=groups)
+    for backend in ("torch", "triton"):
+        y = packed_conv2d(x, packed, bits, (o, c, kh, kw), scale, kind, bias, stride=2,
+                          padding=1, backend=backend, groups=groups, **affine)  # fmt: skip
+        assert torch.allclose(y, want, atol=1e-4), backend
+    with pytest.raises(ConfigError, match="channels"):
+        packed_conv2d(x[:, :5], packed, bits, (o, c, kh, kw), scale, kind, groups=groups,
+                      **affine)  # fmt: skip
+
+
+@pytest.mark.parametrize("quant, bits", [("qd", "w2"), ("dq", "w4")])
+def test_bucket_and_points_students_run_from_their_codes(tiny_npz, tmp_path, quant, bits):
+    import distill_data as dd
+    from distill_data.data import load_dataset
+    from distill_data.quant.qat import quant_layers
+    from distill_data.quant.student import load_student
+
+    out = tmp_path / "s.pt"
+    dd.train(str(tiny_npz), out, quant=quant, bits=bits, width=4, options={"epochs": 1},
+             quiet=True)  # fmt: skip
+    ref, _ = load_student(out)
+    fast, _ = load_student(out, kernels="triton")
+    layers = quant_layers(fast)
+    assert all(getattr(q, "packed", None) for q in layers.values())
+    assert {q.packed["kind"] for q in layers.values()} >= {"bucket" if quant == "qd" else "points"}
+    data = load_dataset(str(tiny_npz))
+    x = data.normalize(data.x_test)
+    with torch.no_grad():
+        a, b = ref(x), fast(x)
+    assert torch.allclose(a, b, atol=1e-4) and torch.equal(a.argmax(1), b.argmax(1))

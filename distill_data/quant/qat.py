@@ -422,14 +422,17 @@ class QuantLayer(nn.Module):
         from distill_data.kernels.lowbit import packed_conv2d, packed_linear
 
         b = self.deployed_bias
+        dev = x.device
+        scale = None if p["scale"] is None else p["scale"].to(dev)
+        affine = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in p["affine"].items()}
         if isinstance(self.layer, nn.Conv2d):
             c = self.layer
-            return packed_conv2d(x, p["blob"].to(x.device), p["bits"], p["shape"],
-                                 p["scale"].to(x.device), p["kind"], b, c.stride, c.padding,
-                                 c.dilation, p["backend"])  # fmt: skip
+            return packed_conv2d(x, p["blob"].to(dev), p["bits"], p["shape"], scale, p["kind"],
+                                 b, c.stride, c.padding, c.dilation, p["backend"], c.groups,
+                                 **affine)  # fmt: skip
         n, k = p["shape"]
-        return packed_linear(x, p["blob"].to(x.device), p["bits"], n, k,
-                             p["scale"].to(x.device), p["kind"], b, p["backend"])  # fmt: skip
+        return packed_linear(x, p["blob"].to(dev), p["bits"], n, k, scale, p["kind"], b,
+                             p["backend"], **affine)  # fmt: skip
 
     def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if isinstance(self.layer, nn.Conv2d):

@@ -159,9 +159,9 @@ def load_student(path: str | os.PathLike, kernels: str = "torch") -> tuple[nn.Mo
 
     ``kernels``: ``torch`` computes each layer with its dequantized float weight;
     ``triton`` (or ``auto`` on CUDA) multiplies with the packed codes directly
-    (:mod:`distill_data.kernels.lowbit`) wherever a layer is a Linear or a groups = 1
-    convolution with per-channel or per-tensor scales at 2, 4 or 8 bits, the rest as
-    ``torch``.
+    (:mod:`distill_data.kernels.lowbit`) wherever a layer is a Linear or a convolution
+    (any groups) at 2, 4 or 8 bits, whatever its layout (per-channel or per-tensor
+    scales, ``qd``'s buckets, ``dq``'s points), the rest as ``torch``.
 
     Raises:
         StoreError: not a student file, a newer version, or contents that do not fit the
@@ -215,21 +215,32 @@ def deploy_payload(payload: dict, kernels: str = "torch") -> nn.Module:
             )
         _deploy(q, weight, stored["bias"], stored["act"])
         w = stored["weight"]
+        affine = w["kind"] in ("bucket", "points")
         packable = (
             kernels != "torch"
-            and w["kind"] in ("per_channel", "per_tensor")
             and w["bits"] in (2, 4, 8)
-            and w["signed"]
-            and (isinstance(q.layer, nn.Linear) or getattr(q.layer, "groups", 1) == 1)
+            and w["signed"] != affine  # scaled codes are signed, bucket codes unsigned
+            and isinstance(q.layer, (nn.Linear, nn.Conv2d))
+            and getattr(q.layer, "padding_mode", "zeros") == "zeros"  # im2col pads zeros
+            and not isinstance(getattr(q.layer, "padding", 0), str)
         )
         if packable:  # the packed product reads these instead of deployed_weight
+            numel, size = w["numel"], w.get("bucket_size")
             q.packed = {
                 "blob": w["packed"],
                 "bits": w["bits"],
-                "scale": w["scale"].float(),
+                "scale": w["scale"].float() if not affine else None,
                 "kind": w["kind"],
                 "shape": tuple(w["shape"]),
                 "backend": kernels,
+                "affine": {
+                    "alpha": w["alpha"].float(),
+                    "beta": w["beta"].float(),
+                    "points": w.get("points"),
+                    "bucket_size": numel if size is None or numel <= size else size,
+                }
+                if affine
+                else {},
             }
     return model.eval()
 
