@@ -265,12 +265,14 @@ SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,0
     "random": ([10, 50], {}),
     "herding": ([10, 50], {}),
     "dm": ([10], {"iterations": 200}),
-    "infer": ([10], {}),  # from the teacher (its defaults; soft labels unused: KD online)
+    "infer": ([10, 50], {}),  # from the teacher (its defaults; soft labels unused: KD online)
 }
 TEACHER_DRIVEN = ("infer", "sre2l")
 
 
-def stage_sets(teacher: str, seeds: list[int], epochs: int, methods: list[str]) -> None:
+def stage_sets(
+    teacher: str, seeds: list[int], epochs: int, methods: list[str], only_ipc: list[int] | None
+) -> None:
     """Students distilled from the teacher on stored condensed sets: the downstream use
     of a set (accuracy against the images it costs), float KD students of the ``student``
     recipe at ``epochs`` (one step per epoch on 100 images, so more epochs than on the
@@ -278,7 +280,7 @@ def stage_sets(teacher: str, seeds: list[int], epochs: int, methods: list[str]) 
     for method, (ipcs, opts) in SETS.items():
         if method not in methods:
             continue
-        for ipc in ipcs:
+        for ipc in ipcs if not only_ipc else [i for i in ipcs if i in only_ipc]:
             store = WORK / f"set_{method}_ipc{ipc}.h5"
             if not store.exists():
                 t0 = time.perf_counter()
@@ -320,6 +322,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--count", type=int, default=256, help="images of the zero-shot sets")
+    p.add_argument("--ipc", type=int, nargs="+", default=None,
+                   help="only these IPCs of --stage sets (default: each set's)")  # fmt: skip
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
                    help="condensed sets of --stage sets")  # fmt: skip
     p.add_argument(
@@ -343,7 +347,7 @@ def main() -> None:
         stage_ptq(args.teacher, args.seeds)
     if "sets" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
-        stage_sets(args.teacher, args.seeds, args.epochs, args.sets)
+        stage_sets(args.teacher, args.seeds, args.epochs, args.sets, args.ipc)
     if "zeroshot" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
         its = {"zeroq": args.zeroq_iterations, "genie": args.genie_iterations}

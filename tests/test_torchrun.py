@@ -322,3 +322,42 @@ def test_a_student_trains_data_parallel_like_one_process(files, tmp_path):
     assert two.keys() == one.keys()
     for k in one:  # the batch gradient as a sum of two ranks' parts: rounding only
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5)
+
+
+STOP = """
+import os, sys
+from distill_data.cli import main
+from distill_data.errors import StoreError
+from distill_data.synth.inversion import BatchedInversion
+
+step = BatchedInversion.step
+def stopping(self, it):
+    if os.environ["RANK"] == "0" and it == int(os.environ["DD_STOP_AT"]):
+        raise StoreError("stopped for the test")
+    return step(self, it)
+BatchedInversion.step = stopping
+main(sys.argv[1:])
+"""
+
+
+def test_uneven_batch_shards_resume_past_the_shorter_rank(files, tmp_path):
+    # 3 batches on 2 ranks: rank 0 makes two (4 steps), rank 1 one (2 steps); the
+    # checkpoint at step 3 finds rank 1 finished and rank 0 inside its second batch
+    _, _, teacher = files
+    script = tmp_path / "stop.py"
+    script.write_text(STOP)
+    out = tmp_path / "z.h5"
+    args = ["build", "--method", "zeroq", "--teacher", str(teacher), "--count", "12"]
+    args += ["--set", "batch_size=4", "--iterations", "2", "--set", "checkpoint_every=3"]
+    args += ["--out", str(out), "-q"]
+    env = {**os.environ, "DD_STOP_AT": "3"}
+    res = torchrun([str(script), *args], env=env)
+    assert res.returncode != 0 and "stopped for the test" in res.stderr
+    assert torch.load(Path(str(out) + ".ckpt.pt"), weights_only=True)["iteration"] == 3
+    res = torchrun(["-m", "distill_data", *args, "--resume"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    ref = tmp_path / "ref.h5"
+    dd.build(None, "zeroq", None, ref, teacher=str(teacher), count=12,
+             options={"batch_size": 4, "iterations": 2}, quiet=True)  # fmt: skip
+    np.testing.assert_array_equal(read(out)["images"], read(ref)["images"])
+    np.testing.assert_array_equal(read(out)["labels"], read(ref)["labels"])

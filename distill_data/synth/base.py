@@ -284,12 +284,14 @@ def run_generator(
             log(f"note: {note}")
         _size_note(log, gen)
     together(d, gen.setup)
+    mine_total = gen.total_steps()
+    total = d.all_max(mine_total)  # batch shards may differ by one batch
     if resume:
         found = d.broadcast(ckpt.exists() if d.main else None)
         if found:
             parts = together(d, lambda: _split_checkpoint(d, ckpt) if d.main else None)
             mine = d.scatter(parts)
-            start = together(d, lambda: _restore(gen, mine, sig, ckpt))
+            start = together(d, lambda: _restore(gen, mine, sig, ckpt, total))
             if log:
                 log(f"resuming {method} from iteration {start} ({ckpt})")
         elif log:
@@ -310,8 +312,6 @@ def run_generator(
 
         together(d, write)
 
-    mine_total = gen.total_steps()
-    total = d.all_max(mine_total)  # batch shards may differ by one batch
     if start < total:
         bar = tqdm(
             range(start, total),
@@ -545,7 +545,7 @@ def available_memory() -> int | None:
 _RESUME_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
 
 
-def _restore(gen: Generator, payload: dict, sig: dict, ckpt: Path) -> int:
+def _restore(gen: Generator, payload: dict, sig: dict, ckpt: Path, total: int) -> int:
     """Load a checkpoint into a freshly set-up ``gen``; returns the iteration to go on
     from. Every way the file can fail to fit the build is one StoreError/ConfigError."""
     fix = f"delete it or rerun without {opt('resume', True)} to start afresh"
@@ -565,9 +565,9 @@ def _restore(gen: Generator, payload: dict, sig: dict, ckpt: Path) -> int:
     start = payload["iteration"]
     if start < 0:
         raise StoreError(f"checkpoint {ckpt} is at a negative step {start}; {fix}")
-    if start > gen.total_steps():
+    if start > total:  # the job's steps: a rank with fewer batches may be done already
         raise ConfigError(
-            f"checkpoint {ckpt} is at step {start}, past the {gen.total_steps()} steps "
+            f"checkpoint {ckpt} is at step {start}, past the {total} steps "
             f"asked for; raise {opt('iterations')} or rerun without {opt('resume', True)}"
         )
     try:
