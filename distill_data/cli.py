@@ -221,7 +221,7 @@ def build(
 
     
     On several processes (gloo on CPU, NCCL with --device cuda), the same result:
-      torchrun --nproc_per_node=2 -m distill_data build --dataset mnist5k \
+      torchrun --nproc_per_node=2 -m distill_data build --dataset mnist5k \\
           --method dm --ipc 10 --out set.h5
     Matching methods and coresets split the classes, teacher-driven ones the batches;
     rank 0 writes OUT and the checkpoint (resume with the same process count).
@@ -921,10 +921,12 @@ def _main(argv: list[str] | None) -> None:
     except (click.Abort, KeyboardInterrupt) as e:
         # click turns Ctrl-C into Abort; a bare Abort (e.g. EOF at a prompt) is no interrupt
         ctrl_c = isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt)
-        _err(_interrupt_hint() if ctrl_c else "aborted")
+        if dist.peek().main:  # torchrun hands Ctrl-C to every rank; one hint is enough
+            _err(_interrupt_hint() if ctrl_c else "aborted")
         sys.exit(130)
     except OSError as e:
-        _err(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        if dist.peek().main:
+            _err(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
         sys.exit(2)
 
 

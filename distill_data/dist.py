@@ -67,9 +67,10 @@ class Dist:
         """Sum of every rank's loss and the number of ranks that failed this step."""
         if not self.active:
             return loss, int(failed)
-        t = torch.tensor([loss, float(failed)], dtype=torch.float64)
-        _collective(td.all_reduce, _on_backend(t))
-        return float(t[0]), int(round(float(t[1])))
+        t = _on_backend(torch.tensor([loss, float(failed)], dtype=torch.float64))
+        _collective(td.all_reduce, t)  # (under NCCL ``t`` is the CUDA copy: read it)
+        total, count = t.tolist()
+        return float(total), int(round(count))
 
     def all_max(self, value: int) -> int:
         if not self.active:
@@ -321,6 +322,21 @@ def _collective(fn: Any, *args: Any, **kwargs: Any) -> Any:
         STATS["tensor_bytes"] += sum(
             a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor)
         )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text, or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a backend's RuntimeError says another rank went away (closed or reset
+    connection, an aborted communicator), as opposed to this rank's own failure."""
+    text = str(error)
+    return any(
+        s in text for s in ("Connection closed", "Connection reset", "peer", "NCCL", "aborted")
+    )
 
 
 def _describe(error: BaseException) -> str:

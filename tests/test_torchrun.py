@@ -361,3 +361,37 @@ def test_uneven_batch_shards_resume_past_the_shorter_rank(files, tmp_path):
              options={"batch_size": 4, "iterations": 2}, quiet=True)  # fmt: skip
     np.testing.assert_array_equal(read(out)["images"], read(ref)["images"])
     np.testing.assert_array_equal(read(out)["labels"], read(ref)["labels"])
+
+
+def test_noise_init_is_one_draw_of_the_whole_set(files):
+    # class-split draws of randn differ from one draw when a class's share is not a
+    # multiple of 16 values (here 2 images of 1x10x10): the set must be one draw
+    from distill_data.data import load_dataset
+    from distill_data.synth.dm import DistributionMatching
+
+    _, npz, _ = files
+    data = load_dataset(str(npz))
+    gen = DistributionMatching(DistributionMatching.Config(init="noise", width=8), data, 2, seed=4)
+    gen.setup()
+    want = torch.randn((4 * 2, 1, 10, 10), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(gen.images.detach(), want)
+
+
+class _ThreeEqualRanks:
+    """A stand-in group of three ranks that hold the same buffers (sum = 3 × value)."""
+
+    world = 3
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        return t.mul_(3)
+
+
+def test_averaging_equal_buffers_over_ranks_leaves_them_unchanged():
+    from distill_data.train.fit import _average_buffers
+
+    net = torch.nn.BatchNorm1d(4096)
+    net.running_mean.copy_(torch.randn(4096, generator=torch.Generator().manual_seed(0)))
+    before = net.running_mean.clone()
+    assert not torch.equal(before * 3 / 3, before)  # float32 arithmetic would nudge them
+    _average_buffers(net, _ThreeEqualRanks())
+    assert torch.equal(net.running_mean, before)

@@ -280,7 +280,7 @@ def evaluate(
     if isinstance(data, str):
         data = load_dataset(data, progress=not quiet)
     request.check(synset, data, teacher)
-    if synset.meta.dataset_fingerprint != data.fingerprint and not quiet:
+    if synset.meta.dataset_fingerprint != data.fingerprint and not quiet and group.main:
         print(
             f"note: store was built from data with fingerprint {synset.meta.dataset_fingerprint},"
             f" evaluating on {data.name} ({data.fingerprint})",

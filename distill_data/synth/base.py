@@ -206,6 +206,11 @@ class Generator(abc.ABC):
         """Steps the whole build makes over all ranks (recorded in the store)."""
         return self.total_steps()
 
+    def after_sync(self) -> None:
+        """Under torchrun, called after each step once every rank has stepped without an
+        error: the place for a step's own collectives (NCFM's sampler gradient), so that
+        a rank that failed mid-step never leaves its peers in a collective it skips."""
+
     def shard_units(self) -> int:
         """How many units (classes or batches, see ``shard_by``) there are to split."""
         return self.data.num_classes
@@ -298,7 +303,7 @@ def run_generator(
             log(f"no checkpoint at {ckpt}; starting from scratch")
 
     def checkpoint(iteration: int) -> None:
-        mine = {"state": gen.state_dict(), "rng": gen.rng.get_state()}
+        mine = together(d, lambda: {"state": gen.state_dict(), "rng": gen.rng.get_state()})
         parts = d.gather(mine)
 
         def write() -> None:
@@ -388,6 +393,8 @@ def _step(gen: Generator, it: int, mine_total: int) -> float:
     total, failed = d.sync_step(loss if error is None else 0.0, error is not None)
     if failed:
         d.agree(error)
+    if it < mine_total:
+        gen.after_sync()  # every rank stepped: the step's own collectives may run now
     if gen.shard_by == "class" or not math.isfinite(total):
         return total
     return loss
@@ -429,15 +436,16 @@ def _check_same_settings(gen: Generator, sig: dict, out: Path) -> None:
     for r, theirs in enumerate(everyone):
         diff = [k for k in mine if theirs.get(k) != everyone[0].get(k)]
         if diff:
+            verb = "differs" if len(diff) == 1 else "differ"
             raise ConfigError(
                 f"rank {r} was started with other settings than rank 0 "
-                f"({', '.join(diff)} differ); start every rank with the same command"
+                f"({', '.join(diff)} {verb}); start every rank with the same command"
             )
     if d.world > units:
+        what = f"{units} {gen.shard_by}{'es' if units > 1 else ''}"
+        fix = "run one process" if units == 1 else f"run at most {units}"
         raise ConfigError(
-            f"{d.world} processes but only {units} {gen.shard_by}{'es' if units > 1 else ''} "
-            "to share out; "
-            f"run at most {units} (torchrun --nproc_per_node)"
+            f"{d.world} processes but only {what} to share out; {fix} (torchrun --nproc_per_node)"
         )
 
 
@@ -491,7 +499,7 @@ def _diverged(gen: Generator, method: str, loss: float, it: int) -> str:
 
 def _size_note(log: Any, gen: Generator) -> None:
     """Before a large build starts, say how large it is: images, bytes and steps."""
-    steps = gen.total_steps()
+    steps = gen.build_steps()
     size = 4 * gen.n_images * gen.data.channels * math.prod(gen.data.im_size)
     if steps >= 100_000 or size >= 1 << 30:
         log(

@@ -134,7 +134,7 @@ class MatchingGenerator(Generator):
 
     def setup(self) -> None:
         d, cfg = self.data, self.config
-        ipc = self.ipc
+        k, ipc = d.num_classes, self.ipc
         #: this rank's classes (all in one process); losses see local labels 0..n-1
         self.classes = self.my_classes()
         self.num_local = len(self.classes)
@@ -143,17 +143,15 @@ class MatchingGenerator(Generator):
         self.labels = torch.tensor(list(self.classes)).repeat_interleave(ipc)
         # every rank makes every class's draws, in class order, and keeps its own: the
         # random stream, and so the images, are those of a one-process build
-        inits = []
-        for c, idx in enumerate(d.indices_per_class()):
-            if cfg.init == "real":
-                init = idx[torch.randperm(len(idx), generator=self.rng)[:ipc]]
-            else:
-                init = torch.randn((ipc, d.channels, *d.im_size), generator=self.rng)
-            if c in self.classes:
-                inits.append(init)
-        init = torch.cat(inits)
         if cfg.init == "real":
-            init = d.normalize(d.x_train[init])
+            picks = [
+                idx[torch.randperm(len(idx), generator=self.rng)[:ipc]]
+                for idx in d.indices_per_class()
+            ]
+            init = d.normalize(d.x_train[torch.cat([picks[c] for c in self.classes])])
+        else:  # one draw of the whole set (draws split by class would give other numbers)
+            init = torch.randn((k * ipc, d.channels, *d.im_size), generator=self.rng)
+            init = init[self.classes.start * ipc : self.classes.stop * ipc].clone()
         self.images = init.to(self.device).clone().requires_grad_(True)
         strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else strategy_for(d.is_digits)
         strategy = strategy if cfg.dsa else "none"

@@ -77,6 +77,7 @@ from distill_data.augment import strategy_for
 from distill_data.config import require
 from distill_data.data import RealDataset
 from distill_data.data.builtin import cache_dir
+from distill_data.dist import together
 from distill_data.errors import DivergedError, StoreError, setting
 from distill_data.models import build_model, init_params_, load_model, save_model
 from distill_data.runtime import to_device
@@ -303,7 +304,10 @@ class NCFM(MatchingGenerator):
         cfg, d = self.config, self.data
         # under torchrun each rank trains its block of the pool; all ranks get all of it
         members = self.dist.shard(cfg.pool_size) if self.dist.active else None
-        mine = feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet, members=members)
+        mine = together(
+            self.dist,
+            lambda: feature_pool(cfg, d, self.seed, self.device, quiet=self.quiet, members=members),
+        )  # a pool net that diverges stops every rank here, with its message
         pool = [pair for part in self.dist.all_gather(_cpu_pool(mine)) for pair in part]
         # on the device once: blending then never crosses between host and device
         self.pool = [
@@ -394,16 +398,28 @@ class NCFM(MatchingGenerator):
         return loss
 
     def after_backward(self) -> None:
-        """Min-max: the sampling network ascends the discrepancy the pixels descend."""
-        if self._t_split is not None:  # one all-reduce of dCFD/dt, then ψ's backward
-            t, leaf = self._t_split
-            self._t_split = None
-            grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-            t.backward(self.dist.all_reduce_(grad))
-        if self.sampler is not None:
+        """Min-max: the sampling network ascends the discrepancy the pixels descend
+        (under torchrun its gradient is complete only after :meth:`after_sync`)."""
+        if self.sampler is not None and self._t_split is None:
             for p in self.sampler.parameters():
                 if p.grad is not None:
                     p.grad.neg_()
+
+    def after_sync(self) -> None:
+        """Under torchrun: sum dCFD/dt over the ranks (each holds its classes' part),
+        back-propagate it through ψ and take ψ's ascent step (the step itself left ψ
+        alone: its parameters had no gradient). Same arithmetic as one process, but for
+        the order in which the ranks' parts are added."""
+        if self._t_split is None:
+            return
+        t, leaf = self._t_split
+        self._t_split = None
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        t.backward(self.dist.all_reduce_(grad))
+        for p in self.sampler.parameters():
+            if p.grad is not None:
+                p.grad.neg_()
+        self.optimizers[1].step()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -310,6 +310,10 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 
 @torch.no_grad()
 def _average_buffers(model: nn.Module, group: Dist) -> None:
+    """The mean of each floating-point buffer over the ranks, summed in float64: equal
+    values come back unchanged (a float32 sum of K equal values divided by K does not
+    always give the value back, which would nudge frozen statistics every epoch)."""
     for buf in model.buffers():
         if buf.is_floating_point():
-            group.all_reduce_(buf).div_(group.world)
+            wide = group.all_reduce_(buf.double()).div_(group.world)
+            buf.copy_(wide.to(buf.dtype))

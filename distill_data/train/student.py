@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from distill_data.config import require
 from distill_data.data import RealDataset
-from distill_data.dist import ONE, Dist, together
+from distill_data.dist import ONE, Dist, PeerFailed, first_line, lost_peer, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
 from distill_data.models import MODELS, build_model, nonfinite_tensors, save_model
 from distill_data.quant.qat import (
@@ -290,6 +290,7 @@ def train_student(
         DivergedError: the loss became NaN (nothing is saved).
     """
     device = torch.device(device)
+    log = log if group.main else None  # under torchrun rank 0 tells
     teachers = [t.to(device).eval() for t in (teachers or [])]
     for t in teachers:
         for p in t.parameters():
@@ -435,6 +436,10 @@ def train_student(
         raise DivergedError(
             f"student {e}; lower {setting('lr', float(f'{recipe.lr / 10:g}'))} (now {recipe.lr:g})"
         ) from None
+    except RuntimeError as e:  # DDP's all-reduce when another rank is gone
+        if group.active and lost_peer(e):
+            raise PeerFailed(f"lost contact with another rank ({first_line(e)})") from None
+        raise
     finally:
         remove_hooks()
     seconds = time.perf_counter() - t0
