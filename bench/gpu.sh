@@ -9,7 +9,8 @@
 #   issue 4 - Genie at the official 4000 iterations and PTQ with the minmax/percentile/
 #             mse observers; SRe2L/INFER soft-label sets at IPC 50 (stored) and IPC
 #             10/50 (online relabelling); INFER under its own student recipe;
-#   the CUDA tests.
+#   the CUDA tests;
+#   issues 17/18 - kernel timings and torchrun on the GPU (first, alone; see below).
 # Accuracy only: the jobs share the GPU, so their seconds are not speed figures (speed
 # is measured on CPU by bench/matching_speed.py). Each job logs to OUT/NAME.log and
 # writes bench/results/*.json when it finishes; everything stops after LIMIT seconds.
@@ -51,6 +52,15 @@ speed=bench/results/matching_speed_dm_datadam_ncfm_cuda.json
 [ "${SPEED:-0}" = 1 ] && [ ! -f "$speed" ] && timeout 240 $PY bench/matching_speed.py \
   --device cuda --methods dm datadam ncfm --precisions fp32 bf16 --steps 20 \
   >"$OUT/speed_cuda.log" 2>&1
+
+# issue 17/18 rows, alone on the GPU before the shared jobs (~3 min; KERNELS=0 skips):
+# the kernel timings (bench/kernels.py) and the torchrun correctness check on one GPU
+# (two ranks share it through gloo, DISTILL_DATA_BACKEND=gloo: NCCL needs a GPU per rank).
+if [ "${KERNELS:-1}" = 1 ]; then
+  timeout 240 $PY bench/kernels.py >"$OUT/kernels.log" 2>&1
+  DISTILL_DATA_BACKEND=gloo timeout 300 $PY bench/torchrun.py --device cuda --stages dm sre2l \
+    >"$OUT/torchrun_cuda.log" 2>&1
+fi
 
 $PY -m pytest -p no:cacheprovider tests -k cuda >"$OUT/pytest_cuda.log" 2>&1 &
 

@@ -766,16 +766,21 @@ def cost_tables(results: list[dict]) -> list[str]:
 def torchrun_table(results: list[dict]) -> list[str]:
     """torchrun against one process (bench/torchrun.py): seconds, speed-up, the share of
     the time spent in collectives, and whether the output was the same."""
-    runs: dict[tuple[str, int], dict] = {}
+    runs: dict[tuple[str, int, str], dict] = {}
     for r in sorted(
         (r for r in results if r.get("benchmark") == "torchrun"), key=lambda r: r["date"]
     ):
-        runs[(r["stage"], r["processes"])] = r
+        runs[(r["stage"], r["processes"], r.get("device", "cpu"))] = r
     if not runs:
         return []
     order = {"dm": 0, "sre2l": 1, "eval3": 2, "eval6": 3}
     out = []
-    for (stage, _k), r in sorted(runs.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
+
+    def key(kv):
+        (stage, k, device), _ = kv
+        return (device != "cpu", order.get(stage, 9), k)
+
+    for (stage, _k, device), r in sorted(runs.items(), key=key):
         st = r["settings"]
         if stage == "dm":
             work = f"DM, mnist5k IPC {st['ipc']}, {st['iterations']} iterations"
@@ -784,6 +789,8 @@ def torchrun_table(results: list[dict]) -> list[str]:
         else:
             extra = f" + {st['runs']} on random subsets" if st["baselines"] else ""
             work = f"eval: {st['runs']} ConvNets on the set{extra}, {st['epochs']} epochs"
+        if device != "cpu":
+            work += f" ({device}, {r.get('backend', 'nccl')})"
         if "output" in r:
             o = r["output"]
             same = (
@@ -797,7 +804,7 @@ def torchrun_table(results: list[dict]) -> list[str]:
             f"| {work} | {r['one_process']['seconds']:.1f} s | {r['torchrun']['seconds']:.1f} s "
             f"| {r['speedup']:.2f}× | {100 * r['communication_share']:.1f} % | {same} |"
         )
-    k = sorted({kk for _, kk in runs})
+    k = sorted({kk for _, kk, _ in runs})
     machine = next(iter(runs.values()))["machine"]
     return [
         "",

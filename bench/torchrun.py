@@ -10,6 +10,8 @@ images bit for bit; evaluation accuracies and test losses) and writes
 
     python bench/torchrun.py                      # dm, sre2l, eval3, eval6 at K = 2
     python bench/torchrun.py --stages dm --dm-iterations 50
+    python bench/torchrun.py --device cuda --stages dm sre2l   # a GPU: NCCL (or, with
+        DISTILL_DATA_BACKEND=gloo, two ranks sharing one GPU: a correctness check)
 
 Stages: ``dm`` (mnist5k, IPC 10, ConvNet-128, the paper's settings, N iterations),
 ``sre2l`` (the ResNet-20 teacher of bench/.work, IPC 10, batches of one image per class,
@@ -46,17 +48,18 @@ def worker(stage: str, out: str, report: str, settings: dict) -> None:
     torch.set_num_threads(1)
     dd.tune_allocator()
     t0 = time.perf_counter()
+    device = settings.get("device", "cpu")
     if stage == "dm":
         dd.build("mnist5k", "dm", 10, out, iterations=settings["iterations"], quiet=True,
-                 options={"checkpoint_every": 10**6}, force=True)  # fmt: skip
+                 options={"checkpoint_every": 10**6}, force=True, device=device)  # fmt: skip
     elif stage == "sre2l":
         dd.build("mnist5k", "sre2l", 10, out, teacher=str(TEACHER), quiet=True,
-                 iterations=settings["iterations"], force=True,
+                 iterations=settings["iterations"], force=True, device=device,
                  options={"checkpoint_every": 10**6})  # fmt: skip
     else:
         rep = dd.evaluate(settings["store"], "mnist5k", runs=settings["runs"],
                           epochs=settings["epochs"], baselines=settings["baselines"],
-                          quiet=True)  # fmt: skip
+                          quiet=True, device=device)  # fmt: skip
     seconds = time.perf_counter() - t0
     group = dist.peek()
     facts = {
@@ -128,7 +131,9 @@ def stage(name: str, k: int, settings: dict, units: str, amount: int) -> None:
         "benchmark": "torchrun",
         "stage": name,
         "processes": k,
-        "backend": "gloo",
+        "backend": os.environ.get("DISTILL_DATA_BACKEND")
+        or ("nccl" if settings.get("device") == "cuda" else "gloo"),
+        "device": settings.get("device", "cpu"),
         "threads_per_process": 1,
         "settings": settings,
         "one_process": {"seconds": round(t1, 2), "wall": one["process_wall_seconds"]},
@@ -163,7 +168,8 @@ def stage(name: str, k: int, settings: dict, units: str, amount: int) -> None:
         f"collectives {100 * share:.1f} % of the {k}-rank time",
         flush=True,
     )
-    write_result(f"torchrun_{name}_k{k}", result)
+    tag = "" if settings.get("device", "cpu") == "cpu" else f"_{settings['device']}"
+    write_result(f"torchrun_{name}_k{k}{tag}", result)
 
 
 def main() -> None:
@@ -171,6 +177,7 @@ def main() -> None:
     p.add_argument("--stages", nargs="+", default=["dm", "sre2l", "eval3", "eval6"],
                    choices=["dm", "sre2l", "eval3", "eval6"])  # fmt: skip
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL)")
     p.add_argument("--dm-iterations", type=int, default=20)
     p.add_argument("--sre2l-iterations", type=int, default=100)
     p.add_argument("--eval-epochs", type=int, default=60)
@@ -184,14 +191,15 @@ def main() -> None:
         return
     k = args.processes
     for name in args.stages:
+        dev = {"device": args.device}
         if name == "dm":
             its = args.dm_iterations
-            settings = {"dataset": "mnist5k", "method": "dm", "ipc": 10, "iterations": its}
+            settings = {"dataset": "mnist5k", "method": "dm", "ipc": 10, "iterations": its, **dev}
             stage(name, k, settings, "iteration", its)
         elif name == "sre2l":
             its = args.sre2l_iterations
             settings = {"dataset": "mnist5k", "method": "sre2l", "ipc": 10,
-                        "teacher": str(TEACHER), "iterations": its}  # fmt: skip
+                        "teacher": str(TEACHER), "iterations": its, **dev}  # fmt: skip
             stage(name, k, settings, "step", its * 10)
         else:
             store = WORK / "dm_k1.h5"
@@ -200,7 +208,7 @@ def main() -> None:
             models = 3 if name == "eval3" else 6
             baselines = [] if name == "eval3" else ["random"]
             settings = {"store": str(store), "runs": 3, "epochs": args.eval_epochs,
-                        "baselines": baselines, "model": "convnet"}  # fmt: skip
+                        "baselines": baselines, "model": "convnet", **dev}  # fmt: skip
             stage(name, k, settings, "model", models)
 
 

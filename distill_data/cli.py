@@ -144,6 +144,8 @@ def cli() -> None:
                            (default ~/.cache/distill-data)
       DISTILL_DATA_MALLOC  0 = leave glibc's allocator alone (default: keep freed memory
                            for reuse, much faster CPU builds; see README "Speed on CPU")
+      DISTILL_DATA_BACKEND under torchrun: gloo or nccl (default: nccl for --device
+                           cuda, gloo otherwise; gloo lets ranks share one GPU)
     """
 
 

@@ -187,7 +187,9 @@ def launched() -> bool:
 
 def context(device: str | torch.device = "cpu") -> Dist:
     """This process's :class:`Dist`: the group the caller already made, the one the
-    torchrun environment describes (joined here, once), or the one-process context."""
+    torchrun environment describes (joined here, once), or the one-process context.
+    The backend is NCCL for CUDA devices and gloo otherwise; ``DISTILL_DATA_BACKEND``
+    (``gloo``/``nccl``) overrides it, e.g. gloo for two ranks sharing one GPU."""
     if td.is_available() and td.is_initialized():
         return Dist(td.get_rank(), td.get_world_size(), _local_rank())
     if not launched():
@@ -195,8 +197,20 @@ def context(device: str | torch.device = "cpu") -> Dist:
     if not td.is_available():  # pragma: no cover - every supported torch has it
         raise ConfigError("this torch build has no torch.distributed; run one process")
     device = torch.device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = os.environ.get("DISTILL_DATA_BACKEND") or (
+        "nccl" if device.type == "cuda" else "gloo"
+    )
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"DISTILL_DATA_BACKEND must be nccl or gloo, got {backend!r}")
     if backend == "nccl":
+        gpus = torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if local > gpus:
+            raise ConfigError(
+                f"NCCL needs a GPU per process: {local} processes on this node, {gpus} "
+                "GPU(s); start fewer (torchrun --nproc_per_node), or set "
+                "DISTILL_DATA_BACKEND=gloo to let them share a GPU (slow; for checks)"
+            )
         torch.cuda.set_device(_local_rank())
     try:
         td.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
