@@ -1,7 +1,8 @@
 """GPU benchmark of the fused kernels (distill_data/kernels) against their torch
 references: fused LSQ fake quantization forward + backward on a 4096 × 4096 weight (one
 step per output channel) and a 256 × 128 × 32 × 32 activation (one step), median
-milliseconds and peak CUDA memory of each; one JSON file in bench/results/.
+milliseconds and peak CUDA memory of each, and ``qd``'s bucket fake quantization
+(deterministic and stochastic rounding); one JSON file in bench/results/.
 
     python bench/kernels.py            # needs a CUDA device and triton
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from distill_data.kernels import fake_quant, triton_available  # noqa: E402
+from distill_data.kernels import bucket_fake_quant, fake_quant, triton_available  # noqa: E402
 from distill_data.quant.fakequant import lsq_grad_scale  # noqa: E402
 
 CASES = {
@@ -66,6 +67,22 @@ def main() -> None:
             def run(b=backend, x=x, step=step, g=g, grad=grad):
                 x.grad = step.grad = None
                 fake_quant(x, step, 8, 7, g, backend=b).backward(grad)
+
+            ms, mib = _time(run)
+            row[backend] = {"ms_fwd_bwd": round(ms, 4), "peak_extra_mib": round(mib, 1)}
+        row["speedup"] = round(row["torch"]["ms_fwd_bwd"] / row["triton"]["ms_fwd_bwd"], 2)
+        print(row, flush=True)
+        rows.append(row)
+    for stochastic in (False, True):  # qd: Polino's buckets of 256 at 2 bits
+        w = torch.randn(4096, 4096, device=dev, requires_grad=True)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        row = {"case": "qd bucket fake quant 4096x4096, w2, buckets of 256"
+               + (", stochastic" if stochastic else ""), "shape": [4096, 4096]}  # fmt: skip
+        for backend in ("torch", "triton"):
+
+            def run(b=backend, w=w, st=stochastic, g=gen if stochastic else None):
+                w.grad = None
+                bucket_fake_quant(w, 2, 256, st, g, backend=b).sum().backward()
 
             ms, mib = _time(run)
             row[backend] = {"ms_fwd_bwd": round(ms, 4), "peak_extra_mib": round(mib, 1)}

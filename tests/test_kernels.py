@@ -281,3 +281,62 @@ def test_bucket_and_points_students_run_from_their_codes(tiny_npz, tmp_path, qua
     with torch.no_grad():
         a, b = ref(x), fast(x)
     assert torch.allclose(a, b, atol=1e-4) and torch.equal(a.argmax(1), b.argmax(1))
+
+
+def test_philox_in_torch_is_tritons_rand():
+    import triton
+    import triton.language as tl
+
+    from distill_data.kernels.philox import philox_uniform
+
+    @triton.jit
+    def _rand(out_ptr, seed, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.rand(seed, offs), mask=offs < n)
+
+    for seed in (0, 1, 12345, 2**31 - 2):
+        n = 3000
+        out = torch.empty(n)
+        _rand[(triton.cdiv(n, 1024),)](out, seed, n, BLOCK=1024)
+        assert torch.equal(out, philox_uniform(seed, n)), seed
+    u = philox_uniform(7, 100_000)
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 3 * (1 / 12) ** 0.5 / 100_000**0.5
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape, bucket", [((7,), 256), ((5, 130), 256), ((4, 3, 3, 3), 16),
+                                           ((3, 2049), None), ((2, 8), 1)])  # fmt: skip
+def test_fused_bucket_fake_quant_is_the_reference_bit_for_bit(bits, shape, bucket):
+    from distill_data.kernels import bucket_fake_quant
+    from distill_data.quant.fakequant import bucket_fake_quant as reference
+
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(shape, generator=g)
+    w.view(-1)[-1] = w.view(-1)[0]  # a repeated value; and a constant bucket below
+    if w.numel() >= 32:
+        w.view(-1)[16:32] = 0.25
+    out = bucket_fake_quant(w, bits, bucket, backend="triton")
+    assert torch.equal(out, reference(w, bits, bucket))
+    seeded = bucket_fake_quant(w, bits, bucket, True, torch.Generator().manual_seed(3),
+                               backend="triton")  # fmt: skip
+    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(seeded, reference(w, bits, bucket, True, seed=seed))
+    x = w.clone().requires_grad_(True)
+    bucket_fake_quant(x, bits, bucket, backend="triton").sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(w))  # straight through
+
+
+def test_a_qd_student_trains_the_same_with_the_fused_kernel(tiny_npz, tmp_path):
+    import distill_data as dd
+
+    reps = {}
+    for backend in ("torch", "triton"):
+        out = tmp_path / f"{backend}.pt"
+        reps[backend] = dd.train(str(tiny_npz), out, quant="qd", bits="w2", width=4,
+                                 kernels=backend, options={"epochs": 2}, quiet=True)  # fmt: skip
+    a = torch.load(tmp_path / "torch.pt", weights_only=True)["layers"]
+    b = torch.load(tmp_path / "triton.pt", weights_only=True)["layers"]
+    for name in a:
+        assert torch.equal(a[name]["weight"]["packed"], b[name]["weight"]["packed"]), name
+    assert reps["torch"]["test_accuracy"] == reps["triton"]["test_accuracy"]

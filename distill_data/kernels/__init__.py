@@ -77,6 +77,33 @@ def fake_quant(
     return out.reshape(x.shape)
 
 
+def bucket_fake_quant(
+    w: Tensor,
+    bits: int,
+    bucket_size: int | None,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Polino's bucket fake quantization (``qd``; straight-through gradient) by the
+    reference or the fused kernel. Stochastic rounding on the kernel draws one seed from
+    ``generator`` per call and the uniforms from Triton's Philox stream at that seed (the
+    reference reproduces them: ``bucket_fake_quant(..., seed=s)`` in
+    :mod:`distill_data.quant.fakequant`); on ``torch`` it draws them from ``generator``."""
+    from distill_data.quant.fakequant import bucket_fake_quant as reference
+
+    if not use_triton(w, backend):
+        return reference(w, bits, bucket_size, stochastic, generator)
+    from distill_data.kernels.fakequant import FusedBucketFakeQuant
+
+    seed = None
+    if stochastic:
+        if generator is None:
+            raise ConfigError("stochastic rounding needs an explicit torch.Generator")
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+    return FusedBucketFakeQuant.apply(w, bits, bucket_size, seed)
+
+
 def fp_fake_quant(x: Tensor, scale: Tensor, fmt: str, backend: str = "auto") -> Tensor:
     """``s · fp_round(x / s)`` on the FP8/FP4 grid ``fmt`` (:mod:`distill_data.quant.fp`),
     the scale per tensor or per first-dimension slice, straight-through gradient for

@@ -122,3 +122,50 @@ class FusedFPFakeQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad, None, None
+
+
+@triton.jit
+def _bucket_fq(w_ptr, y_ptr, numel, bucket, levels, seed, STOCHASTIC: tl.constexpr,
+               BLOCK: tl.constexpr):  # fmt: skip
+    # one program per bucket of ``bucket`` consecutive elements (BLOCK ≥ bucket)
+    b = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    offs = b * bucket + cols
+    mask = (cols < bucket) & (offs < numel)
+    x = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    lo = tl.min(tl.where(mask, x, float("inf")), axis=0)
+    hi = tl.max(tl.where(mask, x, float("-inf")), axis=0)
+    alpha = hi - lo
+    alpha = tl.where(alpha < 1e-10, 1.0, alpha)
+    v = tl.math.div_rn(x - lo, alpha) * levels  # IEEE division, as torch's
+    if STOCHASTIC:  # ⌊v⌋ + [u < frac(v)], u = tl.rand(seed, flat index)
+        f = tl.floor(v)
+        u = tl.rand(seed, offs)
+        code = tl.where(u < v - f, f + 1.0, f)
+    else:
+        code = _round_half_even(v)
+    y = tl.math.div_rn(code, code * 0.0 + levels) * alpha + lo
+    tl.store(y_ptr + offs, y, mask=mask)
+
+
+class FusedBucketFakeQuant(torch.autograd.Function):
+    """Polino's bucket fake quantization in one kernel (min/max per bucket, codes,
+    dequantized values); straight-through gradient, as
+    :func:`distill_data.quant.fakequant.bucket_fake_quant`."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, bits: int, bucket_size: int | None, seed: int | None):
+        flat = w.detach().contiguous().float().reshape(-1)
+        numel = flat.numel()
+        bucket = numel if bucket_size is None or numel <= bucket_size else bucket_size
+        y = torch.empty_like(flat)
+        block = triton.next_power_of_2(bucket)
+        _bucket_fq[(triton.cdiv(numel, bucket),)](
+            flat, y, numel, bucket, float(2**bits - 1), 0 if seed is None else seed,
+            STOCHASTIC=seed is not None, BLOCK=block,
+        )  # fmt: skip
+        return y.view(w.shape).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None, None

@@ -149,6 +149,7 @@ def bucket_quantize(
     bucket_size: int | None = DEFAULT_BUCKET_SIZE,
     stochastic: bool = False,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Uniform min/max bucket quantization to ``2^b`` levels (Polino et al. 2018, §2.1).
 
@@ -173,7 +174,11 @@ def bucket_quantize(
         bits: Bits per code, 2–8.
         bucket_size: Elements per bucket; ``None`` = one bucket for the whole tensor.
         stochastic: Unbiased stochastic rounding instead of round-half-to-even.
-        generator: ``torch.Generator`` on ``w``'s device; needed iff ``stochastic``.
+        generator: ``torch.Generator`` on ``w``'s device; needed iff ``stochastic``
+            (unless ``seed`` is given).
+        seed: draw the uniforms from Triton's counter-based Philox stream instead
+            (``tl.rand(seed, flat index)``, :mod:`distill_data.kernels.philox`): the
+            reference of the fused kernel's stochastic rounding, bit for bit.
 
     Returns:
         ``(codes, alpha, beta)``: ``codes`` uint8 of shape ``(buckets, k)`` (``k`` =
@@ -186,6 +191,11 @@ def bucket_quantize(
     scaled = scaled * n
     if not stochastic:
         return torch.round(scaled).to(torch.uint8), alpha, beta
+    if seed is not None:
+        from distill_data.kernels.philox import philox_uniform
+
+        u = philox_uniform(seed, w.numel(), w.device)
+        return _round_stochastic(scaled, u, w.numel()), alpha, beta
     if generator is None:
         raise ConfigError("stochastic rounding needs an explicit torch.Generator (generator=...)")
     if generator.device.type != w.device.type:
@@ -193,15 +203,20 @@ def bucket_quantize(
             f"generator is on {generator.device} but the tensor is on {w.device}; "
             "create the generator on the tensor's device"
         )
+    u = torch.rand(w.numel(), generator=generator, device=w.device, dtype=torch.float32)
+    return _round_stochastic(scaled, u, w.numel()), alpha, beta
+
+
+def _round_stochastic(scaled: Tensor, u: Tensor, numel: int) -> Tensor:
+    """``⌊v⌋ + [u < frac(v)]`` per real element (``u`` in flattened order); padding
+    repeats the last real code."""
     low = torch.floor(scaled)
     frac = scaled - low
-    numel = w.numel()
-    u = torch.rand(numel, generator=generator, device=w.device, dtype=torch.float32)
     u = torch.cat([u, u.new_ones(scaled.numel() - numel)]).view_as(scaled)
     codes = (low + (u < frac).to(low.dtype)).to(torch.uint8)
     flat = codes.view(-1)
     flat[numel:] = flat[numel - 1]
-    return codes, alpha, beta
+    return codes
 
 
 def bucket_dequantize(
@@ -229,13 +244,13 @@ class _StraightThroughBucket(torch.autograd.Function):
     """Forward: bucket quantize + dequantize; backward: identity (plain STE)."""
 
     @staticmethod
-    def forward(ctx, w, bits, bucket_size, stochastic, generator):
-        codes, alpha, beta = bucket_quantize(w, bits, bucket_size, stochastic, generator)
+    def forward(ctx, w, bits, bucket_size, stochastic, generator, seed):
+        codes, alpha, beta = bucket_quantize(w, bits, bucket_size, stochastic, generator, seed)
         return bucket_dequantize(codes, alpha, beta, w.shape, bits).to(w.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def bucket_fake_quant(
@@ -244,6 +259,7 @@ def bucket_fake_quant(
     bucket_size: int | None = DEFAULT_BUCKET_SIZE,
     stochastic: bool = False,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> Tensor:
     """Bucket fake quantization with a straight-through gradient (Polino et al. 2018, Alg. 1).
 
@@ -254,7 +270,7 @@ def bucket_fake_quant(
     forward output is computed directly, never as ``w + (q − w).detach()``, so it is
     bit-identical to :func:`bucket_dequantize`.
     """
-    return _StraightThroughBucket.apply(w, bits, bucket_size, stochastic, generator)
+    return _StraightThroughBucket.apply(w, bits, bucket_size, stochastic, generator, seed)
 
 
 def bucket_overhead_bits(

@@ -58,10 +58,10 @@ from torch import Tensor, nn
 
 from distill_data.config import require
 from distill_data.errors import ConfigError
+from distill_data.kernels import bucket_fake_quant as fused_bucket_fake_quant
 from distill_data.kernels import fake_quant
 from distill_data.quant.fakequant import (
     EMA_MOMENTUM,
-    bucket_fake_quant,
     bucket_overhead_bits,
     bucket_quantize,
     ema_update,
@@ -106,9 +106,11 @@ class QuantSpec:
         fold_bn: fold Conv2d → BatchNorm2d pairs (``qat``/``lsq``); False keeps BatchNorm
             a float op after the quantized convolution.
         ema_momentum: averaging constant of ``qat``'s activation ranges.
-        kernels: ``lsq``'s fake quantization by ``torch`` (the reference), ``triton``
-            (the fused kernels of :mod:`distill_data.kernels`) or ``auto`` (Triton on
-            CUDA when installed).
+        kernels: ``lsq``'s and ``qd``'s fake quantization by ``torch`` (the reference),
+            ``triton`` (the fused kernels of :mod:`distill_data.kernels`) or ``auto``
+            (Triton on CUDA when installed). ``qd``'s stochastic rounding on the kernel
+            draws Triton's Philox stream (a seed per step from the trainer's generator),
+            a different random stream from the reference's ``torch.rand``.
     """
 
     method: str = "qat"
@@ -246,16 +248,20 @@ class LSQWeight(WeightQuantizer):
 class BucketUniform(WeightQuantizer):
     """``qd``'s weights: Polino's uniform quantization per bucket, straight-through."""
 
-    def __init__(self, bits: int, bucket_size: int | None, stochastic: bool) -> None:
+    def __init__(
+        self, bits: int, bucket_size: int | None, stochastic: bool, kernels: str = "auto"
+    ) -> None:
         super().__init__()
         self.bits, self.bucket_size, self.stochastic = bits, bucket_size, stochastic
+        self.kernels = kernels
         #: the generator of stochastic rounding (the trainer sets it from its seed)
         self.generator: torch.Generator | None = None
 
     def forward(self, w: Tensor) -> Tensor:
         stochastic = self.stochastic and self.training
         gen = self.generator if stochastic else None
-        return bucket_fake_quant(w, self.bits, self.bucket_size, stochastic, gen)
+        return fused_bucket_fake_quant(w, self.bits, self.bucket_size, stochastic, gen,
+                                       backend=self.kernels)  # fmt: skip
 
     def codes(self, w: Tensor) -> dict:
         codes, alpha, beta = bucket_quantize(w.detach(), self.bits, self.bucket_size)
@@ -508,7 +514,7 @@ def _weight_quantizer(spec: QuantSpec, w: Tensor) -> WeightQuantizer:
     if spec.method == "lsq":
         return LSQWeight(spec.w_bits, w, spec.kernels)
     if spec.method == "qd":
-        return BucketUniform(spec.w_bits, spec.bucket_size, spec.stochastic)
+        return BucketUniform(spec.w_bits, spec.bucket_size, spec.stochastic, spec.kernels)
     return LearnedPoints(spec.w_bits, spec.bucket_size, w)
 
 
