@@ -62,6 +62,8 @@ if [ "${KERNELS:-1}" = 1 ]; then
     >"$OUT/torchrun_cuda.log" 2>&1
 fi
 
+TRITON_INTERPRET=0 $PY -m pytest -p no:cacheprovider -m cuda tests/test_kernels_cuda.py \
+  >"$OUT/pytest_cuda_kernels.log" 2>&1
 $PY -m pytest -p no:cacheprovider tests -k cuda >"$OUT/pytest_cuda.log" 2>&1 &
 
 # Commands whose result file already holds every point at the same settings are skipped

@@ -7,7 +7,7 @@ milliseconds and peak CUDA memory of each, and ``qd``'s bucket fake quantization
     python bench/kernels.py            # needs a CUDA device and triton
 
 The packed weight-only products (a 4096 × 4096 weight as 4-bit per-channel codes and
-as 2-bit ``qd`` buckets of 256, times 64 and 1024 rows) and the int8 × int8 product run
+as 2-bit ``qd`` buckets of 256, times 1, 16, 128 and 1024 rows) and the int8 × int8 product run
 against their references (unpack + dequantize + matmul; int64 matmul for int8) in a
 second table: milliseconds, peak extra memory, and the weight bytes each reads.
 """
@@ -94,10 +94,66 @@ def main() -> None:
         {"benchmark": "kernels", "device": torch.cuda.get_device_name(), "rows": rows},
     )
     write_result(
+        "kernels_student_gpu",
+        {"benchmark": "kernels-student", "device": torch.cuda.get_device_name(),
+         "rows": student_rows(dev)},
+    )  # fmt: skip
+    write_result(
         "kernels_lowbit_gpu",
         {"benchmark": "kernels-lowbit", "device": torch.cuda.get_device_name(),
          "rows": lowbit_rows(dev)},
     )  # fmt: skip
+
+
+def student_rows(dev: torch.device) -> list[dict]:
+    """A student epoch with the fused kernels against the torch reference (``lsq`` W4A4
+    and ``qd`` W2, ConvNet-BN width 32 on mnist5k, 2 epochs each; seconds per epoch and
+    test accuracy), and the shipped ``lsq`` student's inference throughput (images per
+    second over the test split, batches of 256) with the packed products, the
+    dequantized weights and the float network."""
+    import tempfile
+
+    import distill_data as dd
+    from distill_data.data import load_dataset
+    from distill_data.models import load_model
+    from distill_data.quant.student import load_student
+
+    rows = []
+    folder = Path(tempfile.mkdtemp())
+    for quant, bits in (("lsq", "w4a4"), ("qd", "w2")):
+        row = {"case": f"{quant} {bits} student epoch (convnet_bn, width 32, mnist5k)"}
+        for backend in ("torch", "triton"):
+            rep = dd.train("mnist5k", folder / f"{quant}_{backend}.pt", quant=quant, bits=bits,
+                           width=32, kernels=backend, device="cuda",
+                           options={"epochs": 2}, quiet=True, force=True)  # fmt: skip
+            row[backend] = {"s_per_epoch": rep["seconds_per_epoch"],
+                            "test_accuracy": rep["test_accuracy"]}  # fmt: skip
+        row["speedup"] = round(row["torch"]["s_per_epoch"] / row["triton"]["s_per_epoch"], 2)
+        print(row, flush=True)
+        rows.append(row)
+    data = load_dataset("mnist5k")
+    x = data.normalize(data.x_test).to(dev)
+    dd.train("mnist5k", folder / "float.pt", width=32, device="cuda", options={"epochs": 1},
+             quiet=True, force=True)  # fmt: skip
+    nets = {
+        "packed (triton)": load_student(folder / "lsq_triton.pt", kernels="triton")[0],
+        "dequantized (torch)": load_student(folder / "lsq_triton.pt", kernels="torch")[0],
+        "float network": load_model(folder / "float.pt")[0].eval(),
+    }
+    row = {"case": "shipped lsq w4a4 student, test-split inference, batches of 256"}
+    for name, net in nets.items():
+        net = net.to(dev)
+
+        def infer(net=net):
+            with torch.no_grad():
+                for i in range(0, len(x), 256):
+                    net(x[i : i + 256])
+
+        ms, mib = _time(infer, repeats=10)
+        row[name] = {"images_per_s": round(len(x) / (ms / 1000)), "peak_extra_mib": round(mib, 1)}
+    print(row, flush=True)
+    rows.append(row)
+    return rows
 
 
 def lowbit_rows(dev: torch.device) -> list[dict]:
@@ -115,7 +171,7 @@ def lowbit_rows(dev: torch.device) -> list[dict]:
               "bucket_size": 256}  # fmt: skip
     wq = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8).to(dev)
     rows = []
-    for m in (64, 1024):
+    for m in (1, 16, 128, 1024):
         x = torch.randn(m, k, device=dev)
         xq = torch.randint(-127, 128, (m, k), dtype=torch.int8, device=dev)
         xs, ws = torch.rand(m, device=dev), torch.rand(n, device=dev)

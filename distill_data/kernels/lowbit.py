@@ -162,7 +162,10 @@ def int8_linear_reference(xq: Tensor, wq: Tensor, x_scale: Tensor, w_scale: Tens
     exact integer product (int64 on the CPU), then one scale per row of ``x`` (or one)
     and per output channel (or one)."""
     _check_int8(xq, wq)
-    acc = xq.to(torch.int64) @ wq.to(torch.int64).T
+    if xq.device.type == "cpu":
+        acc = xq.to(torch.int64) @ wq.to(torch.int64).T
+    else:  # CUDA has no int64 matmul; float64 holds these sums exactly (127²·K < 2⁵³)
+        acc = xq.to(torch.float64) @ wq.to(torch.float64).T
     return acc.to(torch.float32) * x_scale.reshape(-1, 1).float() * w_scale.reshape(1, -1).float()
 
 
