@@ -954,11 +954,13 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         return []
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["teacher_name"], r["bits"], r["set"], r["count"]), []).append(r)
+        key = (r["teacher_name"], r["bits"], r["set"], r["count"], r.get("device", "cpu"))
+        groups.setdefault(key, []).append(r)
     order = {"zeroq": 0, "genie": 1, "real": 2, "noise": 3}
     rows = []
-    for (teacher, bits, name, count), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 9), kv[0][3])
+    for (teacher, bits, name, count, device), rs in sorted(
+        groups.items(),
+        key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 9), kv[0][3], kv[0][4]),
     ):
         accs = [r["report"]["test_accuracy"] for r in rs]
         ptq = _one_of(f"{r['ptq_accuracy']:.2f}" for r in rs)
@@ -969,7 +971,7 @@ def zeroshot_table(results: list[dict]) -> list[str]:
             "genie": f"Genie set from the teacher alone ({its} iterations per batch)",
             "real": "random real training images",
             "noise": "Gaussian noise",
-        }.get(name, name)
+        }.get(name, name) + ("" if device == "cpu" else f" (trained on {device})")
         rows.append(
             f"| {teacher} ({fp32}) | {bits} | {what} | {count} | {_seeds_pm(accs)} | {ptq} |"
         )
@@ -990,7 +992,7 @@ def zeroshot_table(results: list[dict]) -> list[str]:
 def student_set_table(results: list[dict]) -> list[str]:
     """Float KD students trained on stored condensed sets, against the images they use,
     beside the same student trained on the full training split."""
-    runs = [r for r in results if r.get("benchmark") == "student-from-set"]
+    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "student-from-set"]
     if not runs:
         return []
     groups: dict[tuple, list[dict]] = {}
@@ -1565,7 +1567,8 @@ def _latest(runs: list[dict], *fields: str) -> dict[tuple, dict]:
 
 def recon_tables(results: list[dict]) -> list[str]:
     """Reconstruction PTQ against range-only PTQ, by calibration set and bit width."""
-    runs = [r for r in results if r.get("benchmark") == "reconstruction-ptq"]
+    every = [r for r in results if r.get("benchmark") == "reconstruction-ptq"]
+    runs = [r for r in every if r.get("device", "cpu") == "cpu"]
     if not runs:
         return []
     latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
@@ -1611,12 +1614,45 @@ def recon_tables(results: list[dict]) -> list[str]:
                 f"{RECON_LABEL[m]} | {' | '.join(cells)} | {sec} | "
                 f"{max(rss):.0f} |"
             )
-    return out
+    return out + recon_gpu_table([r for r in every if r.get("device", "cpu") != "cpu"])
+
+
+def _on_cpu(results: list[dict]) -> list[dict]:
+    """Results measured on the CPU (files without a device are CPU runs)."""
+    return [r for r in results if r.get("device", "cpu") == "cpu"]
+
+
+def recon_gpu_table(runs: list[dict]) -> list[str]:
+    """Reconstruction on a GPU (``bench/recon.py --device cuda``): seconds per block and
+    the quantized accuracy, per (teacher, calibration, bits, method, steps per block)."""
+    if not runs:
+        return []
+    latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
+    rows = []
+    for (teacher, _calib, bits, method), r in sorted(latest.items()):
+        if r["seconds_per_block"] is None:
+            continue
+        rows.append(
+            f"| {teacher} | {_calib_label(r)} | {bits} | {RECON_LABEL[method]} | "
+            f"{r['settings'].get('iterations')} | {r['seconds_per_block']:.2f} | "
+            f"{r['result']['quant_accuracy']:.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "**Reconstruction on a GPU** (`bench/recon.py --device cuda`; seconds per block at "
+        "the steps shown; the accuracy of the same run)",
+        "",
+        "| teacher | calibration | bits | method | steps/block | s/block | test % |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def mixed_tables(results: list[dict]) -> list[str]:
     """ZeroQ mixed precision and Polino's allocation against uniform weight bits."""
-    runs = [r for r in results if r.get("benchmark") == "mixed-precision"]
+    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "mixed-precision"]
     if not runs:
         return []
     latest = _latest(runs, "teacher_name", "calib_name", "run")
@@ -1669,7 +1705,7 @@ FORMAT_LABEL = {
 
 def format_tables(results: list[dict]) -> list[str]:
     """FP8 / FP4 fake quantization against integers of the same widths."""
-    runs = [r for r in results if r.get("benchmark") == "number-formats"]
+    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "number-formats"]
     if not runs:
         return []
     latest = _latest(runs, "teacher_name", "calib_name", "run")

@@ -36,6 +36,15 @@ import distill_data as dd  # noqa: E402
 from distill_data.runtime import tune_allocator  # noqa: E402
 
 DATASET = "mnist5k"
+#: where every run calibrates, reconstructs and tests (``--device``); GPU files are
+#: named ``..._cuda`` and kept apart from the CPU tables
+DEVICE = "cpu"
+
+
+def _tag() -> str:
+    return "" if DEVICE == "cpu" else "_" + DEVICE.replace(":", "")
+
+
 WORK = ROOT / ".work"
 # range-only baselines: min/max (the README's PTQ tables) and the MSE observer
 METHODS = {
@@ -65,7 +74,8 @@ def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: lis
                     settings["iterations"] = iterations
                 reset_peak_rss()
                 t0 = time.perf_counter()
-                rep = dd.quantize(tpath, calib, DATASET, bits=b, seed=seed, quiet=True, **settings)
+                rep = dd.quantize(tpath, calib, DATASET, bits=b, seed=seed, quiet=True,
+                                 device=DEVICE, **settings)  # fmt: skip
                 wall = time.perf_counter() - t0
                 row = rep["results"][0]
                 blocks = row.get("reconstruction") or []
@@ -73,9 +83,10 @@ def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: lis
                 print(f"{teacher} {b} {_calib_name(calib)} {name}: {row['quant_accuracy']:.2f} "
                       f"(fp32 {row['fp32_accuracy']:.2f}), {wall:.0f} s", flush=True)  # fmt: skip
                 write_result(
-                    f"recon_{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_s{seed}",
+                    f"recon_{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_s{seed}{_tag()}",
                     {
                         "benchmark": "reconstruction-ptq",
+                        "device": DEVICE,
                         "teacher_name": teacher,
                         "calib": calib,
                         "calib_name": _calib_name(calib),
@@ -118,7 +129,7 @@ def stage_mixed(teacher: str, calibs: list[str], seed: int, only: list[str] | No
             settings = {k: v for k, v in s.items() if k != "bits"}
             t0 = time.perf_counter()
             rep = dd.quantize(tpath, calib, DATASET, bits=s["bits"], seed=seed, quiet=True,
-                              observer="mse", **settings)  # fmt: skip
+                              device=DEVICE, observer="mse", **settings)  # fmt: skip
             wall = time.perf_counter() - t0
             row = rep["results"][0]
             mixed = row.get("mixed_precision_result")
@@ -132,9 +143,10 @@ def stage_mixed(teacher: str, calibs: list[str], seed: int, only: list[str] | No
                 plot_report(mixed, png)
                 print(f"wrote {png}")
             write_result(
-                f"mixed_{DATASET}_{teacher}_{_calib_name(calib)}_{name}_s{seed}",
+                f"mixed_{DATASET}_{teacher}_{_calib_name(calib)}_{name}_s{seed}{_tag()}",
                 {
                     "benchmark": "mixed-precision",
+                    "device": DEVICE,
                     "teacher_name": teacher,
                     "calib": calib,
                     "calib_name": _calib_name(calib),
@@ -166,15 +178,16 @@ def stage_formats(teacher: str, calibs: list[str], seed: int) -> None:
         for name, (bits, settings) in FORMATS.items():
             t0 = time.perf_counter()
             rep = dd.quantize(tpath, calib, DATASET, bits=bits, seed=seed, quiet=True,
-                              observer="minmax", **settings)  # fmt: skip
+                              device=DEVICE, observer="minmax", **settings)  # fmt: skip
             wall = time.perf_counter() - t0
             row = rep["results"][0]
             print(f"{teacher} {_calib_name(calib)} {name} {bits}: {row['quant_accuracy']:.2f} "
                   f"(fp32 {row['fp32_accuracy']:.2f}), {wall:.0f} s", flush=True)  # fmt: skip
             write_result(
-                f"formats_{DATASET}_{teacher}_{_calib_name(calib)}_{name}_s{seed}",
+                f"formats_{DATASET}_{teacher}_{_calib_name(calib)}_{name}_s{seed}{_tag()}",
                 {
                     "benchmark": "number-formats",
+                    "device": DEVICE,
                     "teacher_name": teacher,
                     "calib": calib,
                     "calib_name": _calib_name(calib),
@@ -204,7 +217,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed", nargs="+", choices=list(MIXED), help="runs of --stage mixed")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart)")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     tune_allocator()
     for spec in args.data_free:

@@ -49,6 +49,15 @@ from distill_data.train.student import test_logits  # noqa: E402
 
 DATASET = "mnist5k"
 WORK = ROOT / ".work"
+#: where the zero-shot and set stages build, train and test (``--device``); GPU result
+#: files are named ``..._cuda`` and say ``"device"``, so tables keep them apart
+DEVICE = "cpu"
+
+
+def _tag() -> str:
+    return "" if DEVICE == "cpu" else "_" + DEVICE.replace(":", "")
+
+
 STUDENTS = WORK / "students"
 TEACHERS = {
     "resnet": {"model": "resnet", "epochs": 15},
@@ -194,13 +203,14 @@ def _data_free_set(teacher: str, method: str, count: int, iterations: int) -> Pa
         reset_peak_rss()
         t0 = time.perf_counter()
         dd.build(None, method, None, path, teacher=teacher_path(teacher), count=count,
-                 options={"iterations": iterations}, quiet=True)  # fmt: skip
+                 options={"iterations": iterations}, quiet=True, device=DEVICE)  # fmt: skip
         wall = time.perf_counter() - t0
         print(f"{method} {count} images, {iterations} it/batch: {wall:.0f} s", flush=True)
         write_result(
-            f"zeroshotset_{DATASET}_{teacher}_{method}{count}_it{iterations}",
+            f"zeroshotset_{DATASET}_{teacher}_{method}{count}_it{iterations}{_tag()}",
             {
                 "benchmark": "zero-shot-set-cost",
+                "device": DEVICE,
                 "teacher_name": teacher,
                 "method": method,
                 "count": count,
@@ -227,21 +237,23 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
             sets[kind] = str(_data_free_set(teacher, kind, count, iterations[kind]))
         else:
             sets[kind] = f"{kind}:{count}"
-    ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(ZS_BITS), observer="mse")
+    ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(ZS_BITS), observer="mse",
+                      device=DEVICE)  # fmt: skip
     for seed in seeds:
         for name, spec in sets.items():
             for bits in ZS_BITS:
                 out = STUDENTS / f"zs_{teacher}_{name}{count}_{bits}_s{seed}.pt"
                 rep = dd.train(DATASET, out, data=spec, teacher=tpath, init="teacher",
                                quant="lsq", bits=bits, recipe="zsqat", feature_weight=1.0,
-                               seed=seed, quiet=True, force=True)  # fmt: skip
+                               seed=seed, quiet=True, force=True, device=DEVICE)  # fmt: skip
                 cal = next(r for r in ptq["results"] if r["bits"] == bits and r["calib"] == spec)
                 print(f"zero-shot {name} {bits} seed {seed}: {rep['test_accuracy']:.2f}% "
                       f"(PTQ {cal['quant_accuracy']:.2f})", flush=True)  # fmt: skip
                 write_result(
-                    f"zeroshot_{DATASET}_{teacher}_{name}{count}_{bits}_s{seed}",
+                    f"zeroshot_{DATASET}_{teacher}_{name}{count}_{bits}_s{seed}{_tag()}",
                     {
                         "benchmark": "zero-shot-qat",
+                        "device": DEVICE,
                         "teacher_name": teacher,
                         "set": name,
                         "count": count,
@@ -285,19 +297,21 @@ def stage_sets(
             if not store.exists():
                 t0 = time.perf_counter()
                 by = {"teacher": teacher_path(teacher)} if method in TEACHER_DRIVEN else {}
-                dd.build(DATASET, method, ipc, store, options=opts, quiet=True, **by)
+                dd.build(DATASET, method, ipc, store, options=opts, quiet=True, device=DEVICE,
+                         **by)  # fmt: skip
                 print(f"{method} ipc {ipc}: built in {time.perf_counter() - t0:.0f} s", flush=True)
             for seed in seeds:
                 out = STUDENTS / f"set_{teacher}_{method}{ipc}_s{seed}.pt"
                 rep = dd.train(DATASET, out, data=str(store), teacher=teacher_path(teacher),
-                               width=STUDENT_WIDTH[teacher], seed=seed,
+                               width=STUDENT_WIDTH[teacher], seed=seed, device=DEVICE,
                                options={"epochs": epochs}, quiet=True, force=True)  # fmt: skip
                 print(f"set {method} ipc {ipc} seed {seed}: {rep['test_accuracy']:.2f}%",
                       flush=True)  # fmt: skip
                 write_result(
-                    f"studentset_{DATASET}_{teacher}_{method}_ipc{ipc}_s{seed}",
+                    f"studentset_{DATASET}_{teacher}_{method}_ipc{ipc}_s{seed}{_tag()}",
                     {
                         "benchmark": "student-from-set",
+                        "device": DEVICE,
                         "teacher_name": teacher,
                         "method": method,
                         "ipc": ipc,
@@ -336,7 +350,11 @@ def main() -> None:
         "--zs-sets", nargs="+", default=["zeroq", "real", "noise"],
         choices=["zeroq", "genie", "real", "noise"], help="zero-shot training sets",
     )  # fmt: skip
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda, for --stage zeroshot and sets")  # fmt: skip
     args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     tune_allocator()
     if "teacher" in args.stage:

@@ -578,6 +578,7 @@ def quantize(
     compare: bool = False,
     seed: int = 0,
     quiet: bool = False,
+    device: str | torch.device = "cpu",
     **ptq: Any,
 ) -> dict:
     """Post-training quantization of ``teacher`` calibrated on ``calib``; a report.
@@ -588,12 +589,15 @@ def quantize(
     ``observer``, ``first_last_bits``, ``iterations``, ...): ``method="genie"`` (or
     ``adaround``, ``brecq``, ``qdrop``) reconstructs the quantized network block by
     block on the calibration images. ``dataset`` defaults to the one the teacher
-    records. ``quiet``: no progress bars.
+    records. ``quiet``: no progress bars. ``device``: where the network calibrates,
+    reconstructs and is tested (the images move there batch by batch).
     """
     from distill_data.quant import PTQConfig
     from distill_data.quant.calibrate import calibration_images, compare_calibrations
 
+    device = resolve_device(device)
     net, meta = _load_teacher(teacher)
+    net = net.to(device)  # a copy (see _load_teacher): the caller's module stays put
     if dataset is None:
         if not meta.get("dataset"):
             raise ConfigError(f"the teacher does not name its dataset; pass {opt('dataset')}")
@@ -617,9 +621,11 @@ def quantize(
 
     w0, a0 = parse_bits(bit_list[0]) if bit_list else (8, 8)  # validated with its widths
     cfg = make_config(PTQConfig, {"seed": seed, "w_bits": w0, "a_bits": a0, **ptq})
-    return compare_calibrations(
+    report = compare_calibrations(
         net, data, calibs, bit_list, cfg, seed=seed, progress=False if quiet else None
     )
+    report["device"] = str(device)
+    return report
 
 
 __all__ = [

@@ -511,11 +511,15 @@ def teacher(
     "precision: mp_bits, mp_method)"
 )
 @click.option("--json", "json_out", default=None, help="Write the report here.")
+@click.option(
+    "--device", default="cpu", show_default=True,
+    help="torch device for calibration, reconstruction and testing: cpu, cuda, cuda:N.",
+)  # fmt: skip
 @_FORCE
 @click.pass_context
 def quantize(
     ctx, teacher, calibs, dataset, bits, method, observer, first_last_bits, mixed_precision,
-    frontier_plot, compare, seed, sets, json_out, force,
+    frontier_plot, compare, seed, sets, json_out, device, force,
 ) -> None:  # fmt: skip
     """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
 
@@ -530,7 +534,8 @@ def quantize(
     weights' rounding and the steps, block by block (the report lists each block's
     error before and after), e.g. Genie-M at W2A4 from a Genie set:
 
-        distill-data quantize --teacher t.pt --calib genie.h5 --bits w2a4 \
+    \b
+        distill-data quantize --teacher t.pt --calib genie.h5 --bits w2a4 \\
                               --method genie --set iterations=2000 --compare
     """
     from distill_data.quant.calibrate import format_comparison
@@ -546,8 +551,9 @@ def quantize(
     if frontier_plot and ptq.get("mixed_precision") is None:
         raise DistillDataError("--frontier-plot needs --mixed-precision")
     report = api.quantize(
-        teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed, **ptq
-    )
+        teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed,
+        device=device, **ptq,
+    )  # fmt: skip
     click.echo(format_comparison(report))
     if frontier_plot:
         from distill_data.quant.mixed import plot_report

@@ -81,6 +81,7 @@ def test_quantize_first_last_bits_none_quantizes_every_layer(teacher_file, tmp_p
         (["--calib", "missing.h5"], "no such file"),
         (["--calib", "noise:4", "--first-last-bits", "x"], "first_last_bits"),
         (["--calib", "noise:4", "--first-last-bits", "16"], "from 2 to 8"),
+        (["--calib", "noise:4", "--device", "cuda:4096"], "cuda:4096"),
     ],
 )
 def test_quantize_errors(teacher_file, run_cli, args, message):
@@ -92,3 +93,8 @@ def test_quantize_errors(teacher_file, run_cli, args, message):
 def test_quantize_api_refuses_wrong_dataset(teacher_file):
     with pytest.raises(ConfigError, match="takes 1x10x10"):
         dd.quantize(teacher_file, "noise:4", "digits")
+
+
+def test_quantize_reports_its_device(teacher_file):
+    rep = dd.quantize(teacher_file, "noise:4", bits="w8a8", quiet=True, device="cpu")
+    assert rep["device"] == "cpu" and rep["results"][0]["quant_accuracy"] >= 0
