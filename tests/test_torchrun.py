@@ -172,7 +172,8 @@ def _rank_of(pid: int) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_a_killed_rank_resumes_from_the_checkpoint(files, tmp_path):
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_resumes_from_the_checkpoint(files, tmp_path, victim):
     _, npz, _ = files
     out = tmp_path / "set.h5"
     ckpt = Path(str(out) + ".ckpt.pt")
@@ -184,8 +185,8 @@ def test_a_killed_rank_resumes_from_the_checkpoint(files, tmp_path):
         while not ckpt.exists() and time.time() < deadline:
             time.sleep(0.05)
         assert ckpt.exists(), "no checkpoint appeared"
-        victims = [p for p in _children(job.pid) if _rank_of(p) == 1]
-        assert victims, "rank 1 not found"
+        victims = [p for p in _children(job.pid) if _rank_of(p) == victim]
+        assert victims, f"rank {victim} not found"
         os.kill(victims[0], signal.SIGKILL)
         _, err = job.communicate(timeout=60)
     finally:
