@@ -20,9 +20,12 @@ the same step: the failing rank reports its error, the others raise :class:`Peer
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import datetime
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,12 +82,14 @@ class Dist:
         _collective(td.all_reduce, t, op=td.ReduceOp.MAX)
         return int(t.item())
 
-    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over ranks in place (a CPU tensor under NCCL travels via the GPU)."""
+    def all_reduce_(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Sum (or ``op`` = ``min`` / ``max``) ``t`` over ranks in place (a CPU tensor
+        under NCCL travels via the GPU)."""
         if not self.active:
             return t
         moved = _on_backend(t)
-        _collective(td.all_reduce, moved)
+        ops = {"sum": td.ReduceOp.SUM, "min": td.ReduceOp.MIN, "max": td.ReduceOp.MAX}
+        _collective(td.all_reduce, moved, op=ops[op])
         if moved is not t:
             t.copy_(moved)
         return t
@@ -142,6 +147,41 @@ class Dist:
 
 
 ONE = Dist()
+
+#: the group whose ranks each hold a block of the current batch's rows (set by the
+#: trainer under DDP): batch statistics (activation ranges, LSQ's first step) span it
+_BATCH: contextvars.ContextVar[Dist] = contextvars.ContextVar("distill_data_batch", default=ONE)
+
+
+@contextlib.contextmanager
+def batch_group(group: Dist) -> Iterator[None]:
+    """Within the block, :func:`batch_minmax` and :func:`batch_abs_mean` reduce over
+    ``group`` (each rank holds a block of the batch's rows)."""
+    token = _BATCH.set(group)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+def batch_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's float32 minimum and maximum (over every rank's rows under DDP)."""
+    lo, hi = torch.aminmax(x.detach().float())
+    group = _BATCH.get()
+    if group.active:
+        lo, hi = group.all_reduce_(lo.clone(), "min"), group.all_reduce_(hi.clone(), "max")
+    return lo, hi
+
+
+def batch_abs_mean(x: torch.Tensor) -> torch.Tensor | None:
+    """mean|x| over every rank's rows (float64 sums), or None with one process (the
+    caller then keeps its own arithmetic, unchanged)."""
+    group = _BATCH.get()
+    if not group.active:
+        return None
+    a = x.detach().double().abs()
+    both = group.all_reduce_(torch.stack([a.sum(), a.new_tensor(float(a.numel()))]))
+    return both[0] / both[1]
 
 
 def together(d: Dist, fn: Any) -> Any:

@@ -302,27 +302,44 @@ def test_evaluation_runs_shared_over_ranks_give_the_one_process_report(files, tm
         assert two["results"][key]["test_losses"] == one["results"][key]["test_losses"]
 
 
-def test_a_student_trains_data_parallel_like_one_process(files, tmp_path):
+@pytest.mark.parametrize("quant", ["none", "lsq", "qat"])
+def test_a_student_trains_data_parallel_like_one_process(files, tmp_path, quant):
+    # ConvNet-BN: BatchNorm over the whole batch across ranks; lsq/qat: their activation
+    # observers too (the first step, the EMA ranges), folded BatchNorm included
     _, npz, teacher = files
-    args = ["-d", str(npz), "--teacher", str(teacher), "--model", "convnet", "--epochs", "2"]
-    args += ["--set", "width=8", "--set", "batch_size=10", "-q"]
+    bits = {"lsq": "w4a4", "qat": "w4a8"}.get(quant)
+    args = ["-d", str(npz), "--teacher", str(teacher), "--model", "convnet_bn", "--epochs", "2"]
+    args += ["--set", "width=8", "--set", "batch_size=10", "-q", "--quant", quant]
+    args += ["--bits", bits] if bits else []
     res = torchrun(["-m", "distill_data", "train", *args, "--out", str(tmp_path / "two.pt")])
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.count("student convnet") == 1
-    dd.train(
-        str(npz),
-        tmp_path / "one.pt",
-        teacher=str(teacher),
-        model="convnet",
-        width=8,
-        options={"batch_size": 10, "epochs": 2},
-        quiet=True,
-    )
-    two = torch.load(tmp_path / "two.pt", weights_only=True)["state_dict"]
-    one = torch.load(tmp_path / "one.pt", weights_only=True)["state_dict"]
-    assert two.keys() == one.keys()
-    for k in one:  # the batch gradient as a sum of two ranks' parts: rounding only
-        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5)
+    assert res.stdout.count("student convnet_bn") == 1
+    dd.train(str(npz), tmp_path / "one.pt", teacher=str(teacher), model="convnet_bn", width=8,
+             quant=quant, bits=bits, options={"batch_size": 10, "epochs": 2},
+             quiet=True)  # fmt: skip
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    if quant == "none":
+        two, one = {"": two["state_dict"]}, {"": one["state_dict"]}
+    else:
+        from distill_data.quant.pack import unpack
+
+        for name, layer in one["layers"].items():
+            # the same integer codes but where a weight sits on a rounding boundary
+            # (rounding of the sums may tip it one level), ranges within rounding
+            w1, w2 = layer["weight"], two["layers"][name]["weight"]
+            c1, c2 = (unpack(w["packed"], w["bits"], w["signed"], w["numel"]) for w in (w1, w2))
+            moved = (c1.long() - c2.long()).abs()
+            tipped = int((moved > 0).sum())
+            assert int(moved.max()) <= 1 and tipped <= max(2, moved.numel() // 100), name
+            for key, value in (layer["act"] or {}).items():
+                torch.testing.assert_close(two["layers"][name]["act"][key], value, rtol=0,
+                                           atol=1e-5)  # fmt: skip
+        two, one = {"": two["float_state"]}, {"": one["float_state"]}
+    assert two[""].keys() == one[""].keys()
+    for k, v in one[""].items():  # the batch gradient as a sum of two ranks' parts
+        if v.is_floating_point():
+            torch.testing.assert_close(two[""][k], v, rtol=0, atol=1e-5)
 
 
 STOP = """
@@ -396,3 +413,30 @@ def test_averaging_equal_buffers_over_ranks_leaves_them_unchanged():
     assert not torch.equal(before * 3 / 3, before)  # float32 arithmetic would nudge them
     _average_buffers(net, _ThreeEqualRanks())
     assert torch.equal(net.running_mean, before)
+
+
+def test_sync_batchnorm_arithmetic_is_batchnorms():
+    # with one rank the all-reduces are the identity: forward, gradients and running
+    # statistics must be BatchNorm's own (float64 so nothing hides in rounding)
+    from distill_data.dist import ONE
+    from distill_data.train.syncbn import _SyncBN
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(6, 3, 5, 4, generator=g, dtype=torch.float64)
+    stats: list = []
+    y = _SyncBN.apply(x, w, b, 1e-5, ONE, stats)
+    y.backward(grad)
+    mine = (y.detach(), x.grad.clone(), w.grad.clone(), b.grad.clone())
+    for t in (x, w, b):
+        t.grad = None
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    ref = torch.nn.functional.batch_norm(x, rm, rv, w, b, training=True, eps=1e-5)
+    ref.backward(grad)
+    for a, c in zip(mine, (ref.detach(), x.grad, w.grad, b.grad)):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+    mean, var, n = stats
+    torch.testing.assert_close(rm, 0.1 * mean)  # torch's running update, momentum 0.1
+    torch.testing.assert_close(rv, 0.9 + 0.1 * var * n / (n - 1))

@@ -334,6 +334,11 @@ def lsq_init_step(x: Tensor, qp: int, per_channel: bool = False) -> Tensor:
         mean = a.reshape(x.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (x.dim() - 1)))
     else:
         mean = a.mean()
+    return lsq_step_from_mean(mean, qp)
+
+
+def lsq_step_from_mean(mean: Tensor, qp: int) -> Tensor:
+    """``2 · mean|x| / √Q_P``, at least :data:`~distill_data.quant.quantizers.SCALE_EPS`."""
     return (2.0 * mean / math.sqrt(qp)).clamp(min=SCALE_EPS)
 
 
@@ -626,17 +631,22 @@ def _check_momentum(momentum: float) -> None:
 
 
 def ema_update(
-    lo: Tensor | None, hi: Tensor | None, x: Tensor, momentum: float = EMA_MOMENTUM
+    lo: Tensor | None,
+    hi: Tensor | None,
+    x: Tensor,
+    momentum: float = EMA_MOMENTUM,
+    current: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One EMA step of an activation range (Krishnamoorthi 2018, QAT; torch.ao observer).
 
     ``lo ← lo + c·(min(x) − lo)``, ``hi ← hi + c·(max(x) − hi)`` with ``c = momentum``
     (``torch.ao.quantization.MovingAverageMinMaxObserver``'s ``averaging_constant``,
     default 0.01, same arithmetic); the first batch (``lo``/``hi`` None) sets the range to
-    its own min/max. No gradient; float32 0-dim tensors.
+    its own min/max. No gradient; float32 0-dim tensors. ``current``: the batch's
+    ``(min, max)`` when the caller has them (e.g. over every DDP rank's rows).
     """
     _check_momentum(momentum)
-    cur_lo, cur_hi = torch.aminmax(x.detach().float())
+    cur_lo, cur_hi = torch.aminmax(x.detach().float()) if current is None else current
     if lo is None or hi is None:
         return cur_lo, cur_hi
     return lo + momentum * (cur_lo - lo), hi + momentum * (cur_hi - hi)

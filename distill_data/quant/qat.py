@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill_data.config import require
+from distill_data.dist import batch_abs_mean, batch_minmax
 from distill_data.errors import ConfigError
 from distill_data.kernels import bucket_fake_quant as fused_bucket_fake_quant
 from distill_data.kernels import fake_quant
@@ -68,6 +69,7 @@ from distill_data.quant.fakequant import (
     lsq_grad_scale,
     lsq_init_step,
     lsq_qrange,
+    lsq_step_from_mean,
     nonuniform_codes,
     nonuniform_quantize,
     quantile_points,
@@ -330,10 +332,11 @@ class EMAActivation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training and not self.frozen:
             with torch.no_grad():
+                cur_lo, cur_hi = batch_minmax(x)  # the whole batch's, under DDP
                 if bool(self.seen):
-                    lo, hi = ema_update(self.lo, self.hi, x, self.momentum)
+                    lo, hi = ema_update(self.lo, self.hi, x, self.momentum, (cur_lo, cur_hi))
                 else:
-                    lo, hi = x.min().float(), x.max().float()
+                    lo, hi = cur_lo, cur_hi
                 self.lo.copy_(lo)
                 self.hi.copy_(hi)
                 self.seen.fill_(True)
@@ -365,9 +368,11 @@ class LSQActivation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not bool(self.initialised):
             with torch.no_grad():
-                self.signed.fill_(bool(x.min() < 0))
+                self.signed.fill_(bool(batch_minmax(x)[0] < 0))
                 _, qp = lsq_qrange(self.bits, bool(self.signed))
-                self.step.copy_(lsq_init_step(x, qp).reshape(()))
+                mean = batch_abs_mean(x)  # None in one process: lsq_init_step's own
+                step = lsq_init_step(x, qp) if mean is None else lsq_step_from_mean(mean, qp)
+                self.step.copy_(step.reshape(()))
                 self.initialised.fill_(True)
         qn, qp = lsq_qrange(self.bits, bool(self.signed))
         g = lsq_grad_scale(x[0].numel(), qp)

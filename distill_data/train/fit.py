@@ -29,10 +29,11 @@ from distill_data.augment import (
     strategy_for,
 )
 from distill_data.data import ImageSpace
-from distill_data.dist import ONE, Dist
+from distill_data.dist import ONE, Dist, batch_group
 from distill_data.errors import DivergedError
 from distill_data.train.losses import DEFAULT_TEMPERATURES, kd_loss
 from distill_data.train.recipe import TrainRecipe
+from distill_data.train.syncbn import synced_batchnorm
 
 
 @dataclass(eq=False)
@@ -183,10 +184,12 @@ def fit(
     DistributedDataParallel. Every rank draws the same permutation, augmentation and
     mixing for the whole batch (the one-process draws), keeps its block of the batch's
     rows, and weights its loss by its share of the rows, so the averaged gradient is
-    the one-process batch gradient up to summation order. BatchNorm normalises each
-    rank's rows with their own statistics (DDP's behaviour: a rank's block is a smaller
-    batch); floating-point buffers (running statistics, activation ranges) are averaged
-    over ranks after every epoch, so every rank ends with the same model.
+    the one-process batch gradient up to summation order. BatchNorm normalises with
+    the whole batch's statistics across the ranks
+    (:mod:`distill_data.train.syncbn`, on any device), and the activation observers
+    (``qat``'s ranges, ``lsq``'s first step) see the whole batch too, so a student trains
+    as in one process up to the order of floating-point sums; floating-point buffers
+    are also averaged after every epoch (float64: equal values stay equal).
 
     Raises:
         DivergedError: a loss was NaN or infinite (checked at the end of every epoch);
@@ -218,71 +221,73 @@ def fit(
             mix_rng.bit_generator.state = resume.mix_rng
         start = resume.epoch
     net = model if not group.active else _data_parallel(model, device)
-    x_all, y_all = data.images.to(device), data.labels.to(device)
-    soft = None if data.soft is None else data.soft.to(device)
-    n = len(x_all)
-    # NaN/inf losses are counted on the device and checked once per epoch: one sync
-    # per epoch instead of one per step, and a diverged run stops before it is used
-    bad_steps = torch.zeros((), dtype=torch.int64, device=device)
-    for ep in range(start, recipe.epochs):
-        for pg, base in zip(opt.param_groups, base_lrs):
-            pg["lr"] = epoch_lr(recipe, base, ep)
-        model.train()
-        if epoch_start is not None:  # after train(): the hook may put modules in eval mode
-            epoch_start(ep)
-        perm = torch.randperm(n, generator=generator).to(device)
-        for i in range(0, n, recipe.batch_size):
-            idx = perm[i : i + recipe.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if dsa.enabled:
-                x = dsa(x, generator=generator)
-            if pipeline is not None:
-                x = pipeline(x, generator=generator)
-            # stored logits, unless a teacher labels the (mixed) batch below
-            target = soft[idx] if soft is not None and teacher is None else None
-            if mix_rng is not None:
-                lam = float(mix_rng.beta(recipe.mix_alpha, recipe.mix_alpha))
-                h, w = x.shape[-2:]
-                mix = sample_mix(recipe.mix, len(x), int(h), int(w), lam, generator, device)
-                x = apply_mix(x, mix)
-                if target is not None:
-                    target = mix_targets(target, mix)
-            share = 1.0
-            if group.active:  # this rank's rows of the one-process batch
-                rows, share = batch_share(len(x), group)
-                x, y = x[rows], y[rows]
-                target = None if target is None else target[rows]
-            out = net(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = teacher(x)
-            loss = student_loss(recipe, out, target, y, temperature)
-            if aux_loss is not None:
-                loss = loss + aux_loss()
-            opt.zero_grad(set_to_none=True)
-            (loss * share if share != 1.0 else loss).backward()
-            opt.step()
-            bad_steps += ~torch.isfinite(loss.detach())
-        if group.active:
-            bad_steps = group.all_reduce_(bad_steps)
-            _average_buffers(model, group)
-        if int(bad_steps):
-            raise DivergedError(
-                "training diverged: the loss became NaN or infinite in epoch "
-                f"{ep + 1} of {recipe.epochs}"
-            )
-        if bar is not None:
-            bar.update(1)
-        if epoch_end is not None:
-            epoch_end(
-                ep,
-                FitState(
-                    ep + 1,
-                    opt.state_dict(),
-                    generator.get_state(),
-                    None if mix_rng is None else mix_rng.bit_generator.state,
-                ),
-            )
+    # under DDP, BatchNorm and the activation observers see the whole batch on every rank
+    with synced_batchnorm(model, group), batch_group(group):
+        x_all, y_all = data.images.to(device), data.labels.to(device)
+        soft = None if data.soft is None else data.soft.to(device)
+        n = len(x_all)
+        # NaN/inf losses are counted on the device and checked once per epoch: one sync
+        # per epoch instead of one per step, and a diverged run stops before it is used
+        bad_steps = torch.zeros((), dtype=torch.int64, device=device)
+        for ep in range(start, recipe.epochs):
+            for pg, base in zip(opt.param_groups, base_lrs):
+                pg["lr"] = epoch_lr(recipe, base, ep)
+            model.train()
+            if epoch_start is not None:  # after train(): the hook may put modules in eval mode
+                epoch_start(ep)
+            perm = torch.randperm(n, generator=generator).to(device)
+            for i in range(0, n, recipe.batch_size):
+                idx = perm[i : i + recipe.batch_size]
+                x, y = x_all[idx], y_all[idx]
+                if dsa.enabled:
+                    x = dsa(x, generator=generator)
+                if pipeline is not None:
+                    x = pipeline(x, generator=generator)
+                # stored logits, unless a teacher labels the (mixed) batch below
+                target = soft[idx] if soft is not None and teacher is None else None
+                if mix_rng is not None:
+                    lam = float(mix_rng.beta(recipe.mix_alpha, recipe.mix_alpha))
+                    h, w = x.shape[-2:]
+                    mix = sample_mix(recipe.mix, len(x), int(h), int(w), lam, generator, device)
+                    x = apply_mix(x, mix)
+                    if target is not None:
+                        target = mix_targets(target, mix)
+                share = 1.0
+                if group.active:  # this rank's rows of the one-process batch
+                    rows, share = batch_share(len(x), group)
+                    x, y = x[rows], y[rows]
+                    target = None if target is None else target[rows]
+                out = net(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        target = teacher(x)
+                loss = student_loss(recipe, out, target, y, temperature)
+                if aux_loss is not None:
+                    loss = loss + aux_loss()
+                opt.zero_grad(set_to_none=True)
+                (loss * share if share != 1.0 else loss).backward()
+                opt.step()
+                bad_steps += ~torch.isfinite(loss.detach())
+            if group.active:
+                bad_steps = group.all_reduce_(bad_steps)
+                _average_buffers(model, group)
+            if int(bad_steps):
+                raise DivergedError(
+                    "training diverged: the loss became NaN or infinite in epoch "
+                    f"{ep + 1} of {recipe.epochs}"
+                )
+            if bar is not None:
+                bar.update(1)
+            if epoch_end is not None:
+                epoch_end(
+                    ep,
+                    FitState(
+                        ep + 1,
+                        opt.state_dict(),
+                        generator.get_state(),
+                        None if mix_rng is None else mix_rng.bit_generator.state,
+                    ),
+                )
     return model
 
 
