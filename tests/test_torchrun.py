@@ -244,26 +244,34 @@ def test_ranks_started_differently_stop_with_one_line(files, tmp_path):
     assert not out.exists()
 
 
-FAIL = """
+PATCHED = """
 import os, sys
 from distill_data.cli import main
 from distill_data.errors import StoreError
-from distill_data.synth.dm import DistributionMatching
+from {module} import {cls}
 
-step = DistributionMatching.step
-def failing(self, it):
-    if os.environ["RANK"] == "1" and it == 1:
-        raise StoreError("disk trouble on rank 1")
+step = {cls}.step
+def patched(self, it):
+    if os.environ["RANK"] == "{rank}" and it == {at}:
+        raise StoreError("{message}")
     return step(self, it)
-DistributionMatching.step = failing
+{cls}.step = patched
 main(sys.argv[1:])
 """
 
 
+def patched_cli(path: Path, cls: str, rank: int, at: int, message: str) -> Path:
+    """A CLI script whose ``cls.step`` raises ``message`` on ``rank`` at step ``at``."""
+    module = {"DistributionMatching": "distill_data.synth.dm",
+              "BatchedInversion": "distill_data.synth.inversion"}[cls]  # fmt: skip
+    path.write_text(PATCHED.format(module=module, cls=cls, rank=rank, at=at, message=message))
+    return path
+
+
 def test_a_failing_rank_stops_every_rank_with_its_message(files, tmp_path):
     _, npz, _ = files
-    script = tmp_path / "fail.py"
-    script.write_text(FAIL)
+    script = patched_cli(tmp_path / "fail.py", "DistributionMatching", 1, 1,
+                         "disk trouble on rank 1")  # fmt: skip
     out = tmp_path / "s.h5"
     res = torchrun([str(script), *build_args(npz, out, "--iterations", "4")[2:]])
     assert res.returncode != 0
@@ -342,34 +350,16 @@ def test_a_student_trains_data_parallel_like_one_process(files, tmp_path, quant)
             torch.testing.assert_close(two[""][k], v, rtol=0, atol=1e-5)
 
 
-STOP = """
-import os, sys
-from distill_data.cli import main
-from distill_data.errors import StoreError
-from distill_data.synth.inversion import BatchedInversion
-
-step = BatchedInversion.step
-def stopping(self, it):
-    if os.environ["RANK"] == "0" and it == int(os.environ["DD_STOP_AT"]):
-        raise StoreError("stopped for the test")
-    return step(self, it)
-BatchedInversion.step = stopping
-main(sys.argv[1:])
-"""
-
-
 def test_uneven_batch_shards_resume_past_the_shorter_rank(files, tmp_path):
     # 3 batches on 2 ranks: rank 0 makes two (4 steps), rank 1 one (2 steps); the
     # checkpoint at step 3 finds rank 1 finished and rank 0 inside its second batch
     _, _, teacher = files
-    script = tmp_path / "stop.py"
-    script.write_text(STOP)
+    script = patched_cli(tmp_path / "stop.py", "BatchedInversion", 0, 3, "stopped for the test")
     out = tmp_path / "z.h5"
     args = ["build", "--method", "zeroq", "--teacher", str(teacher), "--count", "12"]
     args += ["--set", "batch_size=4", "--iterations", "2", "--set", "checkpoint_every=3"]
     args += ["--out", str(out), "-q"]
-    env = {**os.environ, "DD_STOP_AT": "3"}
-    res = torchrun([str(script), *args], env=env)
+    res = torchrun([str(script), *args])
     assert res.returncode != 0 and "stopped for the test" in res.stderr
     assert torch.load(Path(str(out) + ".ckpt.pt"), weights_only=True)["iteration"] == 3
     res = torchrun(["-m", "distill_data", *args, "--resume"])
