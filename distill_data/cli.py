@@ -124,9 +124,14 @@ def _set_option(what: str):
     )
 
 
+#: the commands that share their work out under torchrun; the rest run in one process
+DISTRIBUTED = ("build", "eval", "train")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="distill-data")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Condense labelled image datasets into a few synthetic images per class, and
     make data-free calibration sets, all stored in one HDF5 format.
 
@@ -147,6 +152,12 @@ def cli() -> None:
       DISTILL_DATA_BACKEND under torchrun: gloo or nccl (default: nccl for --device
                            cuda, gloo otherwise; gloo lets ranks share one GPU)
     """
+    sub = ctx.invoked_subcommand
+    if dist.launched() and sub is not None and sub not in DISTRIBUTED:
+        raise DistillDataError(
+            f"`{sub}` runs in one process; start it without torchrun (under torchrun: "
+            f"{', '.join(DISTRIBUTED)})"
+        )
 
 
 @cli.command()

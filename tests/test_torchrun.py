@@ -430,3 +430,13 @@ def test_sync_batchnorm_arithmetic_is_batchnorms():
     mean, var, n = stats
     torch.testing.assert_close(rm, 0.1 * mean)  # torch's running update, momentum 0.1
     torch.testing.assert_close(rv, 0.9 + 0.1 * var * n / (n - 1))
+
+
+def test_commands_without_a_share_refuse_torchrun(files, tmp_path):
+    _, npz, _ = files
+    out = tmp_path / "t.pt"
+    res = torchrun(["-m", "distill_data", "teacher", "--dataset", str(npz), "--out", str(out)])
+    assert res.returncode != 0
+    lines = ours(res.stderr)
+    assert len(lines) == 1 and "`teacher` runs in one process" in lines[0], res.stderr
+    assert not out.exists()
