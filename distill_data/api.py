@@ -425,11 +425,13 @@ def teacher(
     cfg = make_config(TeacherConfig, settings)
     _check_seed(cfg.seed)
     device = resolve_device(device)
+    group = dist.context(device)  # under torchrun: one teacher, data-parallel (DDP)
+    device = dist.rank_device(device, group)
     (out_path,) = check_outputs([(out, "model")], reads=[dataset], force=force)
     data = (
         dataset if isinstance(dataset, RealDataset) else load_dataset(dataset, progress=not quiet)
     )
-    return train_teacher(data, cfg, out_path, device=device, quiet=quiet)
+    return train_teacher(data, cfg, out_path, device=device, quiet=quiet, group=group)
 
 
 def train(

@@ -125,7 +125,7 @@ def _set_option(what: str):
 
 
 #: the commands that share their work out under torchrun; the rest run in one process
-DISTRIBUTED = ("build", "eval", "train")
+DISTRIBUTED = ("build", "eval", "train", "teacher")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -442,6 +442,8 @@ def teacher(
     given = {"model": model, "epochs": epochs, "lr": lr, "batch_size": batch_size}
     settings = _with_sets(ctx, {**given, "width": width, "seed": seed}, sets)
     report = api.teacher(dataset, out, device=device, quiet=quiet, force=force, **settings)
+    if not dist.peek().main:  # torchrun: rank 0 wrote the file and reports
+        return
     click.echo(
         f"wrote {out}: {model} on {report['dataset']}, test accuracy "
         f"{report['test_accuracy']:.2f}% ({report['train_seconds']:.0f} s)"

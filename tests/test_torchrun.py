@@ -433,10 +433,25 @@ def test_sync_batchnorm_arithmetic_is_batchnorms():
 
 
 def test_commands_without_a_share_refuse_torchrun(files, tmp_path):
-    _, npz, _ = files
-    out = tmp_path / "t.pt"
-    res = torchrun(["-m", "distill_data", "teacher", "--dataset", str(npz), "--out", str(out)])
+    _, npz, teacher = files
+    out = tmp_path / "t.onnx"
+    res = torchrun(["-m", "distill_data", "quantize", "--teacher", str(teacher), "--calib",
+                    "noise:4", "--json", str(tmp_path / "q.json")])  # fmt: skip
     assert res.returncode != 0
     lines = ours(res.stderr)
-    assert len(lines) == 1 and "`teacher` runs in one process" in lines[0], res.stderr
-    assert not out.exists()
+    assert len(lines) == 1 and "`quantize` runs in one process" in lines[0], res.stderr
+    assert not (tmp_path / "q.json").exists() and not out.exists()
+
+
+def test_a_teacher_trains_data_parallel_like_one_process(files, tmp_path):
+    _, npz, _ = files
+    args = ["--dataset", str(npz), "--model", "convnet_bn", "--width", "8", "--epochs", "2"]
+    res = torchrun(["-m", "distill_data", "teacher", *args, "--out", str(tmp_path / "two.pt")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("wrote ") == 1
+    dd.teacher(str(npz), tmp_path / "one.pt", model="convnet_bn", width=8, epochs=2, quiet=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)["state_dict"]
+    one = torch.load(tmp_path / "one.pt", weights_only=True)["state_dict"]
+    for k, v in one.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(two[k], v, rtol=0, atol=1e-5)

@@ -17,6 +17,7 @@ from distill_data.augment import PRESETS, is_preset
 from distill_data.augment.pipeline import DEFAULT_PRESET
 from distill_data.config import require
 from distill_data.data import RealDataset
+from distill_data.dist import ONE, Dist, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt
 from distill_data.models import build_model, load_model, save_model
 from distill_data.train.fit import TrainData, fit
@@ -116,8 +117,13 @@ def train_teacher(
     out: str | os.PathLike,
     device: torch.device | str = "cpu",
     quiet: bool = False,
+    group: Dist = ONE,
 ) -> dict:
-    """Train a teacher on ``data``, save it to ``out`` (atomically) and return a report."""
+    """Train a teacher on ``data``, save it to ``out`` (atomically) and return a report.
+
+    Under torchrun (``group``) the teacher trains data-parallel as
+    :func:`~distill_data.train.fit` describes (the one-process result up to the order of
+    floating-point sums); rank 0 writes the file."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
     opts = {} if cfg.width is None else {"width": cfg.width}
@@ -127,7 +133,10 @@ def train_teacher(
     recipe = cfg.train_recipe()
     t0 = time.perf_counter()
     with tqdm(
-        total=recipe.epochs, desc=f"teacher {cfg.model}", disable=quiet, dynamic_ncols=True
+        total=recipe.epochs,
+        desc=f"teacher {cfg.model}",
+        disable=quiet or not group.main,
+        dynamic_ncols=True,
     ) as bar:
         try:
             fit(
@@ -136,6 +145,7 @@ def train_teacher(
                 recipe,
                 generator=g,
                 bar=bar,
+                group=group,
             )
         except DivergedError as e:
             raise DivergedError(
@@ -156,7 +166,7 @@ def train_teacher(
         "train_config": _resolved(cfg, recipe),
         "train_recipe": asdict(recipe),
     }
-    save_model(model.cpu(), out, meta=meta)
+    together(group, lambda: save_model(model.cpu(), out, meta=meta) if group.main else None)
     return {
         "teacher": str(out),
         "test_accuracy": acc,
