@@ -64,7 +64,8 @@ fi
 
 TRITON_INTERPRET=0 $PY -m pytest -p no:cacheprovider -m cuda tests/test_kernels_cuda.py \
   >"$OUT/pytest_cuda_kernels.log" 2>&1
-$PY -m pytest -p no:cacheprovider tests -k cuda >"$OUT/pytest_cuda.log" 2>&1 &
+$PY -m pytest -p no:cacheprovider tests -k cuda --ignore=tests/test_kernels_cuda.py \
+  >"$OUT/pytest_cuda.log" 2>&1 &
 
 # Commands whose result file already holds every point at the same settings are skipped
 # (--skip-done), so the script can be run again on a later lease to finish what an

@@ -1738,7 +1738,7 @@ def format_tables(results: list[dict]) -> list[str]:
 
 def ptq_headline(results: list[dict]) -> list[str]:
     """README: reconstruction against range-only PTQ from real images, by bit width."""
-    runs = [r for r in results if r.get("benchmark") == "reconstruction-ptq"
+    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "reconstruction-ptq"
             and r["calib_name"] == "real256"]  # fmt: skip
     if not runs:
         return []

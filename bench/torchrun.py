@@ -168,7 +168,8 @@ def stage(name: str, k: int, settings: dict, units: str, amount: int) -> None:
         f"collectives {100 * share:.1f} % of the {k}-rank time",
         flush=True,
     )
-    tag = "" if settings.get("device", "cpu") == "cpu" else f"_{settings['device']}"
+    device = settings.get("device", "cpu")
+    tag = "" if device == "cpu" else "_" + device.replace(":", "")
     write_result(f"torchrun_{name}_k{k}{tag}", result)
 
 

@@ -164,12 +164,19 @@ def batch_group(group: Dist) -> Iterator[None]:
         _BATCH.reset(token)
 
 
+def current_batch_group() -> Dist:
+    """The group the current batch is spread over (one process: :data:`ONE`)."""
+    return _BATCH.get()
+
+
 def batch_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's float32 minimum and maximum (over every rank's rows under DDP)."""
+    """The batch's float32 minimum and maximum (over every rank's rows under DDP: one
+    MAX all-reduce of ``(−min, max)``)."""
     lo, hi = torch.aminmax(x.detach().float())
     group = _BATCH.get()
     if group.active:
-        lo, hi = group.all_reduce_(lo.clone(), "min"), group.all_reduce_(hi.clone(), "max")
+        both = group.all_reduce_(torch.stack([-lo, hi]), "max")
+        lo, hi = -both[0], both[1]
     return lo, hi
 
 

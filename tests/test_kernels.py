@@ -324,3 +324,15 @@ def test_a_qd_student_trains_the_same_with_the_fused_kernel(tiny_npz, tmp_path):
     for name in a:
         assert torch.equal(a[name]["weight"]["packed"], b[name]["weight"]["packed"]), name
     assert reps["torch"]["test_accuracy"] == reps["triton"]["test_accuracy"]
+
+
+def test_buckets_too_large_for_one_program_take_the_reference_with_the_same_stream():
+    from distill_data.kernels import bucket_fake_quant
+    from distill_data.quant.fakequant import bucket_fake_quant as reference
+
+    w = torch.randn(300, 300, generator=torch.Generator().manual_seed(0))  # 90,000 > 2^16
+    assert torch.equal(bucket_fake_quant(w, 2, None, backend="triton"), reference(w, 2, None))
+    gen = torch.Generator().manual_seed(4)
+    out = bucket_fake_quant(w, 2, None, True, gen, backend="triton")
+    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(out, reference(w, 2, None, True, seed=seed))

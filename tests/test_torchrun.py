@@ -444,12 +444,16 @@ def test_commands_without_a_share_refuse_torchrun(files, tmp_path):
 
 
 def test_a_teacher_trains_data_parallel_like_one_process(files, tmp_path):
+    # 48 images in batches of 47: one split over the ranks, one of a single image that
+    # every rank holds whole (BatchNorm then uses its own rows, which are the batch)
     _, npz, _ = files
     args = ["--dataset", str(npz), "--model", "convnet_bn", "--width", "8", "--epochs", "2"]
+    args += ["--batch-size", "47"]
     res = torchrun(["-m", "distill_data", "teacher", *args, "--out", str(tmp_path / "two.pt")])
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("wrote ") == 1
-    dd.teacher(str(npz), tmp_path / "one.pt", model="convnet_bn", width=8, epochs=2, quiet=True)
+    dd.teacher(str(npz), tmp_path / "one.pt", model="convnet_bn", width=8, epochs=2,
+               batch_size=47, quiet=True)  # fmt: skip
     two = torch.load(tmp_path / "two.pt", weights_only=True)["state_dict"]
     one = torch.load(tmp_path / "one.pt", weights_only=True)["state_dict"]
     for k, v in one.items():

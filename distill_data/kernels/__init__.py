@@ -94,13 +94,16 @@ def bucket_fake_quant(
 
     if not use_triton(w, backend):
         return reference(w, bits, bucket_size, stochastic, generator)
-    from distill_data.kernels.fakequant import FusedBucketFakeQuant
+    from distill_data.kernels.fakequant import MAX_FUSED_BUCKET, FusedBucketFakeQuant
 
     seed = None
     if stochastic:
         if generator is None:
             raise ConfigError("stochastic rounding needs an explicit torch.Generator")
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+    bucket = w.numel() if bucket_size is None else min(bucket_size, w.numel())
+    if bucket > MAX_FUSED_BUCKET:  # one program cannot hold it: the reference, same stream
+        return reference(w, bits, bucket_size, stochastic, seed=seed)
     return FusedBucketFakeQuant.apply(w, bits, bucket_size, seed)
 
 

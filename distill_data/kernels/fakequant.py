@@ -10,12 +10,20 @@ GPU agree on it, and it is ``torch.round``'s half to even).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 BLOCK = 1024
+#: largest bucket one program reduces (Triton's block limit is 2^20 elements; larger
+#: buckets, e.g. qd's one bucket per tensor, take the torch reference)
+MAX_FUSED_BUCKET = 1 << 16
+#: compile without fused multiply-adds where torch rounds a product and a sum apart
+#: (``q·α + β``): on a GPU ptxas fuses them by default (the interpreter never does)
+NO_FMA = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -34,7 +42,7 @@ def _fq_forward(x_ptr, s_ptr, y_ptr, n_cols, n, qn, qp, BLOCK: tl.constexpr):
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + offs // n_cols, mask=mask, other=1.0).to(tl.float32)
-    v = tl.minimum(tl.maximum(x / s, -qn), qp)
+    v = tl.minimum(tl.maximum(tl.math.div_rn(x, s), -qn), qp)
     y = _round_half_even(v) * s
     tl.store(y_ptr + offs, y, mask=mask)
 
@@ -50,7 +58,7 @@ def _fq_backward(x_ptr, s_ptr, g_ptr, gx_ptr, part_ptr, n_cols, n_tiles, qn, qp,
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + row).to(tl.float32)
-    v = x / s
+    v = tl.math.div_rn(x, tl.zeros_like(x) + s)
     inside = (v > -qn) & (v < qp)
     tl.store(gx_ptr + offs, tl.where(inside, g, 0.0), mask=mask)
     clipped = tl.where(v <= -qn, -qn, qp)
@@ -94,12 +102,12 @@ def _fp_forward(x_ptr, s_ptr, y_ptr, n_cols, n, min_exp, man_bits, max_value,
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + offs // n_cols, mask=mask, other=1.0).to(tl.float32)
-    v = x / s
+    v = tl.math.div_rn(x, s)
     mag = tl.abs(v)
     e = tl.floor(tl.log2(tl.maximum(mag, 1.1754943508222875e-38)))
     e = tl.maximum(e, min_exp)
     quantum = tl.exp2(e - man_bits)
-    r = tl.minimum(_round_half_even(mag / quantum) * quantum, max_value)
+    r = tl.minimum(_round_half_even(tl.math.div_rn(mag, quantum)) * quantum, max_value)
     y = tl.where(v < 0, -r, r) * s
     tl.store(y_ptr + offs, y, mask=mask)
 
@@ -137,14 +145,14 @@ def _bucket_fq(w_ptr, y_ptr, numel, bucket, levels, seed, STOCHASTIC: tl.constex
     hi = tl.max(tl.where(mask, x, float("-inf")), axis=0)
     alpha = hi - lo
     alpha = tl.where(alpha < 1e-10, 1.0, alpha)
-    v = tl.math.div_rn(x - lo, alpha) * levels  # IEEE division, as torch's
+    v = tl.math.div_rn(x - lo, tl.zeros_like(x) + alpha) * levels  # IEEE, as torch's
     if STOCHASTIC:  # ⌊v⌋ + [u < frac(v)], u = tl.rand(seed, flat index)
         f = tl.floor(v)
         u = tl.rand(seed, offs)
         code = tl.where(u < v - f, f + 1.0, f)
     else:
         code = _round_half_even(v)
-    y = tl.math.div_rn(code, code * 0.0 + levels) * alpha + lo
+    y = tl.math.div_rn(code, tl.zeros_like(code) + levels) * alpha + lo
     tl.store(y_ptr + offs, y, mask=mask)
 
 
@@ -162,7 +170,7 @@ class FusedBucketFakeQuant(torch.autograd.Function):
         block = triton.next_power_of_2(bucket)
         _bucket_fq[(triton.cdiv(numel, bucket),)](
             flat, y, numel, bucket, float(2**bits - 1), 0 if seed is None else seed,
-            STOCHASTIC=seed is not None, BLOCK=block,
+            STOCHASTIC=seed is not None, BLOCK=block, **NO_FMA,
         )  # fmt: skip
         return y.view(w.shape).to(w.dtype)
 

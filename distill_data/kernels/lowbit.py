@@ -76,9 +76,11 @@ def packed_linear_reference(
     """The reference: unpack the block's rows, dequantize, ``F.linear``."""
     _check(bits, kind)
     signed = kind in ("per_channel", "per_tensor")
-    end = offset + n * k  # the codes up to this block's last, from the blob's first bytes
-    q = unpack(packed[: -(-end * bits // 8)], bits, signed, end, dtype=torch.int64)
-    q = q[offset:].reshape(n, k)
+    end = offset + n * k  # this block's codes, from the byte that holds its first one
+    first = offset * bits // 8 * 8 // bits  # the first code of that byte
+    blob = packed[offset * bits // 8 : -(-end * bits // 8)]
+    q = unpack(blob, bits, signed, end - first, dtype=torch.int64)
+    q = q[offset - first :].reshape(n, k)
     w = dequantize_rows(q, kind, bits, offset, scale, alpha, beta, points, bucket_size)
     return F.linear(x, w.to(x.dtype), bias)
 

@@ -37,12 +37,12 @@ def _packed_mm(x_ptr, p_ptr, s_ptr, a_ptr, b_ptr, t_ptr, y_ptr, M, N, K, OFFSET,
             a = tl.load(a_ptr + j, mask=wmask, other=0.0)
             b = tl.load(b_ptr + j, mask=wmask, other=0.0)
             if MODE == 2:  # (u / (2^b − 1)) · α + β, IEEE division as torch's
-                w = tl.math.div_rn(u.to(tl.float32), tl.full(u.shape, levels, tl.float32))
+                w = tl.math.div_rn(u.to(tl.float32), tl.zeros_like(a) + levels)
                 w = w * a + b
             else:
                 w = tl.load(t_ptr + u, mask=wmask, other=0.0) * a + b
             w = tl.where(wmask, w, 0.0)
-        acc += tl.dot(x, w)
+        acc += tl.dot(x, w, input_precision="ieee")  # not TF32: the reference's fp32
     if MODE == 0:
         s = tl.load(s_ptr + rn, mask=rn < N, other=0.0)
         acc = acc * s[None, :]

@@ -433,17 +433,20 @@ class QuantLayer(nn.Module):
         from distill_data.kernels.lowbit import packed_conv2d, packed_linear
 
         b = self.deployed_bias
-        dev = x.device
-        scale = None if p["scale"] is None else p["scale"].to(dev)
-        affine = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in p["affine"].items()}
+        t = {key: getattr(self, f"packed_{key}") for key in p["tensors"]}  # moved with .to()
+        affine = {}
+        if p["bucket_size"] is not None:
+            affine = {"alpha": t["alpha"], "beta": t["beta"], "points": t.get("points"),
+                      "bucket_size": p["bucket_size"]}  # fmt: skip
+        scale = t.get("scale")
         if isinstance(self.layer, nn.Conv2d):
             c = self.layer
-            return packed_conv2d(x, p["blob"].to(dev), p["bits"], p["shape"], scale, p["kind"],
-                                 b, c.stride, c.padding, c.dilation, p["backend"], c.groups,
+            return packed_conv2d(x, t["blob"], p["bits"], p["shape"], scale, p["kind"], b,
+                                 c.stride, c.padding, c.dilation, p["backend"], c.groups,
                                  **affine)  # fmt: skip
         n, k = p["shape"]
-        return packed_linear(x, p["blob"].to(dev), p["bits"], n, k, scale, p["kind"], b,
-                             p["backend"], **affine)  # fmt: skip
+        return packed_linear(x, t["blob"], p["bits"], n, k, scale, p["kind"], b, p["backend"],
+                             **affine)  # fmt: skip
 
     def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if isinstance(self.layer, nn.Conv2d):

@@ -226,21 +226,25 @@ def deploy_payload(payload: dict, kernels: str = "torch") -> nn.Module:
         )
         if packable:  # the packed product reads these instead of deployed_weight
             numel, size = w["numel"], w.get("bucket_size")
+            # tensors as (non-persistent) buffers: ``model.to(device)`` moves them once
+            tensors = {"blob": w["packed"]}
+            if affine:
+                tensors.update(alpha=w["alpha"].float(), beta=w["beta"].float())
+                if w.get("points") is not None:
+                    tensors["points"] = w["points"].float()
+            else:
+                tensors["scale"] = w["scale"].float()
+            for key, t in tensors.items():
+                q.register_buffer(f"packed_{key}", t, persistent=False)
             q.packed = {
-                "blob": w["packed"],
+                "tensors": tuple(tensors),
                 "bits": w["bits"],
-                "scale": w["scale"].float() if not affine else None,
                 "kind": w["kind"],
                 "shape": tuple(w["shape"]),
                 "backend": kernels,
-                "affine": {
-                    "alpha": w["alpha"].float(),
-                    "beta": w["beta"].float(),
-                    "points": w.get("points"),
-                    "bucket_size": numel if size is None or numel <= size else size,
-                }
+                "bucket_size": (numel if size is None or numel <= size else size)
                 if affine
-                else {},
+                else None,
             }
     return model.eval()
 

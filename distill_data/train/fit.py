@@ -222,7 +222,7 @@ def fit(
         start = resume.epoch
     net = model if not group.active else _data_parallel(model, device)
     # under DDP, BatchNorm and the activation observers see the whole batch on every rank
-    with synced_batchnorm(model, group), batch_group(group):
+    with synced_batchnorm(model, group):
         x_all, y_all = data.images.to(device), data.labels.to(device)
         soft = None if data.soft is None else data.soft.to(device)
         n = len(x_all)
@@ -252,18 +252,20 @@ def fit(
                     x = apply_mix(x, mix)
                     if target is not None:
                         target = mix_targets(target, mix)
-                share = 1.0
+                share, split = 1.0, ONE
                 if group.active:  # this rank's rows of the one-process batch
                     rows, share = batch_share(len(x), group)
+                    split = group if rows.stop - rows.start < len(x) else ONE
                     x, y = x[rows], y[rows]
                     target = None if target is None else target[rows]
-                out = net(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = teacher(x)
-                loss = student_loss(recipe, out, target, y, temperature)
-                if aux_loss is not None:
-                    loss = loss + aux_loss()
+                with batch_group(split):  # statistics over the ranks that split the batch
+                    out = net(x)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            target = teacher(x)
+                    loss = student_loss(recipe, out, target, y, temperature)
+                    if aux_loss is not None:
+                        loss = loss + aux_loss()
                 opt.zero_grad(set_to_none=True)
                 (loss * share if share != 1.0 else loss).backward()
                 opt.step()

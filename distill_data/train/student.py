@@ -121,8 +121,9 @@ class StudentConfig:
             layer's gradient (Polino §3; 5 cross-entropy minibatches, half of each
             layer's points kept as a floor, the total number of points preserved).
         feature_weight: weight of the feature-MSE term against the teacher (zero-shot QAT).
-        kernels: ``lsq``'s fake quantization by ``torch``, ``triton`` (the fused kernels,
-            :mod:`distill_data.kernels`) or ``auto`` (Triton on CUDA when installed).
+        kernels: ``lsq``'s and ``qd``'s fake quantization by ``torch``, ``triton`` (the
+            fused kernels, :mod:`distill_data.kernels`) or ``auto`` (Triton on CUDA when
+            installed); ``qd``'s stochastic rounding then draws Triton's Philox stream.
         seed: seed of initialisation, shuffling, augmentation and stochastic rounding.
     """
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from distill_data.dist import Dist
+from distill_data.dist import Dist, current_batch_group
 
 
 class _SyncBN(torch.autograd.Function):
@@ -70,8 +70,11 @@ class _SyncBN(torch.autograd.Function):
 def _forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     if not self.training:  # eval mode, frozen statistics: the running ones, as ever
         return self._plain_forward(x)
+    group = current_batch_group()
+    if not group.active:  # every rank holds the whole (small) batch: its own statistics
+        return self._plain_forward(x)
     stats: list = []
-    y = _SyncBN.apply(x, self.weight, self.bias, self.eps, self._sync_group, stats)
+    y = _SyncBN.apply(x, self.weight, self.bias, self.eps, group, stats)
     if self.track_running_stats:
         mean, var, n = stats
         with torch.no_grad():
@@ -88,8 +91,10 @@ def _forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
 @contextlib.contextmanager
 def synced_batchnorm(model: nn.Module, group: Dist) -> Iterator[None]:
     """Within the block, every BatchNorm of ``model`` in training mode normalises with
-    the whole batch's statistics across ``group``'s ranks (eval mode, frozen statistics
-    and one process are untouched); the modules are restored afterwards."""
+    the statistics of the batch spread over the ranks of the current
+    :func:`~distill_data.dist.batch_group` (eval mode, frozen statistics, one process,
+    and a batch every rank holds whole are untouched); the modules are restored
+    afterwards."""
     if not group.active:
         yield
         return
@@ -97,11 +102,10 @@ def synced_batchnorm(model: nn.Module, group: Dist) -> Iterator[None]:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(m):
             m._plain_forward = m.forward
-            m._sync_group = group
             m.forward = types.MethodType(_forward, m)
             patched.append(m)
     try:
         yield
     finally:
         for m in patched:
-            del m.forward, m._plain_forward, m._sync_group
+            del m.forward, m._plain_forward
