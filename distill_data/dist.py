@@ -136,7 +136,7 @@ class Dist:
         the rank that failed raises its own error, the others :class:`PeerFailed`. Call
         it on every rank, with the stage's exception or None. When several ranks failed,
         the lowest one reports (its error gets ``dist_report = True``)."""
-        failed = self.all_gather(None if error is None else _describe(error))
+        failed = self.all_gather(None if error is None else first_line(error))
         first = next((r for r, f in enumerate(failed) if f is not None), None)
         if first is None:
             return
@@ -263,8 +263,7 @@ def context(device: str | torch.device = "cpu") -> Dist:
         td.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     except (RuntimeError, ValueError) as e:
         raise ConfigError(
-            f"could not join the torchrun process group ({backend}): "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            f"could not join the torchrun process group ({backend}): {first_line(e)}"
         ) from None
     global _joined
     if not _joined:
@@ -375,8 +374,7 @@ def _collective(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except RuntimeError as e:  # gloo: "Connection closed by peer", NCCL: "... aborted"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PeerFailed(f"lost contact with another rank ({first})") from None
+        raise PeerFailed(f"lost contact with another rank ({first_line(e)})") from None
     finally:
         STATS["calls"] += 1
         STATS["seconds"] += time.perf_counter() - t0
@@ -398,11 +396,6 @@ def lost_peer(error: BaseException) -> bool:
     return any(
         s in text for s in ("Connection closed", "Connection reset", "peer", "NCCL", "aborted")
     )
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return text or type(error).__name__
 
 
 def reports(error: BaseException, d: Dist) -> bool:

@@ -19,6 +19,7 @@ from distill_data.evaluation.protocol import (
     EvalConfig,
     evaluate_set,
     label_mode,
+    run_set,
     summarise,
     train_and_test,
 )
@@ -394,10 +395,7 @@ def evaluate_shared(
         with tqdm(total=total, desc=desc, disable=hide, dynamic_ncols=True) as bar:
             for i, r in mine:
                 row = rows[i]
-                x, y, s = (
-                    (*row.draw(r), None)[:3] if row.draw is not None else
-                    (row.images, row.labels, row.soft)
-                )  # fmt: skip
+                x, y, s = run_set(r, row.images, row.labels, row.soft, row.draw)
                 t0 = time.perf_counter()
                 acc, loss = train_and_test(x, y, data, row.config, r, epochs_of(row), device,
                                            bar, s, row.temperature, row.teacher)  # fmt: skip

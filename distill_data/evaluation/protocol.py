@@ -250,7 +250,7 @@ def evaluate_set(
         total=cfg.runs * epochs, desc=f"eval {name}", disable=quiet, dynamic_ncols=True
     ) as bar:
         for r in range(cfg.runs):
-            x, y, s = (*resample(r), None)[:3] if resample is not None else (images, labels, soft)
+            x, y, s = run_set(r, images, labels, soft, resample)
             acc, loss = train_and_test(
                 x, y, data, cfg, r, epochs, device, bar, s, temperature, teacher
             )
@@ -261,6 +261,19 @@ def evaluate_set(
     supervised = teacher is not None or s is not None
     return summarise(accs, losses, cfg, epochs, n, temperature, supervised, teacher is not None,
                      time.perf_counter() - t0)  # fmt: skip
+
+
+def run_set(
+    run: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    soft: torch.Tensor | None,
+    resample: Callable[[int], tuple[torch.Tensor, ...]] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(images, labels, soft)`` that run ``run`` trains on: the set, or its own draw."""
+    if resample is None:
+        return images, labels, soft
+    return (*resample(run), None)[:3]
 
 
 def summarise(

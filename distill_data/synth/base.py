@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from distill_data.config import config_to_dict, require
 from distill_data.data import ImageSpace, RealDataset
-from distill_data.dist import ONE, Dist, together
+from distill_data.dist import ONE, Dist, first_line, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
 from distill_data.registry import Registry
 from distill_data.store import (
@@ -585,7 +585,7 @@ def _restore(gen: Generator, payload: dict, sig: dict, ckpt: Path, total: int) -
             gen.rng.set_state(payload["rng"])
             problem = _optimizer_mismatch(gen)
     except _RESUME_ERRORS as e:
-        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        problem = first_line(e)
     if problem is not None:
         raise StoreError(f"checkpoint {ckpt} does not fit this build ({problem}); {fix}")
     return start
