@@ -954,13 +954,16 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         return []
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        key = (r["teacher_name"], r["bits"], r["set"], r["count"], r.get("device", "cpu"))
+        weights = r["settings"].get("lsq_weights", "per tensor")
+        key = (r["teacher_name"], r["bits"], weights, r["set"], r["count"],
+               r.get("device", "cpu"))  # fmt: skip
         groups.setdefault(key, []).append(r)
     order = {"zeroq": 0, "genie": 1, "real": 2, "noise": 3}
     rows = []
-    for (teacher, bits, name, count, device), rs in sorted(
+    for (teacher, bits, weights, name, count, device), rs in sorted(
         groups.items(),
-        key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 9), kv[0][3], kv[0][4]),
+        key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], order.get(kv[0][3], 9), kv[0][4],
+                        kv[0][5]),  # fmt: skip
     ):
         accs = [r["report"]["test_accuracy"] for r in rs]
         ptq = _one_of(f"{r['ptq_accuracy']:.2f}" for r in rs)
@@ -973,7 +976,8 @@ def zeroshot_table(results: list[dict]) -> list[str]:
             "noise": "Gaussian noise",
         }.get(name, name) + ("" if device == "cpu" else f" (trained on {device})")
         rows.append(
-            f"| {teacher} ({fp32}) | {bits} | {what} | {count} | {_seeds_pm(accs)} | {ptq} |"
+            f"| {teacher} ({fp32}) | {bits} | {weights} | {what} | {count} | "
+            f"{_seeds_pm(accs)} | {ptq} |"
         )
     return [
         "",
@@ -981,10 +985,12 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         "8-bit, fine-tuned 30 epochs on the images alone with KD from its float self at T = "
         "4 plus feature MSE (the `zsqat` recipe); test accuracy % at the final epoch, mean ± "
         "std over seeds; PTQ = the teacher quantized at the same width, calibrated on the "
-        "same images, MSE observer, no training; teacher's fp32 accuracy in brackets)",
+        "same images, MSE observer, weights per output channel, no training; LSQ weight "
+        "steps per tensor as the paper or per output channel; teacher's fp32 accuracy in "
+        "brackets)",
         "",
-        "| teacher | bits | trained on | images | zero-shot QAT % | PTQ % |",
-        "|---|---|---|---|---|---|",
+        "| teacher | bits | LSQ weight steps | trained on | images | zero-shot QAT % | PTQ % |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ]
 

@@ -12,7 +12,7 @@ seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
     python bench/student.py --stage runs --runs float ce qd4 qd2 --seeds 0 1 2
     python bench/student.py --stage ptq --seeds 0 1 2         # bucketed / global PTQ of the
                                                               # float students
-    python bench/student.py --stage sets --epochs 300 --seeds 0 1 2   # from condensed sets
+    python bench/student.py --stage sets --seeds 0 1 2        # from condensed sets (300 ep)
     python bench/student.py --stage zeroshot --zeroq-iterations 100 --seeds 0 1 2
                                    # zero-shot QAT of the teacher on a ZeroQ set, real:256
                                    # and noise:256, against PTQ on the same sets
@@ -64,7 +64,8 @@ TEACHERS = {
     "convnet_bn": {"model": "convnet_bn", "epochs": 10, "width": 64},
 }
 STUDENT_WIDTH = {"resnet": 32, "convnet_bn": 24}
-EPOCHS = 30
+EPOCHS = 30  # --stage runs (the full split: 40 steps an epoch)
+SET_EPOCHS = 300  # --stage sets (one to nine steps an epoch on 100-900 images)
 RUNS = {
     "float": {},
     "ce": {"teacher": False, "kd": "none"},
@@ -225,11 +226,15 @@ def _data_free_set(teacher: str, method: str, count: int, iterations: int) -> Pa
 
 
 def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
-                   iterations: dict[str, int]) -> None:  # fmt: skip
+                   iterations: dict[str, int], bits_list: list[str],
+                   per_channel: bool = False) -> None:  # fmt: skip
     """Zero-shot QAT: the teacher itself, LSQ-quantized and fine-tuned (``zsqat``: KD at
     T = 4 from its float self plus feature MSE, weight 1) on a ZeroQ or Genie set made
     from it alone, against the same run on ``real:N`` and ``noise:N`` and against PTQ of
-    the teacher calibrated on each (MSE observer, first/last layer 8-bit)."""
+    the teacher calibrated on each (MSE observer, first/last layer 8-bit, weights per
+    output channel). ``per_channel``: LSQ learns a weight step per output channel too
+    (result files ``..._pc``), the PTQ baseline's granularity; default the paper's one
+    step per tensor."""
     tpath = teacher_path(teacher)
     sets = {}
     for kind in kinds:
@@ -237,20 +242,22 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
             sets[kind] = str(_data_free_set(teacher, kind, count, iterations[kind]))
         else:
             sets[kind] = f"{kind}:{count}"
-    ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(ZS_BITS), observer="mse",
+    ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(bits_list), observer="mse",
                       device=DEVICE)  # fmt: skip
+    pc = "_pc" if per_channel else ""
     for seed in seeds:
         for name, spec in sets.items():
-            for bits in ZS_BITS:
-                out = STUDENTS / f"zs_{teacher}_{name}{count}_{bits}_s{seed}.pt"
+            for bits in bits_list:
+                out = STUDENTS / f"zs_{teacher}_{name}{count}_{bits}{pc}_s{seed}.pt"
                 rep = dd.train(DATASET, out, data=spec, teacher=tpath, init="teacher",
                                quant="lsq", bits=bits, recipe="zsqat", feature_weight=1.0,
-                               seed=seed, quiet=True, force=True, device=DEVICE)  # fmt: skip
+                               per_channel=per_channel, seed=seed, quiet=True, force=True,
+                               device=DEVICE)  # fmt: skip
                 cal = next(r for r in ptq["results"] if r["bits"] == bits and r["calib"] == spec)
                 print(f"zero-shot {name} {bits} seed {seed}: {rep['test_accuracy']:.2f}% "
                       f"(PTQ {cal['quant_accuracy']:.2f})", flush=True)  # fmt: skip
                 write_result(
-                    f"zeroshot_{DATASET}_{teacher}_{name}{count}_{bits}_s{seed}{_tag()}",
+                    f"zeroshot_{DATASET}_{teacher}_{name}{count}_{bits}{pc}_s{seed}{_tag()}",
                     {
                         "benchmark": "zero-shot-qat",
                         "device": DEVICE,
@@ -262,6 +269,7 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
                         "settings": {
                             "zeroq_iterations": iterations.get(name),  # (also genie's)
                             "quant": "lsq",
+                            "lsq_weights": "per channel" if per_channel else "per tensor",
                             "recipe": "zsqat",
                             "feature_weight": 1.0,
                             "ptq_observer": "mse",
@@ -276,7 +284,7 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
 SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,000: 11 h here)
     "random": ([10, 50], {}),
     "herding": ([10, 50], {}),
-    "dm": ([10], {"iterations": 200}),
+    "dm": ([10, 50], {"iterations": 200}),
     "infer": ([10, 50], {}),  # from the teacher (its defaults; soft labels unused: KD online)
 }
 TEACHER_DRIVEN = ("infer", "sre2l")
@@ -333,7 +341,8 @@ def main() -> None:
     p.add_argument("--teacher", default="resnet", choices=list(TEACHERS))
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"student epochs (default: {EPOCHS} for runs, {SET_EPOCHS} for sets)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--count", type=int, default=256, help="images of the zero-shot sets")
     p.add_argument("--ipc", type=int, nargs="+", default=None,
@@ -350,6 +359,10 @@ def main() -> None:
         "--zs-sets", nargs="+", default=["zeroq", "real", "noise"],
         choices=["zeroq", "genie", "real", "noise"], help="zero-shot training sets",
     )  # fmt: skip
+    p.add_argument("--zs-bits", nargs="+", default=list(ZS_BITS), choices=list(ZS_BITS),
+                   help="bit widths of --stage zeroshot")  # fmt: skip
+    p.add_argument("--per-channel", action="store_true",
+                   help="zero-shot LSQ with a weight step per output channel")  # fmt: skip
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda, for --stage zeroshot and sets")  # fmt: skip
     args = p.parse_args()
@@ -360,16 +373,17 @@ def main() -> None:
     if "teacher" in args.stage:
         stage_teacher([args.teacher])
     if "runs" in args.stage:
-        stage_runs(args.teacher, args.runs, args.seeds, args.epochs)
+        stage_runs(args.teacher, args.runs, args.seeds, args.epochs or EPOCHS)
     if "ptq" in args.stage:
         stage_ptq(args.teacher, args.seeds)
     if "sets" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
-        stage_sets(args.teacher, args.seeds, args.epochs, args.sets, args.ipc)
+        stage_sets(args.teacher, args.seeds, args.epochs or SET_EPOCHS, args.sets, args.ipc)
     if "zeroshot" in args.stage:
         STUDENTS.mkdir(parents=True, exist_ok=True)
         its = {"zeroq": args.zeroq_iterations, "genie": args.genie_iterations}
-        stage_zeroshot(args.teacher, args.seeds, args.count, args.zs_sets, its)
+        stage_zeroshot(args.teacher, args.seeds, args.count, args.zs_sets, its, args.zs_bits,
+                       args.per_channel)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -621,7 +621,10 @@ def test_kornia_accuracy_rows_against_the_default_of_the_same_teacher_or_recipe(
 
 
 def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
-    def run(name, bits, seed, acc):
+    def run(name, bits, seed, acc, per_channel=False):
+        settings = {"zeroq_iterations": 100 if name == "zeroq" else None}
+        if per_channel:
+            settings["lsq_weights"] = "per channel"
         return {
             "benchmark": "zero-shot-qat",
             "teacher_name": "resnet",
@@ -629,7 +632,7 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
             "count": 256,
             "bits": bits,
             "seed": seed,
-            "settings": {"zeroq_iterations": 100 if name == "zeroq" else None},
+            "settings": settings,
             "ptq_accuracy": 90.0 if name == "zeroq" else 80.0,
             "fp32_accuracy": 97.7,
             "report": {"test_accuracy": acc},
@@ -640,14 +643,19 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
             run("noise", "w4a4", 0, 60.0),
             run("zeroq", "w4a4", 0, 96.0),
             run("zeroq", "w4a4", 1, 97.0),
+            run("zeroq", "w4a4", 0, 97.5, per_channel=True),
         ]
     )
     body = [r for r in rows if r.startswith("| resnet")]
     assert body[0] == (
-        "| resnet (97.70) | w4a4 | ZeroQ set from the teacher alone (100 iterations per batch) "
-        "| 256 | 96.50 ± 0.50 (2 seeds) | 90.00 |"
+        "| resnet (97.70) | w4a4 | per channel | ZeroQ set from the teacher alone (100 "
+        "iterations per batch) | 256 | 97.50 (1 seed) | 90.00 |"
     )
-    assert body[1].startswith("| resnet (97.70) | w4a4 | Gaussian noise | 256 | 60.00")
+    assert body[1] == (
+        "| resnet (97.70) | w4a4 | per tensor | ZeroQ set from the teacher alone (100 "
+        "iterations per batch) | 256 | 96.50 ± 0.50 (2 seeds) | 90.00 |"
+    )
+    assert body[2].startswith("| resnet (97.70) | w4a4 | per tensor | Gaussian noise | 256 | 60.00")
     assert mt.zeroshot_table([]) == []
 
 

@@ -41,6 +41,7 @@ QDQ_CASES = [
     ("lsq", 8, 8),
     ("lsq", 4, 4),
     ("lsq", 3, 4),
+    ("lsq-channel", 4, 4),
 ]
 
 
@@ -51,6 +52,8 @@ def ort():
 
 
 def trained_student(arch: str, method: str, w_bits: int, a_bits: int | None, **spec_kw):
+    if method == "lsq-channel":  # lsq with a weight step per output channel
+        method, spec_kw = "lsq", {**spec_kw, "per_channel": True}
     return train_tiny(arch, QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, **spec_kw))
 
 

@@ -173,3 +173,21 @@ def test_spec_validation_and_report():
     assert {r["w_bits"] for r in rows} == {2, 8}
     assert all(r["overhead_bits_per_weight"] > 0 for r in rows)
     assert isinstance(next(iter(quant_layers(quantize_(net(), spec("qat"))).values())), QuantLayer)
+
+
+def test_per_channel_lsq_learns_a_step_per_output_channel():
+    student = quantize_(net("convnet_bn"), spec("lsq", w=3, a=4, per_channel=True))
+    student.train()
+    student(torch.randn(8, 1, 10, 10)).logsumexp(1).sum().backward()
+    for name, q in quant_layers(student).items():
+        w, _ = q.folded()
+        assert q.wq.step.shape == (w.shape[0],) + (1,) * (w.dim() - 1), name
+        assert q.wq.step.grad is not None and q.wq.step.grad.shape == q.wq.step.shape
+        # initialised per channel at 2·mean|w_c|/√Q_P, so channels differ
+        assert q.wq.step.detach().flatten().unique().numel() > 1, name
+        exported = q.export()["weight"]
+        assert exported["kind"] == "per_channel"
+        with torch.no_grad():
+            assert torch.equal(dequantize(exported), q.wq(w)), name
+    with pytest.raises(ConfigError, match="per_channel is an lsq setting"):
+        QuantSpec(method="qat", per_channel=True)

@@ -30,12 +30,17 @@ def train_tiny(arch: str, spec: QuantSpec) -> tuple:
 
 
 def trained_student(arch: str, method: str, w_bits: int = 4) -> tuple:
+    """``method`` is a quantization method, or ``lsq-channel`` (lsq, a weight step per
+    output channel)."""
+    per_channel = method == "lsq-channel"
+    method = "lsq" if per_channel else method
     a_bits = None if method in ("qd", "dq") else 4
-    return train_tiny(arch, QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits))
+    spec = QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, per_channel=per_channel)
+    return train_tiny(arch, spec)
 
 
 @pytest.mark.parametrize("arch", ["convnet_bn", "resnet"])
-@pytest.mark.parametrize("method", QUANT_METHODS)
+@pytest.mark.parametrize("method", [*QUANT_METHODS, "lsq-channel"])
 def test_loaded_integer_student_equals_the_fake_quant_student(tmp_path, arch, method):
     model, spec = trained_student(arch, method)
     path = tmp_path / "s.pt"

@@ -19,7 +19,10 @@ quantizer on every chosen Conv2d / Linear:
     ``round(clip(v/s, −Q_N, Q_P))·s`` with the step gradient scaled by
     ``1/√(N·Q_P)`` and initialised at ``2·mean|v|/√Q_P`` (weights at preparation, each
     activation on its first batch); activations are unsigned where that first batch is
-    non-negative (after a ReLU), signed otherwise. Weights per tensor, as the paper.
+    non-negative (after a ReLU), signed otherwise. Weights per tensor, as the paper;
+    ``per_channel=True`` learns one weight step per output channel (initialised per
+    channel, the gradient scale still over the whole tensor's ``N``, as lsq-net and
+    LSQ+ practice), the granularity the PTQ baselines and ``qat`` use.
 ``qd``
     Quantized distillation (Polino, Pascanu & Alistarh, ICLR 2018, Alg. 1): the float
     weights are the "shadow" weights; forward and backward run at their quantization
@@ -108,6 +111,8 @@ class QuantSpec:
         fold_bn: fold Conv2d → BatchNorm2d pairs (``qat``/``lsq``); False keeps BatchNorm
             a float op after the quantized convolution.
         ema_momentum: averaging constant of ``qat``'s activation ranges.
+        per_channel: ``lsq`` learns one weight step per output channel instead of the
+            paper's one per tensor.
         kernels: ``lsq``'s and ``qd``'s fake quantization by ``torch`` (the reference),
             ``triton`` (the fused kernels of :mod:`distill_data.kernels`) or ``auto``
             (Triton on CUDA when installed). ``qd``'s stochastic rounding on the kernel
@@ -123,6 +128,7 @@ class QuantSpec:
     stochastic: bool = False
     fold_bn: bool = True
     ema_momentum: float = EMA_MOMENTUM
+    per_channel: bool = False
     kernels: str = "auto"
 
     def __post_init__(self) -> None:
@@ -156,6 +162,10 @@ class QuantSpec:
             f"bucket_size must be >= 2 or none, got {self.bucket_size}",
         )
         require(not self.stochastic or self.method == "qd", "stochastic rounding is a qd setting")
+        require(
+            not self.per_channel or self.method == "lsq",
+            "per_channel is an lsq setting (qat's weights are always per channel)",
+        )
         require(0 < self.ema_momentum <= 1, "ema_momentum must be in (0, 1]")
 
     @property
@@ -226,14 +236,19 @@ class SymmetricPerChannel(WeightQuantizer):
 
 
 class LSQWeight(WeightQuantizer):
-    """``lsq``'s weights: one learned step per tensor, signed range ``[−2^(b−1), 2^(b−1)−1]``."""
+    """``lsq``'s weights: one learned step per tensor (or per output channel), signed
+    range ``[−2^(b−1), 2^(b−1)−1]``."""
 
-    def __init__(self, bits: int, w: Tensor, kernels: str = "auto") -> None:
+    def __init__(
+        self, bits: int, w: Tensor, kernels: str = "auto", per_channel: bool = False
+    ) -> None:
         super().__init__()
         self.bits = bits
+        self.per_channel = per_channel
         self.qn, self.qp = lsq_qrange(bits, signed=True)
         self.grad_scale = lsq_grad_scale(w.numel(), self.qp)
-        self.step = nn.Parameter(lsq_init_step(w.detach(), self.qp).reshape(()).float())
+        step = lsq_init_step(w.detach(), self.qp, per_channel=per_channel).float()
+        self.step = nn.Parameter(step if per_channel else step.reshape(()))
         self.kernels = kernels
 
     def forward(self, w: Tensor) -> Tensor:
@@ -244,6 +259,8 @@ class LSQWeight(WeightQuantizer):
     def codes(self, w: Tensor) -> dict:
         s = positive(self.step).detach()
         q = torch.round(torch.clamp(w.detach() / s, -self.qn, self.qp)).to(torch.int64)
+        if self.per_channel:
+            return {"kind": "per_channel", "codes": q, "signed": True, "scale": s.reshape(-1)}
         return {"kind": "per_tensor", "codes": q, "signed": True, "scale": s.reshape(1)}
 
 
@@ -520,7 +537,7 @@ def _weight_quantizer(spec: QuantSpec, w: Tensor) -> WeightQuantizer:
     if spec.method == "qat":
         return SymmetricPerChannel(spec.w_bits)
     if spec.method == "lsq":
-        return LSQWeight(spec.w_bits, w, spec.kernels)
+        return LSQWeight(spec.w_bits, w, spec.kernels, spec.per_channel)
     if spec.method == "qd":
         return BucketUniform(spec.w_bits, spec.bucket_size, spec.stochastic, spec.kernels)
     return LearnedPoints(spec.w_bits, spec.bucket_size, w)

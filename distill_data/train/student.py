@@ -87,6 +87,8 @@ class StudentConfig:
         first_last_bits: bits of the first conv and last linear layer (None: like the rest).
         bucket_size: weights per min/max bucket (``qd``/``dq``; None: one per tensor).
         stochastic: ``qd`` rounds stochastically.
+        per_channel: ``lsq`` learns a weight step per output channel (the paper: one
+            per tensor).
         freeze_bn_at: fraction of the epochs after which every BatchNorm normalises
             with its running statistics and stops updating them (folded layers compute
             the deployed folding; None: never). Off by default: torchvision's QAT
@@ -135,6 +137,7 @@ class StudentConfig:
     first_last_bits: int | None = 8
     bucket_size: int | None = 256
     stochastic: bool = False
+    per_channel: bool = False
     freeze_bn_at: float | None = None
     keep_bn_stats: bool = False
     freeze_observers_at: float | None = 0.9
@@ -186,6 +189,7 @@ class StudentConfig:
             first_last_bits=self.first_last_bits,
             bucket_size=self.bucket_size,
             stochastic=self.stochastic,
+            per_channel=self.per_channel,
             kernels=self.kernels,
         )
 
