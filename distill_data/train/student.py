@@ -744,7 +744,8 @@ def format_student_report(report: dict) -> str:
     st = report["student"]
     lines = [
         f"student {st['model']} ({st['parameters']:,} parameters) on {report['data']['source']}"
-        f" ({report['data']['images']} images): {report['loss']}, {report['epochs']} epochs, "
+        f" ({report['data']['images']} images): {report['loss']}, {report['epochs']} "
+        f"epoch{'' if report['epochs'] == 1 else 's'}, "
         f"{report['seconds_per_epoch']:.2f} s/epoch"
     ]
     if "teacher" in report:
