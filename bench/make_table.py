@@ -997,28 +997,32 @@ def zeroshot_table(results: list[dict]) -> list[str]:
 
 def student_set_table(results: list[dict]) -> list[str]:
     """Float KD students trained on stored condensed sets, against the images they use,
-    beside the same student trained on the full training split."""
-    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "student-from-set"]
+    beside the same student trained on the full training split; sets built and students
+    trained on a GPU (NCFM, whose pool is hours on this CPU) are marked."""
+    runs = [r for r in results if r.get("benchmark") == "student-from-set"]
     if not runs:
         return []
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["teacher_name"], r["method"], r["ipc"]), []).append(r)
+        key = (r["teacher_name"], r["method"], r["ipc"], r.get("device", "cpu"))
+        groups.setdefault(key, []).append(r)
     full = {}
     for (_, teacher), by_run in _student_groups(results).items():
         if "float" in by_run:
             full[teacher] = by_run["float"]
     rows = []
-    for (teacher, method, ipc), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2],
-                                                                            kv[0][1])):  # fmt: skip
+    for (teacher, method, ipc, device), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1], kv[0][3])
+    ):
         accs = [r["report"]["test_accuracy"] for r in rs]
+        on = "" if device == "cpu" else f", on {device}"
         images = _one_of(r["report"]["data"]["images"] for r in rs)
         built = _one_of(
             ", ".join(f"{k} {v}" for k, v in r["settings"]["build"].items()) or "defaults"
             for r in rs
         )
         rows.append(
-            f"| {teacher} | {method} ({built}) | {ipc} | {images} | {_seeds_pm(accs)} | "
+            f"| {teacher} | {method} ({built}){on} | {ipc} | {images} | {_seeds_pm(accs)} | "
             f"{_one_of(r['report']['epochs'] for r in rs)} |"
         )
     for teacher, rs in sorted(full.items()):

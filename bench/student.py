@@ -286,7 +286,11 @@ SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,0
     "herding": ([10, 50], {}),
     "dm": ([10, 50], {"iterations": 200}),
     "infer": ([10, 50], {}),  # from the teacher (its defaults; soft labels unused: KD online)
+    # its pool (20 ConvNets x 60 epochs) is hours on this CPU: a GPU row (bench/gpu.sh),
+    # not in the default --sets; 1000 iterations as bench/matching.py's NCFM rows
+    "ncfm": ([10, 50], {"iterations": 1000}),
 }
+GPU_SETS = ("ncfm",)
 TEACHER_DRIVEN = ("infer", "sre2l")
 
 
@@ -347,8 +351,9 @@ def main() -> None:
     p.add_argument("--count", type=int, default=256, help="images of the zero-shot sets")
     p.add_argument("--ipc", type=int, nargs="+", default=None,
                    help="only these IPCs of --stage sets (default: each set's)")  # fmt: skip
-    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
-                   help="condensed sets of --stage sets")  # fmt: skip
+    p.add_argument("--sets", nargs="+", default=[m for m in SETS if m not in GPU_SETS],
+                   choices=list(SETS), help="condensed sets of --stage sets (default: all "
+                   f"but {', '.join(GPU_SETS)}, a GPU job)")  # fmt: skip
     p.add_argument(
         "--zeroq-iterations", type=int, default=500, help="ZeroQ's per batch (paper: 500)"
     )

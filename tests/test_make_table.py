@@ -671,11 +671,13 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
             "report": {"test_accuracy": acc, "data": {"images": ipc * 10}, "epochs": 300},
         }
 
+    gpu = {**run("ncfm", 10, 0, 95.0), "device": "cuda"}
     rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0),
-                                 run("random", 10, 0, 85.0)])  # fmt: skip
+                                 run("random", 10, 0, 85.0), gpu])  # fmt: skip
     body = [r for r in rows if r.startswith("| resnet")]
     assert body[0] == "| resnet | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
-    assert body[1].startswith("| resnet | random (defaults) | 10 | 100 | 85.00")
+    assert body[1] == "| resnet | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |"
+    assert body[2].startswith("| resnet | random (defaults) | 10 | 100 | 85.00")
     assert mt.student_set_table([]) == []
 
 
