@@ -865,7 +865,7 @@ def eval_cost_table(results: list[dict], runs: int, epochs: int) -> list[str]:
 # ----------------------------------------------------------------------------- students
 
 #: bench/student.py's runs, in its order; unknown runs go last within their bit width
-STUDENT_RUNS = ("float", "ce", "qd4", "qd2", "dq2", "lsq44", "lsq24", "qat44")
+STUDENT_RUNS = ("float", "ce", "qd4", "qd2", "dq2", "dq2w", "lsq44", "lsq24", "qat44")
 
 
 def _seeds_pm(values: list[float]) -> str:
@@ -893,6 +893,8 @@ def _student_label(r: dict) -> str:
         return f"qd {bits} (Polino, {_buckets(q)})"
     if method == "dq":
         start = ", from the float KD student" if r["settings"].get("teacher_start") else ""
+        if r["settings"].get("student", {}).get("dq_weights"):
+            start += ", weights trained too"
         return f"dq {bits} (Polino's learned points, {_buckets(q)}{start})"
     if method == "qat":
         return f"qat {bits} (fake quant + STE)"
@@ -962,8 +964,14 @@ def zeroshot_table(results: list[dict]) -> list[str]:
     rows = []
     for (teacher, bits, weights, name, count, device), rs in sorted(
         groups.items(),
-        key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], order.get(kv[0][3], 9), kv[0][4],
-                        kv[0][5]),  # fmt: skip
+        key=lambda kv: (
+            kv[0][0],
+            kv[0][1],
+            kv[0][2],
+            order.get(kv[0][3], 9),
+            kv[0][4],
+            kv[0][5],
+        ),  # fmt: skip
     ):
         accs = [r["report"]["test_accuracy"] for r in rs]
         ptq = _one_of(f"{r['ptq_accuracy']:.2f}" for r in rs)

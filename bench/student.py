@@ -22,8 +22,9 @@ seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
 Runs (``--runs``), each with KD from the teacher at the ``student`` recipe unless named:
 ``float`` (KD), ``ce`` (plain cross-entropy, no teacher), ``qd4``/``qd2`` (Polino's
 quantized distillation with Polino's loss), ``dq2`` (learned points from the distilled
-float student), ``lsq44``/``lsq24`` (LSQ W4A4 / W2A4), ``qat44`` (fake quant + STE,
-W4A4); ``--teacher convnet_bn`` uses the second teacher.
+float student; ``dq2w``: its weights trained with them), ``lsq44``/``lsq24`` (LSQ
+W4A4 / W2A4), ``qat44`` (fake quant + STE, W4A4); ``--teacher convnet_bn`` uses the
+second teacher.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ RUNS = {
     "qd4": {"quant": "qd", "bits": "w4", "kd": "polino"},
     "qd2": {"quant": "qd", "bits": "w2", "kd": "polino"},
     "dq2": {"quant": "dq", "bits": "w2", "kd": "polino", "from_float": True},
+    # the same with the weights trained too (straight-through, as qd) beside the points
+    "dq2w": {"quant": "dq", "bits": "w2", "kd": "polino", "from_float": True, "dq_weights": True},
     "lsq44": {"quant": "lsq", "bits": "w4a4"},
     "lsq24": {"quant": "lsq", "bits": "w2a4"},
     "qat44": {"quant": "qat", "bits": "w4a4"},
@@ -151,7 +154,8 @@ def stage_runs(teacher: str, runs: list[str], seeds: list[int], epochs: int) -> 
 
 
 def _dq_from_float(teacher: str, base: Path, out: Path, student: dict, kd, epochs) -> dict:
-    """dq on the distilled float student: its weights fixed, only the points learn."""
+    """dq on the distilled float student: only the points learn (its weights fixed,
+    Polino's Alg. 2), or the weights too with ``dq_weights``."""
     return dd.train(
         DATASET,
         out,
@@ -346,7 +350,7 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"student epochs (default: {EPOCHS} for runs, {SET_EPOCHS} for sets)")  # fmt: skip
+                   help=f"student epochs ({EPOCHS} for runs, {SET_EPOCHS} for sets)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--count", type=int, default=256, help="images of the zero-shot sets")
     p.add_argument("--ipc", type=int, nargs="+", default=None,
