@@ -1033,7 +1033,10 @@ def student_set_table(results: list[dict]) -> list[str]:
             f"| {teacher} | {method} ({built}){on} | {ipc} | {images} | {_seeds_pm(accs)} | "
             f"{_one_of(r['report']['epochs'] for r in rs)} |"
         )
+    with_sets = {key[0] for key in groups}
     for teacher, rs in sorted(full.items()):
+        if teacher not in with_sets:  # a teacher with no set rows has nothing to compare
+            continue
         accs = [r["report"]["test_accuracy"] for r in rs]
         rows.append(
             f"| {teacher} | full training split | — | {rs[0]['report']['data']['images']} | "

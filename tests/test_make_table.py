@@ -671,9 +671,18 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
             "report": {"test_accuracy": acc, "data": {"images": ipc * 10}, "epochs": 300},
         }
 
+    def full(teacher, acc):
+        report = {"dataset": "mnist5k", "test_accuracy": acc, "data": {"images": 4000},
+                  "epochs": 30}  # fmt: skip
+        return {"benchmark": "student", "teacher_name": teacher, "run": "float", "seed": 0,
+                "date": "2026-12-01", "report": report}  # fmt: skip
+
     gpu = {**run("ncfm", 10, 0, 95.0), "device": "cuda"}
     rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0),
-                                 run("random", 10, 0, 85.0), gpu])  # fmt: skip
+                                 run("random", 10, 0, 85.0), gpu, full("resnet", 97.0),
+                                 full("convnet_bn", 98.0)])  # fmt: skip
+    assert rows[-1] == "| resnet | full training split | — | 4000 | 97.00 (1 seed) | 30 |"
+    assert not any(r.startswith("| convnet_bn") for r in rows)  # no sets of that teacher
     body = [r for r in rows if r.startswith("| resnet")]
     assert body[0] == "| resnet | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
     assert body[1] == "| resnet | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |"
