@@ -93,6 +93,8 @@ def stage_teacher(names: list[str]) -> None:
             continue
         rep = dd.teacher(DATASET, out, quiet=True, **TEACHERS[name])
         print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
+        # the record of the file every benchmark now uses (bench/teacher_calib.py's name)
+        write_result(f"teacher_{DATASET}_{name}", {"benchmark": "teacher", **rep})
 
 
 def student_path(teacher: str, run: str, seed: int) -> Path:
