@@ -964,14 +964,7 @@ def zeroshot_table(results: list[dict]) -> list[str]:
     rows = []
     for (teacher, bits, weights, name, count, device), rs in sorted(
         groups.items(),
-        key=lambda kv: (
-            kv[0][0],
-            kv[0][1],
-            kv[0][2],
-            order.get(kv[0][3], 9),
-            kv[0][4],
-            kv[0][5],
-        ),  # fmt: skip
+        key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 9), *kv[0][4:]),
     ):
         accs = [r["report"]["test_accuracy"] for r in rs]
         ptq = _one_of(f"{r['ptq_accuracy']:.2f}" for r in rs)

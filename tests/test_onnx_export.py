@@ -25,10 +25,9 @@ import sys
 
 import pytest
 import torch
-from test_student_file import train_tiny
+from test_student_file import case_spec, train_tiny
 
 from distill_data.models import build_model, save_model
-from distill_data.quant.qat import QuantSpec
 from distill_data.quant.student import load_student, save_student
 
 FLOAT_ATOL = 1e-5
@@ -52,9 +51,7 @@ def ort():
 
 
 def trained_student(arch: str, method: str, w_bits: int, a_bits: int | None, **spec_kw):
-    if method == "lsq-channel":  # lsq with a weight step per output channel
-        method, spec_kw = "lsq", {**spec_kw, "per_channel": True}
-    return train_tiny(arch, QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, **spec_kw))
+    return train_tiny(arch, case_spec(method, w_bits, a_bits, **spec_kw))
 
 
 def student_file(tmp_path, arch, method, w_bits, a_bits, **spec_kw):

@@ -29,14 +29,17 @@ def train_tiny(arch: str, spec: QuantSpec) -> tuple:
     return model.eval(), spec
 
 
+def case_spec(method: str, w_bits: int, a_bits: int | None, **spec_kw) -> QuantSpec:
+    """The spec of a test case: a quantization method, or ``lsq-channel`` (lsq with a
+    weight step per output channel)."""
+    if method == "lsq-channel":
+        method, spec_kw = "lsq", {**spec_kw, "per_channel": True}
+    return QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, **spec_kw)
+
+
 def trained_student(arch: str, method: str, w_bits: int = 4) -> tuple:
-    """``method`` is a quantization method, or ``lsq-channel`` (lsq, a weight step per
-    output channel)."""
-    per_channel = method == "lsq-channel"
-    method = "lsq" if per_channel else method
     a_bits = None if method in ("qd", "dq") else 4
-    spec = QuantSpec(method=method, w_bits=w_bits, a_bits=a_bits, per_channel=per_channel)
-    return train_tiny(arch, spec)
+    return train_tiny(arch, case_spec(method, w_bits, a_bits))
 
 
 @pytest.mark.parametrize("arch", ["convnet_bn", "resnet"])
