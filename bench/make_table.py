@@ -1162,11 +1162,17 @@ def _student_cost(runs: dict[str, list[dict]], teacher: str) -> list[str]:
     ]
 
 
+#: the teacher of the README's student headline (every teacher's runs: docs/results.md)
+HEADLINE_TEACHER = "resnet"
+
+
 def student_headline(results: list[dict]) -> list[str]:
-    """README: per teacher, the float students (KD, and no teacher) and the most accurate
-    trained run at each weight bit width."""
+    """README: for the README's teacher, the float students (KD, and no teacher) and the
+    most accurate trained run at each weight bit width."""
     rows = []
     for (_, teacher), runs in sorted(_student_groups(results).items()):
+        if teacher != HEADLINE_TEACHER:
+            continue
         t_acc = _one_of(
             f"{r['report']['teacher']['test_accuracy']:.2f} %"
             for rs in runs.values()
