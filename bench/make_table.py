@@ -957,7 +957,10 @@ def zeroshot_table(results: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         weights = r["settings"].get("lsq_weights", "per tensor")
-        key = (r["teacher_name"], r["bits"], weights, r["set"], r["count"],
+        # runs from before the MSE start existed (no "lsq_step_init") had the paper's
+        init = r["settings"].get("lsq_step_init", "lsq")
+        steps = f"{weights}, {'MSE' if init == 'mse' else 'paper'} start"
+        key = (r["teacher_name"], r["bits"], steps, r["set"], r["count"],
                r.get("device", "cpu"))  # fmt: skip
         groups.setdefault(key, []).append(r)
     order = {"zeroq": 0, "genie": 1, "real": 2, "noise": 3}
@@ -987,10 +990,11 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         "4 plus feature MSE (the `zsqat` recipe); test accuracy % at the final epoch, mean ± "
         "std over seeds; PTQ = the teacher quantized at the same width, calibrated on the "
         "same images, MSE observer, weights per output channel, no training; LSQ weight "
-        "steps per tensor as the paper or per output channel; teacher's fp32 accuracy in "
-        "brackets)",
+        "steps per tensor as the paper or per output channel, every step started by the "
+        "paper's 2·mean|v|/√Q_P or at the least-MSE clipping (where PTQ starts); teacher's "
+        "fp32 accuracy in brackets)",
         "",
-        "| teacher | bits | LSQ weight steps | trained on | images | zero-shot QAT % | PTQ % |",
+        "| teacher | bits | LSQ steps | trained on | images | zero-shot QAT % | PTQ % |",
         "|---|---|---|---|---|---|---|",
         *rows,
     ]

@@ -233,14 +233,17 @@ def _data_free_set(teacher: str, method: str, count: int, iterations: int) -> Pa
 
 def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
                    iterations: dict[str, int], bits_list: list[str],
-                   per_channel: bool = False) -> None:  # fmt: skip
+                   per_channel: bool = False, step_init: str = "mse") -> None:  # fmt: skip
     """Zero-shot QAT: the teacher itself, LSQ-quantized and fine-tuned (``zsqat``: KD at
     T = 4 from its float self plus feature MSE, weight 1) on a ZeroQ or Genie set made
     from it alone, against the same run on ``real:N`` and ``noise:N`` and against PTQ of
     the teacher calibrated on each (MSE observer, first/last layer 8-bit, weights per
     output channel). ``per_channel``: LSQ learns a weight step per output channel too
     (result files ``..._pc``), the PTQ baseline's granularity; default the paper's one
-    step per tensor."""
+    step per tensor. ``step_init``: the steps start at the least-MSE clipping (``mse``,
+    the library's default for a trained start: where the PTQ baseline starts; result
+    files ``..._mse``) or at the paper's ``2·mean|v|/√Q_P`` (``lsq``; the files without
+    the suffix, run before the MSE start existed)."""
     tpath = teacher_path(teacher)
     sets = {}
     for kind in kinds:
@@ -250,14 +253,15 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
             sets[kind] = f"{kind}:{count}"
     ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(bits_list), observer="mse",
                       device=DEVICE)  # fmt: skip
-    pc = "_pc" if per_channel else ""
+    pc = ("_pc" if per_channel else "") + ("_mse" if step_init == "mse" else "")
     for seed in seeds:
         for name, spec in sets.items():
             for bits in bits_list:
                 out = STUDENTS / f"zs_{teacher}_{name}{count}_{bits}{pc}_s{seed}.pt"
                 rep = dd.train(DATASET, out, data=spec, teacher=tpath, init="teacher",
                                quant="lsq", bits=bits, recipe="zsqat", feature_weight=1.0,
-                               per_channel=per_channel, seed=seed, quiet=True, force=True,
+                               per_channel=per_channel, step_init=step_init, seed=seed,
+                               quiet=True, force=True,
                                device=DEVICE)  # fmt: skip
                 cal = next(r for r in ptq["results"] if r["bits"] == bits and r["calib"] == spec)
                 print(f"zero-shot {name} {bits} seed {seed}: {rep['test_accuracy']:.2f}% "
@@ -276,6 +280,7 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
                             "zeroq_iterations": iterations.get(name),  # (also genie's)
                             "quant": "lsq",
                             "lsq_weights": "per channel" if per_channel else "per tensor",
+                            "lsq_step_init": step_init,
                             "recipe": "zsqat",
                             "feature_weight": 1.0,
                             "ptq_observer": "mse",
@@ -374,6 +379,13 @@ def main() -> None:
                    help="bit widths of --stage zeroshot")  # fmt: skip
     p.add_argument("--per-channel", action="store_true",
                    help="zero-shot LSQ with a weight step per output channel")  # fmt: skip
+    p.add_argument(
+        "--step-init",
+        default="mse",
+        choices=["mse", "lsq"],
+        help="zero-shot LSQ steps start at the least-MSE clipping (mse, the "
+        "library's default from a trained network) or the paper's rule (lsq)",
+    )
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda, for --stage zeroshot and sets")  # fmt: skip
     args = p.parse_args()
@@ -394,7 +406,7 @@ def main() -> None:
         STUDENTS.mkdir(parents=True, exist_ok=True)
         its = {"zeroq": args.zeroq_iterations, "genie": args.genie_iterations}
         stage_zeroshot(args.teacher, args.seeds, args.count, args.zs_sets, its, args.zs_bits,
-                       args.per_channel)  # fmt: skip
+                       args.per_channel, args.step_init)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -191,6 +191,14 @@ def batch_abs_mean(x: torch.Tensor) -> torch.Tensor | None:
     return both[0] / both[1]
 
 
+def batch_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every rank's part of the batch (a new tensor; with one process
+    a copy of ``t``): per-rank partial sums, e.g. of squared errors, made whole."""
+    out = t.detach().clone()
+    group = _BATCH.get()
+    return group.all_reduce_(out) if group.active else out
+
+
 def together(d: Dist, fn: Any) -> Any:
     """Run one stage (``fn()``) on every rank; if any rank raised, every rank stops
     here: the (first) failing one with its error, the others with PeerFailed."""

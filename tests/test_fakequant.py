@@ -22,6 +22,9 @@ from distill_data.quant.fakequant import (
     lsq_fake_quant,
     lsq_grad_scale,
     lsq_init_step,
+    lsq_mse_errors,
+    lsq_mse_init_step,
+    lsq_mse_step,
     lsq_qrange,
     nonuniform_codes,
     nonuniform_dequantize,
@@ -366,6 +369,62 @@ def test_lsq_per_channel_equals_per_tensor_per_channel():
         assert torch.equal(oc, out[c].detach())
         assert sc.grad.shape == ()
         assert torch.allclose(sc.grad, steps.grad[c, 0, 0, 0], rtol=1e-6)
+
+
+def _mse_step_by_hand(values: list[float], qn: int, qp: int) -> float:
+    """The least-MSE LSQ step over α = 1.00 … 0.01 of max|x|/Q_P, in plain Python
+    (ties to the larger α)."""
+    top = max(abs(v) for v in values)
+    best, best_err = None, math.inf
+    for k in range(100, 0, -1):
+        s = float(torch.tensor(k / 100 * top, dtype=torch.float32) / qp)
+        err = sum((min(max(round(v / s), -qn), qp) * s - v) ** 2 for v in values)
+        if err < best_err:
+            best, best_err = s, err
+    return best
+
+
+def test_lsq_mse_init_step_is_the_least_error_clipping():
+    g = _gen(31)
+    x = torch.randn(200, generator=g)
+    x[7] = 9.0  # one outlier: clipping it costs less than a coarse grid for the rest
+    for bits, signed in ((2, True), (4, True), (3, False)):
+        xs = x if signed else x.abs()
+        qn, qp = lsq_qrange(bits, signed)
+        step = lsq_mse_init_step(xs, qn, qp)
+        assert step.shape == () and step.dtype == torch.float32
+        assert float(step) == pytest.approx(_mse_step_by_hand(xs.tolist(), qn, qp), rel=1e-6)
+        assert float(step) < float(xs.abs().max()) / qp  # the outlier is clipped
+    # data that fits a 4-bit grid exactly: nothing is clipped, the error is zero
+    grid = torch.tensor([-7.0, -3.0, 0.0, 2.0, 7.0]) * 0.25
+    assert float(lsq_mse_init_step(grid, 8, 7)) == pytest.approx(0.25)
+
+
+def test_lsq_mse_init_step_per_channel_and_degenerate_rows():
+    w = torch.randn(4, 3, 3, 3, generator=_gen(32))
+    w[2] = 0.0
+    qn, qp = lsq_qrange(3, signed=True)
+    steps = lsq_mse_init_step(w, qn, qp, per_channel=True)
+    assert steps.shape == (4, 1, 1, 1)
+    for c in (0, 1, 3):
+        assert torch.equal(steps[c].reshape(()), lsq_mse_init_step(w[c], qn, qp))
+    assert float(steps[2]) > 0  # an all-zero channel still has a usable step
+    with pytest.raises(ConfigError):
+        lsq_mse_init_step(torch.zeros(()), qn, qp, per_channel=True)
+
+
+def test_lsq_mse_errors_add_over_parts_of_a_batch():
+    """Ranks holding parts of a batch add their error sums: the step chosen from the
+    parts' sums is the whole batch's (what LSQActivation's first batch does under DDP)."""
+    x = torch.randn(6, 50, generator=_gen(33)).relu()
+    qn, qp = lsq_qrange(4, signed=False)
+    top = x.abs().max().reshape(1)
+    whole = lsq_mse_errors(x.reshape(1, -1), qn, qp, top)
+    parts = sum(lsq_mse_errors(x[i : i + 2].reshape(1, -1), qn, qp, top) for i in (0, 2, 4))
+    assert whole.shape == (1, 100) and whole.dtype == torch.float64
+    assert torch.allclose(parts, whole, rtol=1e-12)
+    assert torch.equal(lsq_mse_step(parts, qp, top), lsq_mse_step(whole, qp, top))
+    assert torch.equal(lsq_mse_step(whole, qp, top).reshape(()), lsq_mse_init_step(x, qn, qp))
 
 
 @pytest.mark.parametrize("kw", [{"qn": -1, "qp": 3}, {"qn": 4, "qp": 0}, {"grad_scale": 0.0}])

@@ -623,10 +623,12 @@ def test_kornia_accuracy_rows_against_the_default_of_the_same_teacher_or_recipe(
 
 
 def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
-    def run(name, bits, seed, acc, per_channel=False):
+    def run(name, bits, seed, acc, per_channel=False, init=None):
         settings = {"zeroq_iterations": 100 if name == "zeroq" else None}
         if per_channel:
             settings["lsq_weights"] = "per channel"
+        if init:
+            settings["lsq_step_init"] = init
         return {
             "benchmark": "zero-shot-qat",
             "teacher_name": "resnet",
@@ -646,18 +648,25 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
             run("zeroq", "w4a4", 0, 96.0),
             run("zeroq", "w4a4", 1, 97.0),
             run("zeroq", "w4a4", 0, 97.5, per_channel=True),
+            run("zeroq", "w4a4", 0, 98.0, per_channel=True, init="mse"),
         ]
     )
     body = [r for r in rows if r.startswith("| resnet")]
     assert body[0] == (
-        "| resnet (97.70) | w4a4 | per channel | ZeroQ set from the teacher alone (100 "
-        "iterations per batch) | 256 | 97.50 (1 seed) | 90.00 |"
+        "| resnet (97.70) | w4a4 | per channel, MSE start | ZeroQ set from the teacher alone "
+        "(100 iterations per batch) | 256 | 98.00 (1 seed) | 90.00 |"
     )
     assert body[1] == (
-        "| resnet (97.70) | w4a4 | per tensor | ZeroQ set from the teacher alone (100 "
-        "iterations per batch) | 256 | 96.50 ± 0.50 (2 seeds) | 90.00 |"
+        "| resnet (97.70) | w4a4 | per channel, paper start | ZeroQ set from the teacher alone "
+        "(100 iterations per batch) | 256 | 97.50 (1 seed) | 90.00 |"
     )
-    assert body[2].startswith("| resnet (97.70) | w4a4 | per tensor | Gaussian noise | 256 | 60.00")
+    assert body[2] == (
+        "| resnet (97.70) | w4a4 | per tensor, paper start | ZeroQ set from the teacher alone "
+        "(100 iterations per batch) | 256 | 96.50 ± 0.50 (2 seeds) | 90.00 |"
+    )
+    assert body[3].startswith(
+        "| resnet (97.70) | w4a4 | per tensor, paper start | Gaussian noise | 256 | 60.00"
+    )
     assert mt.zeroshot_table([]) == []
 
 

@@ -160,6 +160,35 @@ def test_lsq_activations_are_unsigned_after_relu_and_signed_on_images():
     assert all(float(a.step.detach()) > 0 for a in acts)
 
 
+def test_mse_step_init_starts_at_the_least_error_clipping():
+    from distill_data.quant.fakequant import lsq_init_step, lsq_mse_init_step, lsq_qrange
+
+    x = torch.randn(8, 1, 10, 10, generator=torch.Generator().manual_seed(5))
+    for per_channel in (False, True):
+        s_mse = spec("lsq", w=3, a=4, per_channel=per_channel, step_init="mse")
+        s_lsq = spec("lsq", w=3, a=4, per_channel=per_channel)
+        student, paper = quantize_(net(), s_mse), quantize_(net(), s_lsq)
+        for name, q in quant_layers(student).items():
+            w, _ = q.folded()  # the weight step: from the folded weights, at preparation
+            qn, qp = lsq_qrange(q.spec.w_bits, True)
+            want = lsq_mse_init_step(w.detach(), qn, qp, per_channel)
+            assert torch.equal(q.wq.step.detach(), want), name
+            other = quant_layers(paper)[name].wq.step.detach()
+            assert torch.equal(other, lsq_init_step(w.detach(), qp, per_channel)), name
+            assert not torch.equal(other, want), name  # the two rules differ
+    # the activation steps: from each layer's input on the first batch (signed images)
+    student.train()
+    student(x)
+    acts = [m for m in student.modules() if isinstance(m, LSQActivation)]
+    assert bool(acts[0].signed) and acts[0].step_init == "mse"
+    qn, qp = lsq_qrange(acts[0].bits, True)
+    assert torch.equal(acts[0].step.detach(), lsq_mse_init_step(x, qn, qp))
+    with pytest.raises(ConfigError, match="step_init is an lsq setting"):
+        QuantSpec(method="qat", step_init="mse")
+    with pytest.raises(ConfigError, match="unknown step_init"):
+        QuantSpec(method="lsq", a_bits=4, step_init="max")
+
+
 def test_spec_validation_and_report():
     with pytest.raises(ConfigError, match="weights only"):
         QuantSpec(method="qd", a_bits=4)

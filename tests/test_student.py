@@ -94,6 +94,7 @@ def test_zero_shot_qat_from_a_data_free_set(run_cli, tiny_npz, teacher_file, tmp
     assert len(seen) == 1 and len(seen[0]) == 8  # trained on the 8 synthetic images only
     assert r["data"]["count"] == 8 and r["integer_student"]["max_abs_logit_difference"] == 0.0
     assert r["student"]["parameters"] == r["teacher"]["parameters"]  # the teacher itself
+    assert r["quant"]["step_init"] == "mse"  # a trained start: where MSE PTQ would put it
 
 
 def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teacher_file):
@@ -214,6 +215,16 @@ def test_ensemble_target_and_bits_parsing():
         parse_student_bits("4bit", "qat")
     with pytest.raises(ConfigError, match="dq_weights is a setting of quant=dq"):
         StudentConfig(dq_weights=True)
+
+
+def test_lsq_step_init_defaults_to_mse_for_a_trained_start_only():
+    assert StudentConfig(quant="lsq").spec().step_init == "lsq"  # from scratch: the paper's
+    assert StudentConfig(quant="lsq", init="teacher").spec().step_init == "mse"
+    assert StudentConfig(quant="lsq", init="f.pt").spec().step_init == "mse"
+    assert StudentConfig(quant="lsq", init="teacher", step_init="lsq").spec().step_init == "lsq"
+    assert StudentConfig(quant="qat", init="teacher").spec().step_init == "lsq"  # no steps
+    with pytest.raises(ConfigError, match="step_init is an lsq setting"):
+        StudentConfig(quant="qd", step_init="mse")
 
 
 def test_inspect_shows_bits_bytes_and_compression(run_cli, tiny_npz, teacher_file, tmp_path):

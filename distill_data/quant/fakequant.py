@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from distill_data.errors import ConfigError
-from distill_data.quant.quantizers import SCALE_EPS, Observer, check_bits
+from distill_data.quant.quantizers import MSE_GRID, SCALE_EPS, Observer, check_bits
 
 #: ``α`` below this is replaced by 1 (official ``ScalingFunction.tol_diff_zero``): a
 #: constant bucket would otherwise divide by zero; it then quantizes to its minimum.
@@ -340,6 +340,53 @@ def lsq_init_step(x: Tensor, qp: int, per_channel: bool = False) -> Tensor:
 def lsq_step_from_mean(mean: Tensor, qp: int) -> Tensor:
     """``2 · mean|x| / √Q_P``, at least :data:`~distill_data.quant.quantizers.SCALE_EPS`."""
     return (2.0 * mean / math.sqrt(qp)).clamp(min=SCALE_EPS)
+
+
+def lsq_mse_errors(rows: Tensor, qn: int, qp: int, top: Tensor) -> Tensor:
+    """Squared-error sums ``Σ (q_s(x) − x)²`` of each row of ``rows`` (shape ``(R, M)``)
+    at the candidate steps ``s_k = α_k · top / Q_P``, ``α_k`` = 1.00, 0.99, …, 0.01
+    (:data:`~distill_data.quant.quantizers.MSE_GRID`, largest first), where
+    ``q_s(x) = round(clamp(x/s, −Q_N, Q_P))·s`` is LSQ's quantizer and ``top`` (shape
+    ``(R,)``) the rows' largest magnitude. Returns float64 sums of shape ``(R, K)``:
+    sums, not means, so that ranks holding parts of one batch can add theirs
+    (:func:`lsq_mse_step` takes the argmin)."""
+    _check_qrange(qn, qp)
+    x = rows.detach().float()
+    top = top.detach().float().reshape(-1, 1).clamp(min=SCALE_EPS)
+    out = torch.empty(x.shape[0], len(MSE_GRID), dtype=torch.float64, device=x.device)
+    for k, alpha in enumerate(sorted(MSE_GRID, reverse=True)):
+        s = (alpha * top / qp).clamp(min=SCALE_EPS)
+        err = torch.round(torch.clamp(x / s, -qn, qp)) * s - x
+        out[:, k] = err.double().square().sum(1)
+    return out
+
+
+def lsq_mse_step(errors: Tensor, qp: int, top: Tensor) -> Tensor:
+    """The step of :func:`lsq_mse_errors`' candidates with the least error per row (ties:
+    the larger step, less clipping), float32 of ``top``'s shape."""
+    best = torch.argmin(errors, dim=1)  # the first minimum: the largest α
+    alphas = torch.tensor(sorted(MSE_GRID, reverse=True), dtype=torch.float32,
+                          device=errors.device)  # fmt: skip
+    t = top.detach().float().reshape(-1).clamp(min=SCALE_EPS)
+    return (alphas[best] * t / qp).clamp(min=SCALE_EPS).reshape(top.shape)
+
+
+def lsq_mse_init_step(x: Tensor, qn: int, qp: int, per_channel: bool = False) -> Tensor:
+    """Initial LSQ step minimising the quantization MSE of ``x`` itself, over clipping
+    ratios of its largest magnitude: the MSE range setting that Nagel et al. ("A White
+    Paper on Neural Network Quantization", 2021, §3.4 and §4.2, Table 8) find the better
+    start for LSQ at low bits, and LSQ+'s (Bhalgat et al., CVPRW 2020, §3.3) MSE
+    initialisation of the activation scale. ``per_channel``: one step per first-dim
+    slice, shape ``(C, 1, …, 1)``; otherwise a 0-dim tensor. Detached, float32."""
+    if per_channel:
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ConfigError(f"per-channel step needs a channel dim, got shape {tuple(x.shape)}")
+        rows = x.detach().reshape(x.shape[0], -1)
+    else:
+        rows = x.detach().reshape(1, -1)
+    top = rows.float().abs().amax(1)
+    step = lsq_mse_step(lsq_mse_errors(rows, qn, qp, top), qp, top)
+    return step.reshape(-1, *([1] * (x.dim() - 1))) if per_channel else step.reshape(())
 
 
 class _LSQ(torch.autograd.Function):
@@ -687,6 +734,9 @@ __all__ = [
     "lsq_fake_quant",
     "lsq_grad_scale",
     "lsq_init_step",
+    "lsq_mse_errors",
+    "lsq_mse_init_step",
+    "lsq_mse_step",
     "lsq_qrange",
     "nonuniform_codes",
     "nonuniform_dequantize",

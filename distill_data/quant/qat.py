@@ -23,6 +23,11 @@ quantizer on every chosen Conv2d / Linear:
     ``per_channel=True`` learns one weight step per output channel (initialised per
     channel, the gradient scale still over the whole tensor's ``N``, as lsq-net and
     LSQ+ practice), the granularity the PTQ baselines and ``qat`` use.
+    ``step_init="mse"`` starts every step (weights at preparation, activations on their
+    first batch) at the clipping of the largest magnitude with the least quantization
+    MSE instead (Nagel et al.'s white paper, arXiv:2106.08295, §4.2: MSE range setting
+    as LSQ's start; LSQ+, Bhalgat et al. 2020, §3.3, for the activations): a trained
+    network then starts fine-tuning where MSE post-training quantization leaves it.
 ``qd``
     Quantized distillation (Polino, Pascanu & Alistarh, ICLR 2018, Alg. 1): the float
     weights are the "shadow" weights; forward and backward run at their quantization
@@ -60,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill_data.config import require
-from distill_data.dist import batch_abs_mean, batch_minmax
+from distill_data.dist import batch_abs_mean, batch_minmax, batch_sum
 from distill_data.errors import ConfigError
 from distill_data.kernels import bucket_fake_quant as fused_bucket_fake_quant
 from distill_data.kernels import fake_quant
@@ -71,6 +76,9 @@ from distill_data.quant.fakequant import (
     ema_update,
     lsq_grad_scale,
     lsq_init_step,
+    lsq_mse_errors,
+    lsq_mse_init_step,
+    lsq_mse_step,
     lsq_qrange,
     lsq_step_from_mean,
     nonuniform_codes,
@@ -91,6 +99,8 @@ from distill_data.quant.quantizers import (
 QUANT_METHODS = ("qat", "lsq", "qd", "dq")
 #: Methods that quantize input activations (``qd``/``dq`` are weight-only, as in Polino).
 ACT_METHODS = ("qat", "lsq")
+#: How ``lsq`` initialises its steps: the paper's mean rule, or the least-MSE clipping.
+STEP_INITS = ("lsq", "mse")
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,9 @@ class QuantSpec:
         ema_momentum: averaging constant of ``qat``'s activation ranges.
         per_channel: ``lsq`` learns one weight step per output channel instead of the
             paper's one per tensor.
+        step_init: how ``lsq`` starts its steps: ``lsq`` (the paper's
+            ``2·mean|v|/√Q_P``) or ``mse`` (the least-MSE clipping of ``max|v|``, see
+            the module docstring).
         kernels: ``lsq``'s and ``qd``'s fake quantization by ``torch`` (the reference),
             ``triton`` (the fused kernels of :mod:`distill_data.kernels`) or ``auto``
             (Triton on CUDA when installed). ``qd``'s stochastic rounding on the kernel
@@ -129,6 +142,7 @@ class QuantSpec:
     fold_bn: bool = True
     ema_momentum: float = EMA_MOMENTUM
     per_channel: bool = False
+    step_init: str = "lsq"
     kernels: str = "auto"
 
     def __post_init__(self) -> None:
@@ -165,6 +179,14 @@ class QuantSpec:
         require(
             not self.per_channel or self.method == "lsq",
             "per_channel is an lsq setting (qat's weights are always per channel)",
+        )
+        require(
+            self.step_init in STEP_INITS,
+            f"unknown step_init {self.step_init!r}; choose from: {', '.join(STEP_INITS)}",
+        )
+        require(
+            self.step_init == "lsq" or self.method == "lsq",
+            "step_init is an lsq setting (the other methods learn no step)",
         )
         require(0 < self.ema_momentum <= 1, "ema_momentum must be in (0, 1]")
 
@@ -240,14 +262,22 @@ class LSQWeight(WeightQuantizer):
     range ``[−2^(b−1), 2^(b−1)−1]``."""
 
     def __init__(
-        self, bits: int, w: Tensor, kernels: str = "auto", per_channel: bool = False
+        self,
+        bits: int,
+        w: Tensor,
+        kernels: str = "auto",
+        per_channel: bool = False,
+        step_init: str = "lsq",
     ) -> None:
         super().__init__()
         self.bits = bits
         self.per_channel = per_channel
         self.qn, self.qp = lsq_qrange(bits, signed=True)
         self.grad_scale = lsq_grad_scale(w.numel(), self.qp)
-        step = lsq_init_step(w.detach(), self.qp, per_channel=per_channel).float()
+        if step_init == "mse":
+            step = lsq_mse_init_step(w, self.qn, self.qp, per_channel=per_channel)
+        else:
+            step = lsq_init_step(w.detach(), self.qp, per_channel=per_channel).float()
         self.step = nn.Parameter(step if per_channel else step.reshape(()))
         self.kernels = kernels
 
@@ -372,12 +402,15 @@ class EMAActivation(nn.Module):
 
 class LSQActivation(nn.Module):
     """``lsq``'s input quantizer: a learned step, initialised on the first batch (which
-    also decides unsigned ``[0, 2^b−1]`` for non-negative inputs, else signed)."""
+    also decides unsigned ``[0, 2^b−1]`` for non-negative inputs, else signed), by the
+    paper's rule or (``step_init="mse"``) the least-MSE clipping of the batch's largest
+    magnitude; under DDP both over every rank's rows."""
 
-    def __init__(self, bits: int, kernels: str = "auto") -> None:
+    def __init__(self, bits: int, kernels: str = "auto", step_init: str = "lsq") -> None:
         super().__init__()
         self.bits = bits
         self.kernels = kernels
+        self.step_init = step_init
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
@@ -385,10 +418,16 @@ class LSQActivation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not bool(self.initialised):
             with torch.no_grad():
-                self.signed.fill_(bool(batch_minmax(x)[0] < 0))
-                _, qp = lsq_qrange(self.bits, bool(self.signed))
-                mean = batch_abs_mean(x)  # None in one process: lsq_init_step's own
-                step = lsq_init_step(x, qp) if mean is None else lsq_step_from_mean(mean, qp)
+                lo, hi = batch_minmax(x)
+                self.signed.fill_(bool(lo < 0))
+                qn, qp = lsq_qrange(self.bits, bool(self.signed))
+                if self.step_init == "mse":
+                    top = torch.maximum(-lo, hi).reshape(1)
+                    errors = batch_sum(lsq_mse_errors(x.reshape(1, -1), qn, qp, top))
+                    step = lsq_mse_step(errors, qp, top)
+                else:
+                    mean = batch_abs_mean(x)  # None in one process: lsq_init_step's own
+                    step = lsq_init_step(x, qp) if mean is None else lsq_step_from_mean(mean, qp)
                 self.step.copy_(step.reshape(()))
                 self.initialised.fill_(True)
         qn, qp = lsq_qrange(self.bits, bool(self.signed))
@@ -537,7 +576,7 @@ def _weight_quantizer(spec: QuantSpec, w: Tensor) -> WeightQuantizer:
     if spec.method == "qat":
         return SymmetricPerChannel(spec.w_bits)
     if spec.method == "lsq":
-        return LSQWeight(spec.w_bits, w, spec.kernels, spec.per_channel)
+        return LSQWeight(spec.w_bits, w, spec.kernels, spec.per_channel, spec.step_init)
     if spec.method == "qd":
         return BucketUniform(spec.w_bits, spec.bucket_size, spec.stochastic, spec.kernels)
     return LearnedPoints(spec.w_bits, spec.bucket_size, w)
@@ -548,7 +587,7 @@ def _act_quantizer(spec: QuantSpec) -> nn.Module | None:
         return None
     if spec.method == "qat":
         return EMAActivation(spec.a_bits, spec.ema_momentum)
-    return LSQActivation(spec.a_bits, spec.kernels)
+    return LSQActivation(spec.a_bits, spec.kernels, spec.step_init)
 
 
 def quantize_(model: nn.Module, spec: QuantSpec, filter_fn: FilterFn | None = None) -> nn.Module:
