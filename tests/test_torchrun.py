@@ -315,20 +315,22 @@ def test_evaluation_runs_shared_over_ranks_give_the_one_process_report(files, tm
         assert two["results"][key]["test_losses"] == one["results"][key]["test_losses"]
 
 
-@pytest.mark.parametrize("quant", ["lsq", "qat"])
-def test_a_student_trains_data_parallel_like_one_process(files, tmp_path, quant):
+@pytest.mark.parametrize("quant,step_init", [("lsq", "lsq"), ("lsq", "mse"), ("qat", None)])
+def test_a_student_trains_data_parallel_like_one_process(files, tmp_path, quant, step_init):
     # ConvNet-BN with its BatchNorm folded: whole-batch statistics across the ranks, and
-    # the activation observers (lsq's first step, qat's EMA ranges) too; plain BatchNorm
-    # is the teacher test's
+    # the activation observers (lsq's first step, by either rule; qat's EMA ranges) too;
+    # plain BatchNorm is the teacher test's
     _, npz, teacher = files
     bits = {"lsq": "w4a4", "qat": "w4a8"}[quant]
+    init = {"step_init": step_init} if step_init else {}
     args = ["-d", str(npz), "--teacher", str(teacher), "--model", "convnet_bn", "--epochs", "2"]
     args += ["--set", "width=8", "--set", "batch_size=10", "-q", "--quant", quant, "--bits", bits]
+    args += ["--set", f"step_init={step_init}"] if step_init else []
     res = torchrun(["-m", "distill_data", "train", *args, "--out", str(tmp_path / "two.pt")])
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("student convnet_bn") == 1
     dd.train(str(npz), tmp_path / "one.pt", teacher=str(teacher), model="convnet_bn", width=8,
-             quant=quant, bits=bits, options={"batch_size": 10, "epochs": 2},
+             quant=quant, bits=bits, options={"batch_size": 10, "epochs": 2}, **init,
              quiet=True)  # fmt: skip
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     one = torch.load(tmp_path / "one.pt", weights_only=True)
