@@ -94,9 +94,10 @@ class StudentConfig:
             post-training quantization would put them; the white paper's start for LSQ).
             None: ``mse`` for a student that starts trained (``init`` = ``teacher`` or a
             file), ``lsq`` from scratch. Measured (zero-shot, mnist5k ConvNet-BN teacher,
-            ZeroQ-1024 set, 3 seeds): W4A4 97.60 ± 0.16 % from the paper's start, 97.90
-            ± 0.16 from the MSE start with per-channel steps (PTQ of the same set 97.9);
-            W2A4 97.63 → 97.83 (PTQ 96.3); docs/results.md has every set.
+            ZeroQ-1024 set, 3 seeds, per-tensor steps): W4A4 97.60 ± 0.16 % from the
+            paper's start, 97.93 ± 0.05 from the MSE start (PTQ of the same set 97.9);
+            W2A4 97.63 → 97.73 (PTQ 96.3). With per-channel steps at 2 bits the MSE
+            start trained worse on the ResNet (docs/design-notes.md).
         freeze_bn_at: fraction of the epochs after which every BatchNorm normalises
             with its running statistics and stops updating them (folded layers compute
             the deployed folding; None: never). Off by default: torchvision's QAT
