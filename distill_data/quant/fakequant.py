@@ -51,7 +51,13 @@ import torch
 from torch import Tensor
 
 from distill_data.errors import ConfigError
-from distill_data.quant.quantizers import MSE_GRID, SCALE_EPS, Observer, check_bits
+from distill_data.quant.quantizers import (
+    SCALE_EPS,
+    Observer,
+    check_bits,
+    clip_choice,
+    clip_errors,
+)
 
 #: ``α`` below this is replaced by 1 (official ``ScalingFunction.tol_diff_zero``): a
 #: constant bucket would otherwise divide by zero; it then quantizes to its minimum.
@@ -342,33 +348,27 @@ def lsq_step_from_mean(mean: Tensor, qp: int) -> Tensor:
     return (2.0 * mean / math.sqrt(qp)).clamp(min=SCALE_EPS)
 
 
+def _lsq_quantize(qn: int, qp: int):
+    """LSQ's ``round(clamp(x/s, −Q_N, Q_P))·s`` as a ``quantize(rows, s)`` of the
+    clipping search (:func:`~distill_data.quant.quantizers.clip_errors`)."""
+    return lambda v, s: torch.round(torch.clamp(v / s, -qn, qp)) * s
+
+
 def lsq_mse_errors(rows: Tensor, qn: int, qp: int, top: Tensor) -> Tensor:
     """Squared-error sums ``Σ (q_s(x) − x)²`` of each row of ``rows`` (shape ``(R, M)``)
-    at the candidate steps ``s_k = α_k · top / Q_P``, ``α_k`` = 1.00, 0.99, …, 0.01
-    (:data:`~distill_data.quant.quantizers.MSE_GRID`, largest first), where
-    ``q_s(x) = round(clamp(x/s, −Q_N, Q_P))·s`` is LSQ's quantizer and ``top`` (shape
-    ``(R,)``) the rows' largest magnitude. Returns float64 sums of shape ``(R, K)``:
-    sums, not means, so that ranks holding parts of one batch can add theirs
+    at the candidate steps ``s_k = α_k · top / Q_P`` of the clipping search
+    (:func:`~distill_data.quant.quantizers.clip_errors`), ``q_s`` LSQ's quantizer and
+    ``top`` (shape ``(R,)``) the rows' largest magnitude. Float64 sums of shape
+    ``(R, K)``: sums, not means, so that ranks holding parts of one batch can add theirs
     (:func:`lsq_mse_step` takes the argmin)."""
     _check_qrange(qn, qp)
-    x = rows.detach().float()
-    top = top.detach().float().reshape(-1, 1).clamp(min=SCALE_EPS)
-    out = torch.empty(x.shape[0], len(MSE_GRID), dtype=torch.float64, device=x.device)
-    for k, alpha in enumerate(sorted(MSE_GRID, reverse=True)):
-        s = (alpha * top / qp).clamp(min=SCALE_EPS)
-        err = torch.round(torch.clamp(x / s, -qn, qp)) * s - x
-        out[:, k] = err.double().square().sum(1)
-    return out
+    return clip_errors(rows, top, qp, _lsq_quantize(qn, qp), total=True)
 
 
 def lsq_mse_step(errors: Tensor, qp: int, top: Tensor) -> Tensor:
     """The step of :func:`lsq_mse_errors`' candidates with the least error per row (ties:
     the larger step, less clipping), float32 of ``top``'s shape."""
-    best = torch.argmin(errors, dim=1)  # the first minimum: the largest α
-    alphas = torch.tensor(sorted(MSE_GRID, reverse=True), dtype=torch.float32,
-                          device=errors.device)  # fmt: skip
-    t = top.detach().float().reshape(-1).clamp(min=SCALE_EPS)
-    return (alphas[best] * t / qp).clamp(min=SCALE_EPS).reshape(top.shape)
+    return clip_choice(errors, top, qp).reshape(top.shape)
 
 
 def lsq_mse_init_step(x: Tensor, qn: int, qp: int, per_channel: bool = False) -> Tensor:

@@ -205,6 +205,34 @@ def mse_range(
     return best
 
 
+def clip_errors(
+    rows: Tensor, top: Tensor, largest: float, quantize, p: float = 2.0, total: bool = False
+) -> Tensor:
+    """Errors of each row of ``rows`` (2-D) at the scales ``s_k = α_k · top / largest``,
+    ``α_k`` = 1.00, 0.99, …, 0.01 (:data:`MSE_GRID`, largest first), shape ``(R, K)``:
+    ``mean |row − q(row)|^p`` (float32), or with ``total`` the float64 sums, which ranks
+    holding parts of one batch can add. ``quantize(rows, s)`` takes one scale per row
+    (shape ``(R, 1)``); ``top`` (shape ``(R,)``) is each row's largest magnitude."""
+    flat = rows.detach().float()
+    top = top.detach().float().reshape(-1).clamp(min=SCALE_EPS)
+    errors = []
+    for ratio in sorted(MSE_GRID, reverse=True):
+        s = (ratio * top / largest).clamp(min=SCALE_EPS)
+        err = (flat - quantize(flat, s[:, None])).abs()
+        errors.append(err.double().square().sum(1) if total else err.pow(p).mean(1))
+    return torch.stack(errors, 1)
+
+
+def clip_choice(errors: Tensor, top: Tensor, largest: float) -> Tensor:
+    """The scale of :func:`clip_errors`' candidates with the least error per row (ties
+    keep the larger α, less clipping), float32 of shape ``(R,)``."""
+    ratios = torch.tensor(sorted(MSE_GRID, reverse=True), device=errors.device)
+    best = ratios[torch.argmin(errors, dim=1)]  # the first minimum: the largest α
+    return (best * top.detach().float().reshape(-1).clamp(min=SCALE_EPS) / largest).clamp(
+        min=SCALE_EPS
+    )
+
+
 def clip_search(
     rows: Tensor, largest: float, quantize, p: float = 2.0, search: bool = True
 ) -> Tensor:
@@ -213,18 +241,10 @@ def clip_search(
     ``search=False`` α = 1. ``rows`` is 2-D; ``quantize(rows, s)`` returns the quantized
     rows for one scale per row (shape ``(R, 1)``). The search of BRECQ's / Genie's weight
     steps (p = 2.4) and of LLM-FP4's FP scales (p = 2)."""
-    flat = rows.detach().float()
-    top = flat.abs().amax(1).clamp(min=SCALE_EPS)
-    best = top / largest
+    top = rows.detach().float().abs().amax(1).clamp(min=SCALE_EPS)
     if not search:
-        return best
-    best_err = torch.full_like(top, float("inf"))
-    for ratio in sorted(MSE_GRID, reverse=True):
-        s = (ratio * top / largest).clamp(min=SCALE_EPS)
-        err = (flat - quantize(flat, s[:, None])).abs().pow(p).mean(1)
-        better = err < best_err
-        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
-    return best
+        return top / largest
+    return clip_choice(clip_errors(rows, top, largest, quantize, p), top, largest)
 
 
 # ------------------------------------------------------------------------- observers
@@ -387,6 +407,8 @@ __all__ = [
     "affine_qparams",
     "affine_qrange",
     "check_bits",
+    "clip_choice",
+    "clip_errors",
     "clip_search",
     "make_observer",
     "minmax_range",
