@@ -960,6 +960,8 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         # runs from before the MSE start existed (no "lsq_step_init") had the paper's
         init = r["settings"].get("lsq_step_init", "lsq")
         steps = f"{weights}, {'MSE' if init == 'mse' else 'paper'} start"
+        if r["settings"].get("lsq_freeze_weights"):
+            steps += "; weights frozen"
         key = (r["teacher_name"], r["bits"], steps, r["set"], r["count"],
                r.get("device", "cpu"))  # fmt: skip
         groups.setdefault(key, []).append(r)
@@ -991,7 +993,8 @@ def zeroshot_table(results: list[dict]) -> list[str]:
         "std over seeds; PTQ = the teacher quantized at the same width, calibrated on the "
         "same images, MSE observer, weights per output channel, no training; LSQ weight "
         "steps per tensor as the paper or per output channel, every step started by the "
-        "paper's 2·mean|v|/√Q_P or at the least-MSE clipping (where PTQ starts); teacher's "
+        "paper's 2·mean|v|/√Q_P or at the least-MSE clipping (where PTQ starts); \"weights "
+        "frozen\": only the steps, biases and BatchNorm train (`freeze_weights`); teacher's "
         "fp32 accuracy in brackets)",
         "",
         "| teacher | bits | LSQ steps | trained on | images | zero-shot QAT % | PTQ % |",

@@ -233,7 +233,8 @@ def _data_free_set(teacher: str, method: str, count: int, iterations: int) -> Pa
 
 def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
                    iterations: dict[str, int], bits_list: list[str],
-                   per_channel: bool = False, step_init: str = "mse") -> None:  # fmt: skip
+                   per_channel: bool = False, step_init: str = "mse",
+                   freeze_weights: bool = False) -> None:  # fmt: skip
     """Zero-shot QAT: the teacher itself, LSQ-quantized and fine-tuned (``zsqat``: KD at
     T = 4 from its float self plus feature MSE, weight 1) on a ZeroQ or Genie set made
     from it alone, against the same run on ``real:N`` and ``noise:N`` and against PTQ of
@@ -243,7 +244,8 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
     step per tensor. ``step_init``: the steps start at the least-MSE clipping (``mse``,
     the library's default for a trained start: where the PTQ baseline starts; result
     files ``..._mse``) or at the paper's ``2·mean|v|/√Q_P`` (``lsq``; the files without
-    the suffix, run before the MSE start existed)."""
+    the suffix, run before the MSE start existed). ``freeze_weights``: the weights keep
+    the teacher's values and only the steps, biases and BatchNorm train (files ``_fw``)."""
     tpath = teacher_path(teacher)
     sets = {}
     for kind in kinds:
@@ -254,13 +256,15 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
     ptq = dd.quantize(tpath, list(sets.values()), DATASET, bits=list(bits_list), observer="mse",
                       device=DEVICE)  # fmt: skip
     pc = ("_pc" if per_channel else "") + ("_mse" if step_init == "mse" else "")
+    pc += "_fw" if freeze_weights else ""
     for seed in seeds:
         for name, spec in sets.items():
             for bits in bits_list:
                 out = STUDENTS / f"zs_{teacher}_{name}{count}_{bits}{pc}_s{seed}.pt"
                 rep = dd.train(DATASET, out, data=spec, teacher=tpath, init="teacher",
                                quant="lsq", bits=bits, recipe="zsqat", feature_weight=1.0,
-                               per_channel=per_channel, step_init=step_init, seed=seed,
+                               per_channel=per_channel, step_init=step_init,
+                               freeze_weights=freeze_weights, seed=seed,
                                quiet=True, force=True,
                                device=DEVICE)  # fmt: skip
                 cal = next(r for r in ptq["results"] if r["bits"] == bits and r["calib"] == spec)
@@ -281,6 +285,7 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
                             "quant": "lsq",
                             "lsq_weights": "per channel" if per_channel else "per tensor",
                             "lsq_step_init": step_init,
+                            "lsq_freeze_weights": freeze_weights,
                             "recipe": "zsqat",
                             "feature_weight": 1.0,
                             "ptq_observer": "mse",
@@ -386,6 +391,8 @@ def main() -> None:
         help="zero-shot LSQ steps start at the least-MSE clipping (mse, the "
         "library's default from a trained network) or the paper's rule (lsq)",
     )
+    p.add_argument("--freeze-weights", action="store_true",
+                   help="zero-shot LSQ trains the steps, biases and BatchNorm only")  # fmt: skip
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda, for --stage zeroshot and sets")  # fmt: skip
     args = p.parse_args()
@@ -406,7 +413,7 @@ def main() -> None:
         STUDENTS.mkdir(parents=True, exist_ok=True)
         its = {"zeroq": args.zeroq_iterations, "genie": args.genie_iterations}
         stage_zeroshot(args.teacher, args.seeds, args.count, args.zs_sets, its, args.zs_bits,
-                       args.per_channel, args.step_init)  # fmt: skip
+                       args.per_channel, args.step_init, args.freeze_weights)  # fmt: skip
 
 
 if __name__ == "__main__":

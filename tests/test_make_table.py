@@ -623,8 +623,10 @@ def test_kornia_accuracy_rows_against_the_default_of_the_same_teacher_or_recipe(
 
 
 def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
-    def run(name, bits, seed, acc, per_channel=False, init=None):
+    def run(name, bits, seed, acc, per_channel=False, init=None, frozen=False):
         settings = {"zeroq_iterations": 100 if name == "zeroq" else None}
+        if frozen:
+            settings["lsq_freeze_weights"] = True
         if per_channel:
             settings["lsq_weights"] = "per channel"
         if init:
@@ -649,6 +651,7 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
             run("zeroq", "w4a4", 1, 97.0),
             run("zeroq", "w4a4", 0, 97.5, per_channel=True),
             run("zeroq", "w4a4", 0, 98.0, per_channel=True, init="mse"),
+            run("zeroq", "w4a4", 0, 97.0, init="mse", frozen=True),
         ]
     )
     body = [r for r in rows if r.startswith("| resnet")]
@@ -661,10 +664,14 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
         "(100 iterations per batch) | 256 | 97.50 (1 seed) | 90.00 |"
     )
     assert body[2] == (
+        "| resnet (97.70) | w4a4 | per tensor, MSE start; weights frozen | ZeroQ set from the "
+        "teacher alone (100 iterations per batch) | 256 | 97.00 (1 seed) | 90.00 |"
+    )
+    assert body[3] == (
         "| resnet (97.70) | w4a4 | per tensor, paper start | ZeroQ set from the teacher alone "
         "(100 iterations per batch) | 256 | 96.50 ± 0.50 (2 seeds) | 90.00 |"
     )
-    assert body[3].startswith(
+    assert body[4].startswith(
         "| resnet (97.70) | w4a4 | per tensor, paper start | Gaussian noise | 256 | 60.00"
     )
     assert mt.zeroshot_table([]) == []

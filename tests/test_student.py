@@ -97,6 +97,47 @@ def test_zero_shot_qat_from_a_data_free_set(run_cli, tiny_npz, teacher_file, tmp
     assert r["quant"]["step_init"] == "mse"  # a trained start: where MSE PTQ would put it
 
 
+def test_freeze_weights_trains_steps_biases_and_batchnorm_but_no_weight(tiny_npz, teacher_file,
+                                                                         tmp_path):  # fmt: skip
+    """Zero-shot LSQ with ``freeze_weights``: every convolution and linear weight leaves
+    training bit-equal to the teacher's; the steps, biases and BatchNorm's affine
+    parameters move; the report counts only what trained."""
+    seen = {}
+    real_fit = real_fit_function
+
+    def spy(model, data, recipe, **kw):
+        seen["model"] = model
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return real_fit(model, data, recipe, **kw)
+
+    kw = {"teacher": teacher_file, "init": "teacher", "quant": "lsq", "bits": "w4a4",
+          "recipe": "zsqat", "options": {"epochs": 2}, "quiet": True}  # fmt: skip
+    mp = pytest.MonkeyPatch()
+    mp.setattr(STUDENT_MODULE, "fit", spy)
+    try:
+        r = dd.train(str(tiny_npz), tmp_path / "f.pt", data="real:16", freeze_weights=True, **kw)
+    finally:
+        mp.undo()
+    teacher, _ = load_model(teacher_file)
+    t_weights = {n: p for n, p in teacher.named_parameters() if n.endswith("weight")}
+    moved, kept = set(), set()
+    for n, p in seen["model"].named_parameters():
+        (moved if not torch.equal(p.detach(), seen["before"][n]) else kept).add(n)
+    weights = {n for n in kept if n.endswith("layer.weight")}
+    assert weights and not any(n.endswith("layer.weight") for n in moved)
+    for n in weights:  # "stem.0.layer.weight" is the teacher's "stem.0.weight", unchanged
+        assert torch.equal(seen["model"].get_parameter(n).detach(),
+                           t_weights[n.replace("layer.", "")])  # fmt: skip
+    assert any(n.endswith(".step") for n in moved)
+    assert any(".bn." in n for n in moved) and any(n.endswith("bias") for n in moved)
+    frozen = sum(seen["model"].get_parameter(n).numel() for n in weights)
+    assert r["student"]["trained_parameters"] == sum(
+        p.numel() for p in seen["model"].parameters()) - frozen  # fmt: skip
+    assert r["integer_student"]["max_abs_logit_difference"] == 0.0
+    r_all = dd.train(str(tiny_npz), tmp_path / "a.pt", data="real:16", **kw)
+    assert r_all["student"]["trained_parameters"] > r["student"]["trained_parameters"]
+
+
 def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teacher_file):
     """A quantized copy of the teacher at 8 bits reproduces the teacher's features, so
     the feature MSE is tiny; matched against the wrong place (the conv before its
@@ -133,6 +174,8 @@ def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teac
         (["--set", "nope=1"], "unknown setting nope"),
         (["--kd", "crd"], "'crd' is not one of"),
         (["--set", "lr=nan"], "lr must be a finite number"),
+        (["--quant", "qd", "--set", "freeze_weights=true"], "freeze_weights is a setting of"),
+        (["--quant", "lsq", "--set", "freeze_weights=true"], "init=scratch has none to keep"),
     ],
 )
 def test_train_error_paths_are_one_line(run_cli, tiny_npz, tmp_path, extra, needle):
