@@ -325,8 +325,9 @@ def stage_sets(
             if not store.exists():
                 t0 = time.perf_counter()
                 by = {"teacher": teacher_path(teacher)} if method in TEACHER_DRIVEN else {}
+                # resume: a long build (NCFM on a CPU) killed at a stop continues next time
                 dd.build(DATASET, method, ipc, store, options=opts, quiet=True, device=DEVICE,
-                         **by)  # fmt: skip
+                         resume=True, **by)  # fmt: skip
                 print(f"{method} ipc {ipc}: built in {time.perf_counter() - t0:.0f} s", flush=True)
             for seed in seeds:
                 out = STUDENTS / f"set_{teacher}_{method}{ipc}_s{seed}.pt"

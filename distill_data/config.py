@@ -8,6 +8,7 @@ field's type here, and unknown keys are rejected with the list of valid ones.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -176,15 +177,27 @@ def make_config(cls: type[C], overrides: Mapping[str, Any] | None = None) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown setting {', '.join(unknown)} for {cls.__name__}; "
-            f"valid: {', '.join(sorted(fields))}"
-        )
+        raise unknown_settings(unknown, {"valid": fields}, where=f" for {cls.__name__}")
     kwargs = {k: _convert(k, hints[k], v) for k, v in overrides.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def unknown_settings(
+    unknown: Iterable[str], families: Mapping[str, Iterable[str]], where: str = ""
+) -> ConfigError:
+    """The error for ``--set`` keys no config has: each family of valid keys by its label,
+    and the nearest valid spelling of each unknown key when one is close."""
+    unknown = sorted(unknown)
+    valid = sorted({k for names in families.values() for k in names})
+    near = {k: difflib.get_close_matches(k, valid, n=1, cutoff=0.75) for k in unknown}
+    hint = "; ".join(f"did you mean {m[0]} (not {k})?" for k, m in near.items() if m)
+    listed = "; ".join(f"{label}: {', '.join(sorted(names))}" for label, names in families.items())
+    return ConfigError(
+        f"unknown setting {', '.join(unknown)}{where}; {listed}" + (f" ({hint})" if hint else "")
+    )
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

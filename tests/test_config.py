@@ -138,8 +138,13 @@ def test_eval_config_through_make_config() -> None:
         make_config(EvalConfig, {"runs": "0"})
     with pytest.raises(ConfigError, match="unknown model"):
         make_config(EvalConfig, {"model": "vit"})
-    with pytest.raises(ConfigError, match="valid: .*epochs"):
+    with pytest.raises(
+        ConfigError, match=r"valid: .*epochs.*\(did you mean epochs \(not epoch\)\?\)"
+    ):
         make_config(EvalConfig, {"epoch": "3"})
+    with pytest.raises(ConfigError) as e:  # nothing close: no guess
+        make_config(EvalConfig, {"zzz": "3"})
+    assert "did you mean" not in str(e.value)
 
 
 def test_config_to_dict_is_json_safe() -> None:
