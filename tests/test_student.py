@@ -136,6 +136,8 @@ def test_freeze_weights_trains_steps_biases_and_batchnorm_but_no_weight(tiny_npz
     assert r["integer_student"]["max_abs_logit_difference"] == 0.0
     r_all = dd.train(str(tiny_npz), tmp_path / "a.pt", data="real:16", **kw)
     assert r_all["student"]["trained_parameters"] > r["student"]["trained_parameters"]
+    head = STUDENT_MODULE.format_student_report(r).splitlines()[0]
+    assert f"{r['student']['trained_parameters']:,} trained)" in head
 
 
 def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teacher_file):

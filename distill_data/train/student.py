@@ -783,8 +783,11 @@ def student_recipe(name: str, overrides: dict | None, kd: str | None) -> TrainRe
 def format_student_report(report: dict) -> str:
     """Human-readable summary lines of a student report."""
     st = report["student"]
+    trained = st.get("trained_parameters", st["parameters"])
+    some = f", {trained:,} trained" if trained < st["parameters"] else ""  # freeze_weights, dq
     lines = [
-        f"student {st['model']} ({st['parameters']:,} parameters) on {report['data']['source']}"
+        f"student {st['model']} ({st['parameters']:,} parameters{some}) on "
+        f"{report['data']['source']}"
         f" ({report['data']['images']} images): {report['loss']}, {report['epochs']} "
         f"epoch{'' if report['epochs'] == 1 else 's'}, "
         f"{report['seconds_per_epoch']:.2f} s/epoch"
