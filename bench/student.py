@@ -303,7 +303,9 @@ SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,0
     "dm": ([10, 50], {"iterations": 200}),
     "infer": ([10, 50], {}),  # from the teacher (its defaults; soft labels unused: KD online)
     # its pool (20 ConvNets x 60 epochs) is hours on this CPU: a GPU row (bench/gpu.sh),
-    # not in the default --sets; 1000 iterations as bench/matching.py's NCFM rows
+    # not in the default --sets; 1000 iterations as bench/matching.py's NCFM rows. On a
+    # CPU over several sittings: fill the pool with bench/ncfm_pool.py (each finished
+    # network is cached) and build with the same DISTILL_DATA_CACHE; builds resume.
     "ncfm": ([10, 50], {"iterations": 1000}),
 }
 GPU_SETS = ("ncfm",)
