@@ -100,8 +100,10 @@ class StudentConfig:
             start trained worse on the ResNet (docs/design-notes.md).
         freeze_weights: ``lsq`` keeps every convolution's and linear layer's weights at
             the values it started with and trains only the step sizes, the biases and
-            BatchNorm's affine parameters (a trained start then keeps the PTQ point's
-            weights; the grid moves only with the learned steps). After PEQA (Kim et al.,
+            the normalisation layers' affine parameters. The weight tensors stay the
+            trained start's; a layer with BatchNorm folded in still quantizes W·γ/σ,
+            which moves with γ and with the running statistics (unless
+            ``keep_bn_stats``), so its integer codes can change. After PEQA (Kim et al.,
             NeurIPS 2023, §3), which fine-tunes only a quantized network's scales; the
             biases and BatchNorm train here too. Needs a trained start. Measured
             (zero-shot, mnist5k ResNet teacher 97.7 %, per-tensor steps from the MSE
