@@ -264,6 +264,12 @@ def test_ensemble_target_and_bits_parsing():
         StudentConfig(dq_weights=True)
 
 
+def test_a_student_setting_among_the_recipe_options_is_named_as_such(tiny_npz, tmp_path):
+    with pytest.raises(ConfigError, match="freeze_weights: a student setting, not a recipe"):
+        dd.train(str(tiny_npz), tmp_path / "s.pt", options={"freeze_weights": True}, quiet=True)
+    assert not (tmp_path / "s.pt").exists()
+
+
 def test_lsq_step_init_defaults_to_mse_for_a_trained_start_only():
     assert StudentConfig(quant="lsq").spec().step_init == "lsq"  # from scratch: the paper's
     assert StudentConfig(quant="lsq", init="teacher").spec().step_init == "mse"

@@ -779,6 +779,12 @@ def student_recipe(name: str, overrides: dict | None, kd: str | None) -> TrainRe
         if kd != recipe.kd:  # another loss: at its paper's weight and temperature
             alpha, temp = defaults.get(kd, (recipe.kd_alpha, recipe.temperature))
             recipe = replace(recipe, kd=kd, kd_alpha=alpha, temperature=temp)
+    misplaced = sorted(set(overrides or {}) & set(StudentConfig.__dataclass_fields__))
+    if misplaced:  # dd.train(options=...) holds recipe settings only
+        raise ConfigError(
+            f"{', '.join(misplaced)}: a student setting, not a recipe one; pass it to "
+            f"dd.train as a keyword ({misplaced[0]}=...), not in options"
+        )
     return recipe.with_settings(overrides)
 
 
