@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from distill_data import api, dist
 from distill_data._version import __version__
-from distill_data.config import parse_set_options, unknown_settings
+from distill_data.config import parse_set_options
 from distill_data.errors import DistillDataError, DistillDataWarning, cli_spelling
 from distill_data.evaluation import BASELINES, EvalConfig, EvalRequest
 from distill_data.evaluation.evaluate import RELABEL
@@ -32,7 +32,6 @@ from distill_data.quant.quantizers import OBSERVERS
 from distill_data.runtime import tune_allocator
 from distill_data.train import TeacherConfig, get_recipe
 from distill_data.train.recipe import RECIPES as TRAIN_RECIPES
-from distill_data.train.recipe import TrainRecipe
 from distill_data.train.student import KD_CHOICES, StudentConfig, format_student_report
 from distill_data.train.teacher import TEACHER_MODELS
 
@@ -710,12 +709,6 @@ def train(
     _interrupt_hint = _resume_hint(ckpt, "the first epoch ended")
     extra = parse_set_options(sets)
     fields = set(StudentConfig.__dataclass_fields__)
-    recipe_fields = set(TrainRecipe.__dataclass_fields__)
-    unknown = sorted(k for k in extra if k not in fields | recipe_fields)
-    if unknown:  # name both families: the key may have been meant for either
-        raise unknown_settings(
-            unknown, {"student settings": fields, "recipe settings": recipe_fields}
-        )
     student = _with_sets(
         ctx,
         {"model": model, "quant": quant, "bits": bits},

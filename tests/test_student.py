@@ -267,6 +267,9 @@ def test_ensemble_target_and_bits_parsing():
 def test_a_student_setting_among_the_recipe_options_is_named_as_such(tiny_npz, tmp_path):
     with pytest.raises(ConfigError, match="freeze_weights: a student setting, not a recipe"):
         dd.train(str(tiny_npz), tmp_path / "s.pt", options={"freeze_weights": True}, quiet=True)
+    # a key of neither family: both are listed, as on the command line
+    with pytest.raises(ConfigError, match="student settings: bits.*did you mean temperature"):
+        dd.train(str(tiny_npz), tmp_path / "s.pt", options={"temprature": 2}, quiet=True)
     assert not (tmp_path / "s.pt").exists()
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill_data.config import require
+from distill_data.config import require, unknown_settings
 from distill_data.data import RealDataset
 from distill_data.dist import ONE, Dist, PeerFailed, first_line, lost_peer, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
@@ -779,11 +779,18 @@ def student_recipe(name: str, overrides: dict | None, kd: str | None) -> TrainRe
         if kd != recipe.kd:  # another loss: at its paper's weight and temperature
             alpha, temp = defaults.get(kd, (recipe.kd_alpha, recipe.temperature))
             recipe = replace(recipe, kd=kd, kd_alpha=alpha, temperature=temp)
-    misplaced = sorted(set(overrides or {}) & set(StudentConfig.__dataclass_fields__))
+    student_fields = set(StudentConfig.__dataclass_fields__)
+    misplaced = sorted(set(overrides or {}) & student_fields)
     if misplaced:  # dd.train(options=...) holds recipe settings only
         raise ConfigError(
             f"{', '.join(misplaced)}: a student setting, not a recipe one; pass it to "
             f"dd.train as a keyword ({misplaced[0]}=...), not in options"
+        )
+    recipe_fields = set(TrainRecipe.__dataclass_fields__)
+    unknown = set(overrides or {}) - recipe_fields
+    if unknown:  # name both families: the key may have been meant for either
+        raise unknown_settings(
+            unknown, {"student settings": student_fields, "recipe settings": recipe_fields}
         )
     return recipe.with_settings(overrides)
 
