@@ -177,11 +177,6 @@ def main() -> None:
             "dataset": DATASET,
             "ipc": IPC,
             "rows": rows,
-            "official_reference": {
-                "dm": {"s_per_iter": 3.99, "peak_rss_gb": 1.40, "batch_real": 256},
-                "datadam": {"s_per_iter": 1.78, "peak_rss_gb": 2.07, "batch_real": 64},
-                "source": "issue #3: official code run on this machine kind",
-            },
         },
     )
 

@@ -296,7 +296,6 @@ def test_cost_tables_give_the_default_iterations_at_the_measured_pace(mt):
         "benchmark": "matching-speed",
         "date": "2026-11-27",
         "machine": {"nproc": 2, "cpu_model": "CPU X"},
-        "official_reference": {"dm": {"s_per_iter": 4.0}},
         "rows": [
             {
                 "method": "dm",
@@ -309,7 +308,8 @@ def test_cost_tables_give_the_default_iterations_at_the_measured_pace(mt):
     }
     gpu = {**_run("2026-11-27", 100, {100: [95.0, 95.0]}), "device": "cuda"}
     gpu.update(machine={"gpu": "H200"}, s_per_iter_median=0.05, note="GPU shared by 6 jobs")
-    lines = mt.cost_tables([speed, gpu])
+    official = {"benchmark": "official-reference", "speed": {"dm": {"s_per_iter": 4.0}}}
+    lines = mt.cost_tables([speed, gpu, official])
     its = mt._defaults("dm")["iterations"]
     assert f"| dm | {its:,} | 2.00 | {mt._duration(2.0 * its)} | ≤ 0.050 | " in next(
         line for line in lines if line.startswith("| dm |")
@@ -784,3 +784,18 @@ def test_torchrun_rows_say_speedup_and_whether_the_output_matched(mt):
     assert "+ 3 on random subsets" in body[2]
     assert body[2].endswith("| differs |")
     assert mt.torchrun_table([]) == []
+
+
+def test_the_official_comparison_reads_the_reference_file_and_pools_build_seeds(mt):
+    official = {
+        "benchmark": "official-reference",
+        "accuracy": {"protocol": "3 models", "dm": {"100": [95.0, 0.1]}},
+    }
+    seed0 = _run("2026-11-27T05", 100, {100: [96.0, 96.0, 96.0]})
+    seed1 = {**_run("2026-11-27T06", 100, {100: [95.0, 95.0, 95.0]}), "seed": 1}
+    lines = mt.official_accuracy_table([seed0, seed1, official])
+    row = next(line for line in lines if line.startswith("| dm |"))
+    assert row.startswith("| dm |  | 100 | 95.50 ± 0.50 (6 models, 2 sets) |")
+    assert row.endswith("| 95.00 ± 0.10 | +0.50 |")
+    # without the reference file there is nothing to compare against
+    assert mt.official_accuracy_table([seed0, seed1]) == []
