@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from distill_data.evaluation.report import machine_info, now_iso
@@ -80,3 +82,47 @@ def write_result(name: str, payload: dict) -> Path:
     os.replace(tmp, out)
     print(f"wrote {out}", flush=True)
     return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = "cpu") -> None:
+    """Train the teacher ``out`` if it is missing, and keep the record of the file every
+    benchmark uses (``teacher_{dataset}_{name}.json``) with the file's sha256, so a
+    record and a file can be matched. An existing file is never retrained (every result
+    made with it would silently change teacher); one without a matching record (trained
+    before records carried the hash) gets one from its own metadata: accuracy and
+    settings as trained, training time unknown. A record of another file is refused."""
+    import distill_data as dd
+    from distill_data.models import load_model
+
+    record = RESULTS / f"teacher_{dataset}_{name}.json"
+    if out.exists():
+        sha = _sha256(out)
+        if record.exists() and json.loads(record.read_text()).get("file_sha256") == sha:
+            print(f"teacher {name}: {out} exists, recorded in {record.name}")
+            return
+        if record.exists():
+            raise SystemExit(
+                f"{record} describes another {name} teacher than {out}; rename it to "
+                f"teacher_{dataset}_{name}_<date>.json to keep it, then rerun"
+            )
+        _, meta = load_model(out)
+        trained = datetime.fromtimestamp(out.stat().st_mtime, timezone.utc)
+        rep = {
+            "teacher": str(out),
+            "test_accuracy": meta["test_accuracy"],
+            "train_seconds": None,
+            **{k: meta[k] for k in ("dataset", "dataset_fingerprint", "input_shape")},
+            "config": meta["train_config"],
+            "trained": trained.isoformat(timespec="seconds"),
+            "note": "recorded afterwards from the file's own metadata; "
+            "its training time was not recorded",
+        }
+        print(f"teacher {name}: {out} exists; recording it ({rep['test_accuracy']:.2f}%)")
+    else:
+        rep = dd.teacher(dataset, out, quiet=True, device=device, **cfg)
+        print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
+    write_result(record.stem, {"benchmark": "teacher", **rep, "file_sha256": _sha256(out)})

@@ -487,16 +487,21 @@ def teacher_tables(results: list[dict]) -> list[str]:
     if teachers:
         out += [
             "",
-            "**Teachers** (`distill-data teacher`, trained on `mnist5k`)",
+            "**Teachers** (`distill-data teacher`, trained on `mnist5k`; the tables below "
+            "name the teacher they used by its accuracy in brackets; a teacher retrained "
+            "later keeps its earlier row)",
             "",
-            "| model | epochs | test accuracy % | train s |",
-            "|---|---|---|---|",
+            "| model | epochs | trained | test accuracy % | train s |",
+            "|---|---|---|---|---|",
         ]
-        for r in teachers:
+        for r in sorted(
+            teachers, key=lambda r: (r["config"]["model"], r.get("trained", r["date"]))
+        ):
+            secs = r["train_seconds"]
             out.append(
                 f"| {r['config']['model']} (width {r['config']['width'] or 'default'}) | "
-                f"{r['config']['epochs']} | {r['test_accuracy']:.2f} | "
-                f"{r['train_seconds']:.0f} |"
+                f"{r['config']['epochs']} | {r.get('trained', r['date'])[:10]} | "
+                f"{r['test_accuracy']:.2f} | {'—' if secs is None else f'{secs:.0f}'} |"
             )
     out += ptq_tables(results)
     soft = [r for r in results if r.get("benchmark") == "soft-label"]

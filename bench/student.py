@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, peak_rss_mib, reset_peak_rss, write_result  # noqa: E402
+from common import ROOT, ensure_teacher, peak_rss_mib, reset_peak_rss, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
@@ -87,14 +87,7 @@ def teacher_path(name: str) -> Path:
 
 def stage_teacher(names: list[str]) -> None:
     for name in names:
-        out = teacher_path(name)
-        if out.exists():
-            print(f"teacher {name}: {out} exists")
-            continue
-        rep = dd.teacher(DATASET, out, quiet=True, **TEACHERS[name])
-        print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
-        # the record of the file every benchmark now uses (bench/teacher_calib.py's name)
-        write_result(f"teacher_{DATASET}_{name}", {"benchmark": "teacher", **rep})
+        ensure_teacher(DATASET, name, TEACHERS[name], teacher_path(name))
 
 
 def student_path(teacher: str, run: str, seed: int) -> Path:

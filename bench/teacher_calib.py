@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, peak_rss_mib, reset_peak_rss, run_measured, write_result  # noqa: E402
+from common import ROOT, ensure_teacher, peak_rss_mib, reset_peak_rss, run_measured, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
 from distill_data.config import parse_set_options  # noqa: E402
@@ -57,10 +57,7 @@ CALIB = {
 
 def stage_teacher(device: str) -> None:
     for name, cfg in (("resnet", TEACHER), ("convnet_bn", TEACHER2)):
-        out = WORK / f"teacher_{name}.pt"
-        rep = dd.teacher(DATASET, out, quiet=True, device=device, **cfg)
-        print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
-        write_result(f"teacher_{DATASET}_{name}", {"benchmark": "teacher", **rep})
+        ensure_teacher(DATASET, name, cfg, WORK / f"teacher_{name}.pt", device)
 
 
 def stage_calib(methods: list[str], device: str, tag: str = "", **overrides: dict) -> None:

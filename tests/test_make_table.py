@@ -799,3 +799,40 @@ def test_the_official_comparison_reads_the_reference_file_and_pools_build_seeds(
     assert row.endswith("| 95.00 ± 0.10 | +0.50 |")
     # without the reference file there is nothing to compare against
     assert mt.official_accuracy_table([seed0, seed1]) == []
+
+
+def test_ensure_teacher_records_an_existing_file_once_and_refuses_a_foreign_record(
+    tmp_path, monkeypatch
+):
+    from distill_data.models import build_model, save_model
+
+    common = _module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    out = tmp_path / "teacher_tiny.pt"
+    meta = {
+        "dataset": "tiny",
+        "dataset_fingerprint": "f" * 16,
+        "input_shape": [1, 10, 10],
+        "test_accuracy": 91.5,
+        "train_config": {"model": "mlp", "epochs": 3, "width": 4},
+    }
+    save_model(build_model("mlp", 1, 3, (10, 10), width=4), out, meta=meta)
+    cfg = {"model": "mlp", "epochs": 3}
+    # an existing file is recorded from its own metadata, never retrained
+    common.ensure_teacher("tiny", "mlp", cfg, out)
+    record = tmp_path / "results" / "teacher_tiny_mlp.json"
+    doc = json.loads(record.read_text())
+    assert doc["test_accuracy"] == 91.5 and doc["train_seconds"] is None
+    assert doc["config"] == meta["train_config"] and len(doc["file_sha256"]) == 64
+    assert doc["trained"][:4].isdigit() and "not recorded" in doc["note"]
+    # the second call finds its record and writes nothing
+    before = record.stat().st_mtime_ns
+    common.ensure_teacher("tiny", "mlp", cfg, out)
+    assert record.stat().st_mtime_ns == before
+    # a record of another file (retrained teacher) is refused, not overwritten
+    save_model(
+        build_model("mlp", 1, 3, (10, 10), width=4), out, meta={**meta, "test_accuracy": 90.0}
+    )
+    with pytest.raises(SystemExit, match="describes another mlp teacher"):
+        common.ensure_teacher("tiny", "mlp", cfg, out)
+    assert json.loads(record.read_text())["test_accuracy"] == 91.5
