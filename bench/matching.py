@@ -9,11 +9,16 @@ time excluded).
     python bench/matching.py --method datadam --ipc 10 --evals 50 200 1000
     python bench/matching.py --method dm --ipc 10 --evals 100 --set precision=bf16 --tag bf16
     python bench/matching.py --method random --ipc 10 --evals 0 --device cuda --tag gpu
+    python bench/matching.py --method dm --ipc 10 --evals 1000 8000 --resume   # over sittings
 
 Coreset methods (random, herding, kcenter) are not iterative: give ``--evals 0``. The
 ``random`` row draws a fresh subset per evaluation model, like ``eval --baseline random``.
 ``--device cuda`` runs build and evaluation on the GPU (accuracy only: speed targets are
 measured on CPU by ``bench/matching_speed.py``); the device is recorded in the result.
+``--resume`` keeps a checkpoint in ``bench/.work/matching/`` (every ``--checkpoint-every``
+iterations and at every evaluated point) and continues a killed run from it: the same
+images as an uninterrupted run, the points already evaluated kept, the build seconds
+summed over sittings.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, peak_rss_mib, write_result  # noqa: E402
+from common import RESULTS, ROOT, peak_rss_mib, write_result  # noqa: E402
 
 from distill_data.config import config_to_dict, make_config, parse_set_options  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
 from distill_data.evaluation import EvalConfig, evaluate_set  # noqa: E402
 from distill_data.evaluation.evaluate import random_baseline_subset  # noqa: E402
 from distill_data.runtime import allocator_tuned, tune_allocator  # noqa: E402
+from distill_data.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from distill_data.synth import GENERATORS  # noqa: E402
 
 DATASET = "mnist5k"
@@ -62,6 +68,12 @@ def main() -> None:
         action="store_true",
         help="exit if the result file already holds every requested point",
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="checkpoint in bench/.work/matching/ and continue a stopped run from it",
+    )
+    ap.add_argument("--checkpoint-every", type=int, default=100)
     args = ap.parse_args()
     tune_allocator()  # as the CLI does (distill_data/runtime.py)
 
@@ -93,9 +105,34 @@ def main() -> None:
     gen.setup()
     build_s = time.perf_counter() - t0
     step_s: list[float] = []
-    points = []
+    points: list[dict] = []
     it = 0
+    ckpt = checkpoint_path(args)
+    sig = {"method": args.method, "ipc": args.ipc, "seed": args.seed, "device": args.device,
+           "config": json.dumps(config_to_dict(cfg), sort_keys=True),
+           "eval": json.dumps(ecfg.__dict__, sort_keys=True), "evals": sorted(set(args.evals))}  # fmt: skip
+    if args.resume and ckpt.is_file():
+        saved = load_checkpoint(ckpt)
+        if saved.get("signature") != sig:
+            sys.exit(f"{ckpt} is of another run (settings differ); delete it to start afresh")
+        gen.load_state_dict(saved["state"])
+        gen.rng.set_state(saved["rng"])
+        it, build_s, step_s = saved["iteration"], saved["build_seconds"], saved["step_seconds"]
+        points = [p for p in json.loads(saved["points"]) if p["iterations"] in args.evals]
+        print(f"resuming from iteration {it} ({ckpt}), {len(points)} point(s) kept", flush=True)
+
+    def checkpoint() -> None:
+        if args.resume:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt, {
+                "signature": sig, "iteration": it, "build_seconds": build_s,
+                "step_seconds": step_s, "points": json.dumps(points),
+                "state": gen.state_dict(), "rng": gen.rng.get_state(),
+            })  # fmt: skip
+
     for target in sorted(set(args.evals)):
+        if any(p["iterations"] == target for p in points):
+            continue  # evaluated in an earlier sitting
         while it < target:
             t = time.perf_counter()
             gen.step(it)
@@ -105,6 +142,8 @@ def main() -> None:
             it += 1
             if it % 10 == 0:
                 print(f"{args.method} ipc={args.ipc} it={it} {dt:.2f}s/it", flush=True)
+            if it % args.checkpoint_every == 0 and it < target:
+                checkpoint()
         images, labels, _ = gen.result()
         res = evaluate_set(
             images,
@@ -123,11 +162,18 @@ def main() -> None:
         points.append({"iterations": it, "build_seconds": round(build_s, 1), "accuracy": res})
         # written after every point, so a run stopped early keeps the points it reached
         save(args, cfg, ecfg, data, step_s, points)
+        checkpoint()
+    if args.resume:
+        ckpt.unlink(missing_ok=True)  # the run is complete
 
 
 def result_path(args) -> Path:
     tag = f"_{args.tag}" if args.tag else ""
     return RESULTS / f"matching_{DATASET}_{args.method.replace('+', '-')}_ipc{args.ipc}{tag}.json"
+
+
+def checkpoint_path(args) -> Path:
+    return ROOT / ".work" / "matching" / f"{result_path(args).stem}.ckpt.pt"
 
 
 def save(args, cfg, ecfg, data, step_s: list[float], points: list[dict]) -> None:
