@@ -108,9 +108,15 @@ def main() -> None:
     points: list[dict] = []
     it = 0
     ckpt = checkpoint_path(args)
-    sig = {"method": args.method, "ipc": args.ipc, "seed": args.seed, "device": args.device,
-           "config": json.dumps(config_to_dict(cfg), sort_keys=True),
-           "eval": json.dumps(ecfg.__dict__, sort_keys=True), "evals": sorted(set(args.evals))}  # fmt: skip
+    sig = {
+        "method": args.method,
+        "ipc": args.ipc,
+        "seed": args.seed,
+        "device": args.device,
+        "config": json.dumps(config_to_dict(cfg), sort_keys=True),
+        "eval": json.dumps(ecfg.__dict__, sort_keys=True),
+        "evals": sorted(set(args.evals)),
+    }
     if args.resume and ckpt.is_file():
         saved = load_checkpoint(ckpt)
         if saved.get("signature") != sig:

@@ -45,8 +45,8 @@ def bench(tmp_path, tiny_npz, monkeypatch):
     monkeypatch.setattr(mm, "evaluate_set", evaluate)
 
     def run(*extra: str) -> dict:
-        argv = ["matching.py", "--method", "dm", "--ipc", "1", "--evals", "2", "5",
-                "--set", "width=4", "--set", "depth=1", "--set", "batch_real=8", *extra]  # fmt: skip
+        argv = ["matching.py", "--method", "dm", "--ipc", "1", "--evals", "2", "5"]
+        argv += ["--set", "width=4", "--set", "depth=1", "--set", "batch_real=8", *extra]
         monkeypatch.setattr(sys, "argv", argv)
         mm.main()
         (path,) = (tmp_path / "results").rglob("*.json")  # named after the data path
@@ -55,25 +55,15 @@ def bench(tmp_path, tiny_npz, monkeypatch):
     return mm, run, seen
 
 
-def test_a_stopped_run_resumes_to_the_uninterrupted_images(bench, tmp_path, monkeypatch):
+def test_a_stopped_run_resumes_to_the_uninterrupted_images(bench, tmp_path, interrupt_build):
     mm, run, seen = bench
     whole = run()
     straight = [t.clone() for t in seen]
     assert [p["iterations"] for p in whole["curve"]] == [2, 5]
     seen.clear()
 
-    gen_cls = mm.GENERATORS.get("dm")
-    real_step = gen_cls.step
-
-    def dying(self, it):
-        if it == 3:
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(gen_cls, "step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run("--resume", "--checkpoint-every", "1")
-    monkeypatch.setattr(gen_cls, "step", real_step)
+    stopped = lambda: run("--resume", "--checkpoint-every", "1")  # noqa: E731
+    interrupt_build(mm.GENERATORS.get("dm"), 3, stopped)
     (ckpt,) = (tmp_path / ".work" / "matching").rglob("*.ckpt.pt")
     assert len(seen) == 1 and torch.equal(seen[0], straight[0])  # the point at 2
 
@@ -86,19 +76,9 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_images(bench, tmp_path, monk
     assert not ckpt.exists()  # a complete run leaves no checkpoint
 
 
-def test_a_checkpoint_of_other_settings_is_refused(bench, tmp_path, monkeypatch):
+def test_a_checkpoint_of_other_settings_is_refused(bench, interrupt_build):
     mm, run, _ = bench
-    gen_cls = mm.GENERATORS.get("dm")
-    real_step = gen_cls.step
-
-    def dying(self, it):
-        if it == 3:
-            raise KeyboardInterrupt
-        return real_step(self, it)
-
-    monkeypatch.setattr(gen_cls, "step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run("--resume", "--checkpoint-every", "1")
-    monkeypatch.setattr(gen_cls, "step", real_step)
+    stopped = lambda: run("--resume", "--checkpoint-every", "1")  # noqa: E731
+    interrupt_build(mm.GENERATORS.get("dm"), 3, stopped)
     with pytest.raises(SystemExit, match="another run"):
         run("--resume", "--set", "lr_img=0.5")
