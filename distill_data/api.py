@@ -619,6 +619,12 @@ def quantize(
     if not all(isinstance(b, str) for b in bit_list):
         raise ConfigError(f"bits must be names such as 'w8a8', got {bits!r}")
     _check_seed(seed)
+    for key in ("w_bits", "a_bits"):
+        if key in ptq:  # one source for the bit widths: a second one would be ignored
+            raise ConfigError(
+                f"{key} comes from {opt('bits')} ('w4a4': 4-bit weights, 4-bit "
+                f"activations); give the bit widths there, not as {key}"
+            )
     from distill_data.quant.ptq import parse_bits
 
     w0, a0 = parse_bits(bit_list[0]) if bit_list else (8, 8)  # validated with its widths

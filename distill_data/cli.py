@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from distill_data import api, dist
 from distill_data._version import __version__
-from distill_data.config import parse_set_options
+from distill_data.config import convert_setting, parse_set_options
 from distill_data.errors import DistillDataError, DistillDataWarning, cli_spelling
 from distill_data.evaluation import BASELINES, EvalConfig, EvalRequest
 from distill_data.evaluation.evaluate import RELABEL
@@ -559,8 +559,9 @@ def quantize(
         force=force,
     )
     given = {"method": method, "observer": observer, "first_last_bits": first_last_bits,
-             "mixed_precision": mixed_precision}  # fmt: skip
+             "mixed_precision": mixed_precision, "seed": seed}  # fmt: skip
     ptq = _with_sets(ctx, given, sets)
+    seed = convert_setting("seed", int, ptq.pop("seed"))  # --seed or --set seed=N: one setting
     if frontier_plot and ptq.get("mixed_precision") is None:
         raise DistillDataError("--frontier-plot needs --mixed-precision")
     report = api.quantize(
@@ -586,7 +587,7 @@ def quantize(
     type=int,
     default=DEFAULT_OPSET,
     show_default=True,
-    help="ONNX opset (>= 13: per-channel DequantizeLinear).",
+    help="ONNX opset: 13 (per-channel DequantizeLinear) up to the newest your torch exports.",
 )
 @click.option("--json", "json_out", default=None, help="Write the export report here.")
 @_FORCE

@@ -44,7 +44,7 @@ def parse_set_options(items: Iterable[str]) -> dict[str, str]:
 FLOAT_LIMIT = float(torch.finfo(torch.float32).max)
 
 
-def _convert(name: str, tp: Any, raw: Any) -> Any:
+def convert_setting(name: str, tp: Any, raw: Any) -> Any:
     """``raw`` (a ``--set`` string, or a value from Python) as a value of type ``tp``.
 
     Strings are parsed; other values are type-checked, so a Python caller who passes
@@ -62,7 +62,7 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
         errors = []
         for a in non_none:
             try:
-                return _convert(name, a, raw)
+                return convert_setting(name, a, raw)
             except ConfigError as e:
                 errors.append(str(e))
         if len(errors) == 1:
@@ -109,9 +109,9 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
         if want in (tuple, list) and args and args[-1] is not Ellipsis and len(args) > 1:
             if len(raw) != len(args):
                 raise ConfigError(f"setting {name}={raw!r}: expected {len(args)} values")
-            return tuple(_convert(name, a, v) for a, v in zip(args, raw))
+            return tuple(convert_setting(name, a, v) for a, v in zip(args, raw))
         if want in (tuple, list) and args:
-            raw = [_convert(name, args[0], v) for v in raw]
+            raw = [convert_setting(name, args[0], v) for v in raw]
         return tuple(raw) if want is tuple else raw
     return raw
 
@@ -178,7 +178,7 @@ def make_config(cls: type[C], overrides: Mapping[str, Any] | None = None) -> C:
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise unknown_settings(unknown, {"valid": fields}, where=f" for {cls.__name__}")
-    kwargs = {k: _convert(k, hints[k], v) for k, v in overrides.items()}
+    kwargs = {k: convert_setting(k, hints[k], v) for k, v in overrides.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -275,8 +275,10 @@ def test_bad_settings_are_config_errors(tmp_path, ort):
     from distill_data.quant.onnx_export import export_onnx, ort_session
 
     path = student_file(tmp_path, "convnet_bn", "qat", 8, 8)
-    with pytest.raises(ConfigError, match="opset must be an integer >= 13"):
+    with pytest.raises(ConfigError, match="opset must be an integer from 13"):
         export_onnx(path, tmp_path / "s.onnx", opset=11)
+    with pytest.raises(ConfigError, match=r"to \d+ \(the newest this torch"):
+        export_onnx(path, tmp_path / "s.onnx", opset=99)  # torch's exporter would raise
     export_onnx(path, tmp_path / "s.onnx")
     with pytest.raises(ConfigError, match="unknown optimization 'fast'"):
         ort_session(tmp_path / "s.onnx", optimization="fast")
@@ -313,7 +315,8 @@ def test_export_command_writes_and_refuses(tmp_path, ort, run_cli, tiny_npz):
     refused(tmp_path / "missing.pt", "--out", out, match="no such file")
     refused(path, "--out", tiny_npz, match="refusing to overwrite")
     refused(path, "--out", tmp_path / "nofolder" / "s.onnx", match="does not exist")
-    refused(path, "--out", out, "--opset", "11", match="opset must be an integer >= 13")
+    refused(path, "--out", out, "--opset", "11", match="opset must be an integer from 13")
+    refused(path, "--out", out, "--opset", "99", match="the newest this torch")
     (tmp_path / "junk.pt").write_bytes(b"nope")
     refused(tmp_path / "junk.pt", "--out", out, match="not a distill-data file")
     # --force replaces a file of another kind (never an input)

@@ -82,6 +82,9 @@ def test_quantize_first_last_bits_none_quantizes_every_layer(teacher_file, tmp_p
         (["--calib", "noise:4", "--first-last-bits", "x"], "first_last_bits"),
         (["--calib", "noise:4", "--first-last-bits", "16"], "from 2 to 8"),
         (["--calib", "noise:4", "--device", "cuda:4096"], "cuda:4096"),
+        (["--calib", "noise:4", "--set", "w_bits=2"], "w_bits comes from --bits"),
+        (["--calib", "noise:4", "--set", "a_bits=4"], "a_bits comes from --bits"),
+        (["--calib", "noise:4", "--seed", "1", "--set", "seed=2"], "seed is given twice"),
     ],
 )
 def test_quantize_errors(teacher_file, run_cli, args, message):
@@ -98,3 +101,19 @@ def test_quantize_api_refuses_wrong_dataset(teacher_file):
 def test_quantize_reports_its_device(teacher_file):
     rep = dd.quantize(teacher_file, "noise:4", bits="w8a8", quiet=True, device="cpu")
     assert rep["device"] == "cpu" and rep["results"][0]["quant_accuracy"] >= 0
+
+
+def test_quantize_seed_by_set_is_the_seed_option(teacher_file, tmp_path, run_cli):
+    js = tmp_path / "q.json"
+    args = ["quantize", "--teacher", str(teacher_file), "--calib", "noise:4", "--json", str(js)]
+    code, _, err = run_cli(*args, "--set", "seed=5")
+    assert code == 0, err
+    by_set = json.loads(js.read_text())
+    code, _, err = run_cli(*args, "--seed", "5", "--force")
+    assert code == 0, err
+    by_option = json.loads(js.read_text())
+    assert by_set["ptq"]["seed"] == by_option["ptq"]["seed"] == 5
+    # noise:4 drawn from seed 5 both times
+    timeless = [[{k: v for k, v in r.items() if k != "seconds"} for r in rep["results"]]
+                for rep in (by_set, by_option)]  # fmt: skip
+    assert timeless[0] == timeless[1]

@@ -298,10 +298,21 @@ def qdq_network(model: nn.Module, payload: dict) -> tuple[nn.Module, list[dict]]
 # --------------------------------------------------------------------------- export
 
 
+def max_opset() -> int:
+    """The newest opset this torch's exporter writes (torch does not export the constant
+    publicly; 20, the TorchScript exporter's limit in torch 2.5, where it is absent)."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_MAX_OPSET", 20))
+
+
 def _check_opset(opset: int) -> None:
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+    top = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
         raise ConfigError(
-            f"opset must be an integer >= {MIN_OPSET} (per-channel DequantizeLinear), got {opset!r}"
+            f"opset must be an integer from {MIN_OPSET} (per-channel DequantizeLinear) to "
+            f"{top} (the newest this torch {torch.__version__.split('+')[0]} exports), "
+            f"got {opset!r}"
         )
 
 
