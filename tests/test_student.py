@@ -70,6 +70,25 @@ def test_train_from_a_stored_set_uses_its_labels_and_logits(run_cli, tiny_npz, t
     assert r["loss"] == "cross-entropy on the labels" and r["dataset"] == "tiny.npz"
 
 
+def test_kd_none_with_a_teacher_says_so_and_spends_no_teacher_forwards(
+    tiny_npz, teacher_file, tmp_path
+):
+    from distill_data.models import load_model
+
+    teacher, _ = load_model(teacher_file)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    r = dd.train(str(tiny_npz), tmp_path / "s.pt", teacher=teacher, kd="none", width=4,
+                 options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert r["loss"] == "cross-entropy on the labels (kd none: no distillation)"
+    none_calls = len(calls)  # the report's test passes only
+    calls.clear()
+    r = dd.train(str(tiny_npz), tmp_path / "k.pt", teacher=teacher, width=4,
+                 options={"epochs": 1}, quiet=True)  # fmt: skip
+    assert "KD from the teacher" in r["loss"]
+    assert len(calls) > none_calls  # plus one teacher forward per training batch
+
+
 def test_zero_shot_qat_from_a_data_free_set(run_cli, tiny_npz, teacher_file, tmp_path,
                                             monkeypatch):  # fmt: skip
     calib = tmp_path / "zeroq.h5"

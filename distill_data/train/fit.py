@@ -260,7 +260,8 @@ def fit(
                     target = None if target is None else target[rows]
                 with batch_group(split):  # statistics over the ranks that split the batch
                     out = net(x)
-                    if teacher is not None:
+                    # (kd none: the teacher runs only for a feature term's hooks)
+                    if teacher is not None and (recipe.kd != "none" or aux_loss is not None):
                         with torch.no_grad():
                             target = teacher(x)
                     loss = student_loss(recipe, out, target, y, temperature)

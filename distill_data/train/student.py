@@ -261,12 +261,13 @@ class StudentData:
 
 
 def _loss_note(recipe: TrainRecipe, teachers: int, data: StudentData) -> str:
+    targets = bool(teachers) or data.soft is not None
+    if recipe.kd == "none" or not targets:
+        return "cross-entropy on the labels" + (" (kd none: no distillation)" if targets else "")
     if teachers:
         ens = f"the mean of {teachers} teachers' softmax" if teachers > 1 else "the teacher"
         return f"{recipe.kd} KD from {ens} on every augmented batch (kd_alpha {recipe.kd_alpha})"
-    if data.soft is not None and recipe.kd != "none":
-        return f"{recipe.kd} KD from the stored logits"
-    return "cross-entropy on the labels"
+    return f"{recipe.kd} KD from the stored logits"
 
 
 class _Ensemble(nn.Module):
