@@ -755,7 +755,9 @@ def inspect(store, as_json) -> None:
     from distill_data.paths import file_kind
 
     path = Path(store)
-    if path.is_file() and file_kind(path) == "model":
+    kind = file_kind(path) if path.is_file() else None
+    # a damaged .pt is named as the network file it was meant to be, not as an HDF5 file
+    if kind == "model" or (kind in ("other", "empty") and path.suffix in (".pt", ".pth")):
         info, rows = _network_info(path)
     else:
         info, rows = _store_info(store), []
@@ -765,6 +767,8 @@ def inspect(store, as_json) -> None:
     for k, v in info.items():
         if isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items())
+        elif k == "compression" and v is not None:
+            v = f"{v:.2f}x smaller than fp32"
         click.echo(f"{k:>20}: {v}")
     if rows:
         click.echo(f"{'layer':>20}  kind         bits   weights      bytes")
@@ -823,11 +827,17 @@ def _network_info(path: Path) -> tuple[dict, list[dict]]:
             "kind": "quantized student",
             "arch": payload["arch"],
             "quantization": {k: v for k, v in payload["spec"].items() if v is not None},
-            "parameters": summary["parameters"],
-            "bytes": summary["bytes"],
+            # as trained (the train report's count); BatchNorm folding may store fewer
+            "parameters": summary["fp32_parameters"],
+            **(
+                {"stored_parameters": summary["parameters"]}
+                if summary["parameters"] != summary["fp32_parameters"]
+                else {}
+            ),
+            "payload_bytes": summary["bytes"],
             "code_bytes": summary["code_bytes"],
             "fp32_bytes": summary["fp32_bytes"],
-            "compression": f"{summary['compression']}x",
+            "compression": summary["compression"],
             "dataset": meta.get("dataset"),
             "test_accuracy": meta.get("test_accuracy"),
             "file_bytes": path.stat().st_size,

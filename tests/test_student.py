@@ -303,19 +303,33 @@ def test_lsq_step_init_defaults_to_mse_for_a_trained_start_only():
 
 
 def test_inspect_shows_bits_bytes_and_compression(run_cli, tiny_npz, teacher_file, tmp_path):
-    out = tmp_path / "s.pt"
-    code, _, err = run_cli("train", "-d", tiny_npz, "--teacher", teacher_file, "--quant", "qd",
-                           "--bits", "w2", "--out", out, *TINY)  # fmt: skip
+    out, rep = tmp_path / "s.pt", tmp_path / "r.json"
+    code, text, err = run_cli("train", "-d", tiny_npz, "--teacher", teacher_file, "--quant",
+                              "qd", "--bits", "w2", "--out", out, "--json", rep, *TINY)  # fmt: skip
     assert code == 0, err
+    report = json.loads(rep.read_text())
+    integer = report["integer_student"]
+    assert f"{integer['compression']:.2f}x smaller than fp32's {integer['fp32_bytes']:,}" in text
     code, text, err = run_cli("inspect", out)
     assert code == 0, err
-    assert "quantized student" in text and "compression" in text and "bucket" in text
+    assert "quantized student" in text and "x smaller than fp32" in text and "bucket" in text
     code, text, _ = run_cli("inspect", out, "--json")
     info = json.loads(text)
     assert {r["bits"] for r in info["layers"]} == {2, 8}
-    assert info["bytes"] < info["fp32_bytes"]
+    # the file and the report that made it give the same sizes against the same baseline
+    assert info["parameters"] == report["student"]["parameters"]
+    assert info["payload_bytes"] == integer["payload_bytes"] < info["fp32_bytes"]
+    assert info["fp32_bytes"] == integer["fp32_bytes"]
+    assert info["compression"] == integer["compression"]  # a number, in both
+    assert info["file_bytes"] == integer["file_bytes"]
     code, text, _ = run_cli("inspect", teacher_file)
     assert code == 0 and "network (float)" in text
+    # a student where a float network belongs, and a damaged .pt, are named as such
+    code, _, err = run_cli("quantize", "--teacher", out, "--calib", "noise:4")
+    assert code == 2 and "is a quantized student" in err and err.count("\n") == 1
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    code, _, err = run_cli("inspect", tmp_path / "bad.pt")
+    assert code == 2 and "not a readable distill-data model file" in err, err
 
 
 def test_dq_allocation_moves_points_by_gradient_norm_and_keeps_the_total(tiny_npz, tmp_path):

@@ -132,6 +132,12 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.M
         if what is not None and "torch.save" not in what:
             raise StoreError(f"{p} is {what}, not a network file (.pt)") from None
         raise StoreError(f"{p} is not a readable distill-data model file ({_reason(e)})") from None
+    if isinstance(payload, dict) and payload.get("format") == "distill-data-student":
+        raise StoreError(
+            f"{p} is a quantized student (distill-data train --quant); a teacher or a "
+            "starting network must be a float network file (distill-data teacher, or "
+            "train without --quant)"
+        )
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise StoreError(f"{p} is not a distill-data model file (no format tag)")
     version = payload.get("version")

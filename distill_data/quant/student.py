@@ -285,13 +285,17 @@ def student_summary(payload: dict) -> dict:
     rest = sum(t.numel() * t.element_size() for t in payload["float_state"].values())
     rest_params = sum(t.numel() for t in payload["float_state"].values() if t.is_floating_point())
     total = code_bytes + scale_bytes + rest
-    fp32 = 4 * (float_params + rest_params)
+    # the baseline: the float student as trained (before BatchNorm folding), which the
+    # trainer records; a file without that record falls back to its own parameters
+    fp32_params = payload["meta"].get("fp32_parameters", float_params + rest_params)
+    fp32 = 4 * fp32_params
     return {
         "layers": rows,
         "parameters": float_params + rest_params,
         "bytes": total,
         "code_bytes": code_bytes,
         "scale_and_float_bytes": scale_bytes + rest,
+        "fp32_parameters": fp32_params,
         "fp32_bytes": fp32,
         "compression": round(fp32 / total, 3) if total else None,
         "spec": payload["spec"],

@@ -527,6 +527,9 @@ def train_student(
             "test_accuracy": report["test_accuracy"],
             "student_config": asdict(cfg),
             "train_recipe": asdict(recipe),
+            # the float student's parameters (before quantization and BatchNorm folding):
+            # the fp32 baseline of every size comparison, here and in `inspect`
+            "fp32_parameters": float_params,
             **({"teacher": teacher_meta} if teacher_meta else {}),
         }
         if spec is None:
@@ -553,8 +556,8 @@ def train_student(
                 "payload_bytes": summary["bytes"],
                 # the float student's parameters before quantization (and folding), as for
                 # the float runs, so every row of a comparison has the same baseline
-                "fp32_bytes": 4 * float_params,
-                "compression": round(4 * float_params / summary["bytes"], 3),
+                "fp32_bytes": summary["fp32_bytes"],
+                "compression": summary["compression"],
                 "test_accuracy": _top1(again, data),
                 "top1_agreement_with_fake_quant": 100.0
                 * float((again.argmax(1) == logits.argmax(1)).float().mean()),
@@ -823,9 +826,10 @@ def format_student_report(report: dict) -> str:
     tag = f"w{q['w_bits']}" + ("" if q["a_bits"] is None else f"a{q['a_bits']}")
     lines.append(f"  student float    {report['float_test_accuracy']:6.2f} %")
     lines.append(
-        f"  student {q['method'] + ' ' + tag:<9}{report['test_accuracy']:6.2f} %   (integer file "
-        f"{integer['file_bytes']:,} bytes, {integer['compression']:.2f}x smaller than fp32; "
-        f"it predicts as trained on {integer['top1_agreement_with_fake_quant']:.2f} % of the "
-        "test images)"
+        f"  student {q['method'] + ' ' + tag:<9}{report['test_accuracy']:6.2f} %   (integer "
+        f"codes, scales and float tensors {integer['payload_bytes']:,} bytes, "
+        f"{integer['compression']:.2f}x smaller than fp32's {integer['fp32_bytes']:,}; file "
+        f"{integer['file_bytes']:,} bytes with its headers; it predicts as trained on "
+        f"{integer['top1_agreement_with_fake_quant']:.2f} % of the test images)"
     )
     return "\n".join(lines)
