@@ -27,6 +27,7 @@ from distill_data.data.base import is_digit_name
 from distill_data.errors import ConfigError, DistillDataError, StoreError, opt
 from distill_data.evaluation import EvalConfig, EvalRequest
 from distill_data.evaluation import evaluate as _evaluate
+from distill_data.evaluation.report import machine_info, now_iso
 from distill_data.models import nonfinite_tensors
 from distill_data.paths import check_outputs, existing_paths
 from distill_data.store import (
@@ -559,7 +560,16 @@ def train(
         log=log,
         group=group,
     )
-    return {"kind": "distill-data student", "dataset": real.name, **report}
+    if "teacher" in report:
+        report["teacher"]["files"] = [str(t) for t in teachers if not isinstance(t, nn.Module)]
+    return {
+        "kind": "distill-data student",
+        "created": now_iso(),
+        "dataset": real.name,
+        **report,
+        "settings": {"student": config_to_dict(cfg), "recipe": config_to_dict(train_recipe)},
+        "machine": machine_info(),
+    }
 
 
 def _sample_spec(data: Any) -> str | None:
@@ -629,10 +639,12 @@ def quantize(
 
     w0, a0 = parse_bits(bit_list[0]) if bit_list else (8, 8)  # validated with its widths
     cfg = make_config(PTQConfig, {"seed": seed, "w_bits": w0, "a_bits": a0, **ptq})
-    report = compare_calibrations(
-        net, data, calibs, bit_list, cfg, seed=seed, progress=False if quiet else None
-    )
+    report = compare_calibrations(net, data, calibs, bit_list, cfg, seed=seed, progress=not quiet)
     report["device"] = str(device)
+    report["teacher"] = {
+        "file": None if isinstance(teacher, nn.Module) else os.fspath(teacher),
+        "test_accuracy": meta.get("test_accuracy"),
+    }
     return report
 
 

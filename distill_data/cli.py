@@ -148,7 +148,7 @@ def cli(ctx: click.Context) -> None:
       DISTILL_DATA_CACHE   where built-in datasets and NCFM's network pool are cached
                            (default ~/.cache/distill-data)
       DISTILL_DATA_MALLOC  0 = leave glibc's allocator alone (default: keep freed memory
-                           for reuse, much faster CPU builds; see README "Speed on CPU")
+                           for reuse, much faster CPU builds; README "Command line")
       DISTILL_DATA_BACKEND under torchrun: gloo or nccl (default: nccl for --device
                            cuda, gloo otherwise; gloo lets ranks share one GPU)
     """
@@ -449,7 +449,17 @@ def teacher(
         f"{report['test_accuracy']:.2f}% ({report['train_seconds']:.0f} s)"
     )
     if json_out:
-        _write_json(json_out, {"kind": "distill-data teacher", **report})
+        from distill_data.evaluation.report import machine_info, now_iso
+
+        _write_json(
+            json_out,
+            {
+                "kind": "distill-data teacher",
+                "created": now_iso(),
+                **report,
+                "machine": machine_info(),
+            },  # fmt: skip
+        )
         click.echo(f"wrote {json_out}")
 
 
@@ -528,11 +538,12 @@ def teacher(
     "--device", default="cpu", show_default=True,
     help="torch device for calibration, reconstruction and testing: cpu, cuda, cuda:N.",
 )  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_FORCE
 @click.pass_context
 def quantize(
     ctx, teacher, calibs, dataset, bits, method, observer, first_last_bits, mixed_precision,
-    frontier_plot, compare, seed, sets, json_out, device, force,
+    frontier_plot, compare, seed, sets, json_out, device, quiet, force,
 ) -> None:  # fmt: skip
     """Post-training quantization of a teacher, calibrated on synthetic, real or noise data.
 
@@ -566,7 +577,7 @@ def quantize(
         raise DistillDataError("--frontier-plot needs --mixed-precision")
     report = api.quantize(
         teacher, list(calibs), dataset, bits=list(bits), compare=compare, seed=seed,
-        device=device, **ptq,
+        device=device, quiet=quiet, **ptq,
     )  # fmt: skip
     click.echo(format_comparison(report))
     if frontier_plot:

@@ -299,7 +299,8 @@ def test_export_command_writes_and_refuses(tmp_path, ort, run_cli, tiny_npz):
     code, stdout, err = run_cli("export", path, "--out", out, "--json", tmp_path / "r.json")
     assert code == 0, err
     assert f"wrote {out}" in stdout and "4 layer(s) as QDQ, 0 as float" in stdout
-    assert json.loads((tmp_path / "r.json").read_text())["kind"] == "student"
+    exported = json.loads((tmp_path / "r.json").read_text())
+    assert exported["kind"] == "distill-data export" and exported["network"] == "student"
     ort_session(out)  # a valid model
     code, _, err = run_cli("export", path, "--out", out)  # replacing an ONNX file is fine
     assert code == 0, err

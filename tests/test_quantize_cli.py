@@ -101,6 +101,7 @@ def test_quantize_api_refuses_wrong_dataset(teacher_file):
 def test_quantize_reports_its_device(teacher_file):
     rep = dd.quantize(teacher_file, "noise:4", bits="w8a8", quiet=True, device="cpu")
     assert rep["device"] == "cpu" and rep["results"][0]["quant_accuracy"] >= 0
+    assert rep["teacher"]["file"] == str(teacher_file)  # which network the report is of
 
 
 def test_quantize_seed_by_set_is_the_seed_option(teacher_file, tmp_path, run_cli):

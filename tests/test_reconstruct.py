@@ -183,7 +183,7 @@ def test_quantize_command_reconstructs_and_reports_blocks(teacher_file, tmp_path
                                 "--json", out)  # fmt: skip
     assert code == 0, err
     assert "qdrop reconstruction, 3 steps per block" in stdout
-    assert "blocks reconstructed in" in stdout and "summed over blocks" in stdout
+    assert "blocks reconstructed in" in stdout and "summed over the blocks" in stdout
     report = json.loads(out.read_text())
     row = report["results"][0]
     assert row["method"] == "qdrop" and row["observer"] == "lp" and row["iterations"] == 3

@@ -40,6 +40,11 @@ def test_train_every_mode_from_real_data_with_a_teacher(
     assert report["kind"] == "distill-data student" and report["epochs"] == 2
     assert report["teacher"]["count"] == 1 and "hinton KD from the teacher" in report["loss"]
     assert report["seconds_per_epoch"] > 0 and 0 <= report["test_accuracy"] <= 100
+    # what a diff of two reports needs: the teacher file, every setting, when and where
+    assert report["teacher"]["files"] == [str(teacher_file)]
+    assert report["settings"]["student"]["quant"] == quant
+    assert report["settings"]["recipe"]["epochs"] == 2 and "seed" in report["settings"]["student"]
+    assert report["created"][:2] == "20" and report["machine"]["torch"]
     if quant == "none":
         model, meta = load_model(out)
         assert meta["student_config"]["quant"] == "none"

@@ -103,7 +103,7 @@ def format_comparison(report: dict) -> str:
                 if ptq["method"] == "adaround"
                 else "block, activation steps learned from the "
             )  # fmt: skip
-            + f"{ptq['observer']} observer's"
+            + f"{ptq['observer']} observer's start"
         )
     for r in report["results"]:
         mixed = r.get("mixed_precision_result")
@@ -125,11 +125,11 @@ def format_comparison(report: dict) -> str:
         if rec:
             before = sum(u["error_round_to_nearest"] for u in rec)
             after = sum(u["error_reconstructed"] for u in rec)
+            units = "layers" if ptq.get("method") == "adaround" else "blocks"
             lines.append(
-                f"{r['bits']} {r['calib'][:40]}: {len(rec)} "
-                f"{'layers' if ptq.get('method') == 'adaround' else 'blocks'} reconstructed in "
+                f"{r['bits']} {r['calib'][:40]}: {len(rec)} {units} reconstructed in "
                 f"{sum(u['seconds'] for u in rec):.0f} s, output error on the calibration "
-                f"images {before:.4g} -> {after:.4g} (summed over blocks)"
+                f"images {before:.4g} -> {after:.4g} (summed over the {units})"
             )
     lines.append(
         f"{'bits':<6} {'calibration':<40} {'fp32 %':>7} {'quant %':>8} {'drop':>6} "

@@ -477,7 +477,8 @@ def export_file(
     path: str | os.PathLike, out_path: str | os.PathLike, *, opset: int = DEFAULT_OPSET
 ) -> dict:
     """Export a student file with :func:`export_onnx` or a float network file with
-    :func:`export_float_onnx`, whichever ``path`` is; the report's ``kind`` says which.
+    :func:`export_float_onnx`, whichever ``path`` is; the report's ``network`` says which
+    (``student`` or ``float``).
 
     Raises:
         MissingDependencyError: ``onnx`` is not installed.
@@ -496,7 +497,8 @@ def export_file(
     except Exception:  # noqa: BLE001 - the loaders below name the problem
         fmt = None
     if fmt == MODEL_FILE_FORMAT:
-        return {"kind": "float", **export_float_onnx(p, out_path, opset=opset)}
+        return {"kind": "distill-data export", "network": "float",
+                **export_float_onnx(p, out_path, opset=opset)}  # fmt: skip
     if fmt != STUDENT_FORMAT:
         from distill_data.paths import kind_phrase
 
@@ -505,13 +507,14 @@ def export_file(
             f"{p} is {what or 'not a distill-data file'}"
             + (", not a student or network file (.pt)" if what else " (student or network)")
         )
-    return {"kind": "student", **export_onnx(p, out_path, opset=opset)}
+    return {"kind": "distill-data export", "network": "student",
+            **export_onnx(p, out_path, opset=opset)}  # fmt: skip
 
 
 def format_export_report(report: dict) -> str:
     """Human-readable lines of an export report."""
     lines = [f"wrote {report['path']} ({report['bytes']:,} bytes, opset {report['opset']})"]
-    if report.get("kind") == "float":
+    if report.get("network") == "float":
         lines.append(f"  float {report['arch']}: no quantized layer")
         return "\n".join(lines)
     for r in report["layers"]:

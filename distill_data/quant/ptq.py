@@ -711,7 +711,7 @@ def evaluate_ptq(
         **({"mixed_precision_result": mixed} if mixed is not None else {}),
         "fp32_accuracy": fp32,
         "quant_accuracy": quant,
-        "accuracy_drop": fp32 - quant,
+        "accuracy_drop": round(fp32 - quant, 6),  # no float noise in a diffed report
         **fidelity(z, zq),
         # mixed precision: the body's average weight bits, e.g. "w2.5a8"
         "bits": cfg.bits if mixed is None else f"w{mixed['average_bits']:.3g}a{cfg.a_bits}",
