@@ -477,6 +477,7 @@ def train(
     packed integer codes and reloaded to check it predicts as the trained network does.
     """
     from distill_data.evaluation.evaluate import _to_data_space, check_compatible
+    from distill_data.train import TrainRecipe
     from distill_data.train.student import (
         StudentConfig,
         StudentData,
@@ -484,6 +485,15 @@ def train(
         train_student,
     )
 
+    misplaced = sorted(
+        set(student)
+        & set(TrainRecipe.__dataclass_fields__) - set(StudentConfig.__dataclass_fields__)
+    )
+    if misplaced:  # the mirror of student_recipe's check on options
+        raise ConfigError(
+            f"{', '.join(misplaced)}: a recipe setting, not a student one; pass it in "
+            f"options ({{{misplaced[0]!r}: ...}})"
+        )
     cfg = make_config(StudentConfig, student)
     _check_seed(cfg.seed)
     if options is not None and not isinstance(options, Mapping):

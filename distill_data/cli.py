@@ -805,17 +805,28 @@ def _store_info(store: str) -> dict:
         "config": m.config,
         "dataset": m.dataset,
         "dataset_fingerprint": m.dataset_fingerprint,
-        "ipc": m.ipc,
+        # a set of a fixed size (--count: calibration sets) has no images per class
+        "ipc": m.ipc or None,
         "seed": m.seed,
-        "count": m.count,
+        "count": m.count or None,
         "iterations": m.iterations,
         "classes": m.classes,
         "mean": list(m.mean),
         "std": list(m.std),
         "package_version": m.package_version,
         "created": m.created,
-        "extra_keys": sorted(m.extra),
+        # what the generator recorded besides its settings (the teacher's fingerprint,
+        # a coreset's chosen indices, ...); long lists are counted, not printed
+        "extra": {k: _brief(v) for k, v in sorted(m.extra.items())},
     }
+
+
+def _brief(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and len(value) > 8:
+        return f"{len(value)} values"
+    if isinstance(value, dict):
+        return {k: _brief(v) for k, v in value.items()}
+    return value
 
 
 def _network_info(path: Path) -> tuple[dict, list[dict]]:

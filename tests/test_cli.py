@@ -65,7 +65,8 @@ def test_build_inspect_show_eval(run_cli, tiny_npz, tmp_path) -> None:
     assert info["labels_per_class"] == [2, 2, 2]
     assert info["dataset"] == "tiny.npz"
     assert info["dataset_fingerprint"] == read_store(store).meta.dataset_fingerprint
-    assert "selected_indices" in info["extra_keys"]
+    assert len(info["extra"]["selected_indices"]) == 6  # 2 per class: short, so printed
+    assert info["count"] is None  # an IPC set, not one of a fixed size
 
     code, out, err = run_cli("inspect", store)
     assert code == 0, err
@@ -461,3 +462,19 @@ def test_eval_teacher_quantize_take_set_and_show_their_dataclass_defaults(
     for command, default in (("eval", "[default: 1000]"), ("teacher", "[default: (30)]")):
         code, out, _ = run_cli(command, "--help")
         assert code == 0 and default in " ".join(out.split())
+
+
+def test_inspect_a_calibration_set_names_its_teacher(run_cli, teacher_file, tmp_path):
+    from distill_data.models import load_model
+    from distill_data.synth.base import teacher_fingerprint
+
+    calib = tmp_path / "calib.h5"
+    code, _, err = run_cli("build", "--method", "zeroq", "--teacher", teacher_file,
+                           "--count", "4", "--iterations", "1", "--out", calib, "-q")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli("inspect", calib, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["count"] == 4 and info["ipc"] is None  # a set of a size, not per class
+    model, _ = load_model(teacher_file)
+    assert info["extra"]["teacher_fingerprint"] == teacher_fingerprint(model)

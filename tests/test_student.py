@@ -465,3 +465,17 @@ def test_batchnorm_statistics_kept_or_frozen_from_a_trained_start(
              quiet=True)  # fmt: skip
     assert [ep for ep, flags in modes if not any(flags)] == [2, 3]  # unfolded BNs too (qd)
     assert all(all(flags) for ep, flags in modes if ep < 2)
+
+
+def test_dd_train_describes_itself_and_points_recipe_settings_to_options(tiny_npz, tmp_path):
+    import inspect
+    import pydoc
+
+    params = inspect.signature(dd.train).parameters
+    assert {"dataset", "out", "teacher", "options"} <= set(params)
+    assert "Train a student" in pydoc.render_doc(dd.train, renderer=pydoc.plaintext)
+    with pytest.raises(
+        ConfigError, match=r"epochs: a recipe setting.*options \(\{'epochs': \.\.\.\}\)"
+    ):
+        dd.train(str(tiny_npz), tmp_path / "s.pt", epochs=1, quiet=True)
+    assert not (tmp_path / "s.pt").exists()

@@ -25,13 +25,34 @@ __all__ = [
 ]
 
 
+_PACKAGE_DOC = __doc__
+
+
 class _CallablePackage(types.ModuleType):
-    """``dd.train(...)`` runs the student trainer; attribute access is the package's."""
+    """``dd.train(...)`` runs the student trainer; attribute access is the package's.
+    ``inspect.signature(dd.train)`` and ``help(dd.train)`` describe the trainer."""
 
     def __call__(self, *args, **kwargs):
         from distill_data.api import train
 
         return train(*args, **kwargs)
+
+    @property
+    def __signature__(self):
+        import inspect
+
+        from distill_data.api import train
+
+        return inspect.signature(train)
+
+    @property
+    def __doc__(self):  # noqa: D105 - the trainer's own docstring, then the package's
+        import inspect
+
+        from distill_data.api import train
+
+        sig = inspect.signature(train)
+        return f"{inspect.getdoc(train)}\n\nCalled as dd.train{sig}.\n\n{_PACKAGE_DOC}"
 
 
 sys.modules[__name__].__class__ = _CallablePackage
