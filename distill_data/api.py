@@ -24,7 +24,7 @@ from distill_data.augment import (
 from distill_data.config import check_int, config_to_dict, make_config, resolve_device
 from distill_data.data import DataSpec, RealDataset, find_dataset, list_datasets, load_dataset
 from distill_data.data.base import is_digit_name
-from distill_data.errors import ConfigError, DistillDataError, StoreError, opt
+from distill_data.errors import ConfigError, DistillDataError, StoreError, opt, setting
 from distill_data.evaluation import EvalConfig, EvalRequest
 from distill_data.evaluation import evaluate as _evaluate
 from distill_data.evaluation.report import machine_info, now_iso
@@ -123,7 +123,16 @@ def build(
         raise ConfigError(f"options must be a dict of settings, got {type(options).__name__}")
     opts = dict(options or {})
     if iterations is not None:
+        if "iterations" in opts:  # one value, not a silent ranking of two
+            raise ConfigError(
+                f"iterations is given twice ({opt('iterations')} and {setting('iterations')})"
+            )
         opts["iterations"] = check_int("iterations", iterations, 0)
+    for key in ("seed", "ipc", "count"):
+        if key in opts:  # the build's own arguments, not generator settings
+            raise ConfigError(
+                f"{key} is not a {method} setting ({setting(key)}); give it as {opt(key)}"
+            )
     cfg = make_config(cls.Config, opts)
     cls.check_config(cfg)
     if (ipc is None) == (count is None):

@@ -673,6 +673,7 @@ def export_cmd(network, out, opset, json_out, force) -> None:
     help="Training protocol preset (distill_data/train/recipe.py).",
 )
 @click.option("--epochs", type=int, default=None, show_default="the recipe's", help="Epochs.")
+@_setting(StudentConfig, "seed", help="Seed of the student's weights, data order and augmentation.")
 @click.option(
     "--set",
     "sets",
@@ -691,8 +692,8 @@ def export_cmd(network, out, opset, json_out, force) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train(
-    ctx, dataset, data, teachers, model, quant, bits, kd, recipe, epochs, sets, out, json_out,
-    resume, device, force, quiet,
+    ctx, dataset, data, teachers, model, quant, bits, kd, recipe, epochs, seed, sets, out,
+    json_out, resume, device, force, quiet,
 ) -> None:  # fmt: skip
     """Train a small, optionally quantized student from a stored set or real data.
 
@@ -723,7 +724,7 @@ def train(
     fields = set(StudentConfig.__dataclass_fields__)
     student = _with_sets(
         ctx,
-        {"model": model, "quant": quant, "bits": bits},
+        {"model": model, "quant": quant, "bits": bits, "seed": seed},
         {k: v for k, v in extra.items() if k in fields},
     )
     given = {} if epochs is None else {"epochs": epochs}

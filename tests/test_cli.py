@@ -459,6 +459,15 @@ def test_eval_teacher_quantize_take_set_and_show_their_dataclass_defaults(
                   "--set", "observer=mse", "--observer", "minmax")  # fmt: skip
     assert_one_error_line(*res)
     assert "observer is given twice" in res[2]
+    # build: --iterations against --set iterations, and the build's own arguments by --set
+    res = run_cli(*build_args(tiny_npz, tmp_path / "b.h5", "dm", 1, "--iterations", 3,
+                              "--set", "iterations=2"))  # fmt: skip
+    assert_one_error_line(*res)
+    assert "iterations is given twice (--iterations and --set iterations)" in res[2]
+    res = run_cli(*build_args(tiny_npz, tmp_path / "b.h5", "dm", 1, "--set", "seed=3"))
+    assert_one_error_line(*res)
+    assert "seed is not a dm setting (--set seed); give it as --seed" in res[2]
+    assert not (tmp_path / "b.h5").exists()
     for command, default in (("eval", "[default: 1000]"), ("teacher", "[default: (30)]")):
         code, out, _ = run_cli(command, "--help")
         assert code == 0 and default in " ".join(out.split())

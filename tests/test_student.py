@@ -479,3 +479,14 @@ def test_dd_train_describes_itself_and_points_recipe_settings_to_options(tiny_np
     ):
         dd.train(str(tiny_npz), tmp_path / "s.pt", epochs=1, quiet=True)
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_train_takes_seed_as_an_option_like_the_other_commands(run_cli, tiny_npz, tmp_path):
+    out, rep = tmp_path / "s.pt", tmp_path / "r.json"
+    code, _, err = run_cli("train", "-d", tiny_npz, "--out", out, "--json", rep, "--seed", 3,
+                           *TINY)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(rep.read_text())["settings"]["student"]["seed"] == 3
+    code, _, err = run_cli("train", "-d", tiny_npz, "--out", tmp_path / "t.pt", "--seed", 1,
+                           "--set", "seed=2", *TINY)  # fmt: skip
+    assert code == 2 and "seed is given twice" in err and err.count("\n") == 1
