@@ -45,6 +45,12 @@ def test_train_every_mode_from_real_data_with_a_teacher(
     assert report["settings"]["student"]["quant"] == quant
     assert report["settings"]["recipe"]["epochs"] == 2 and "seed" in report["settings"]["student"]
     assert report["created"][:2] == "20" and report["machine"]["torch"]
+    if quant != "none":  # the settings its method reads, not the others' defaults
+        q = report["quant"]
+        assert ("fold_bn" in q) == (quant in ("qat", "lsq"))
+        assert ("step_init" in q) == (quant == "lsq") and ("bucket_size" in q) == (
+            quant in ("qd", "dq")
+        )
     if quant == "none":
         model, meta = load_model(out)
         assert meta["student_config"]["quant"] == "none"

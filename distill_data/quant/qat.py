@@ -190,6 +190,20 @@ class QuantSpec:
         )
         require(0 < self.ema_momentum <= 1, "ema_momentum must be in (0, 1]")
 
+    #: the settings each method reads besides method, w_bits and first_last_bits
+    _READS = {
+        "qat": ("a_bits", "fold_bn", "ema_momentum"),
+        "lsq": ("a_bits", "fold_bn", "per_channel", "step_init", "kernels"),
+        "qd": ("bucket_size", "stochastic", "kernels"),
+        "dq": ("bucket_size",),
+    }
+
+    def in_effect(self) -> dict:
+        """The settings this method reads (a report lists these, not the other
+        methods' defaults, e.g. no ``fold_bn`` for ``qd`` which never folds)."""
+        keep = ("method", "w_bits", "first_last_bits", *self._READS[self.method])
+        return {k: getattr(self, k) for k in keep}
+
     @property
     def tag(self) -> str:
         """``w4a4``, or ``w2`` for weight-only methods."""

@@ -543,7 +543,7 @@ def train_student(
 
             with float_mode(student):
                 report["float_test_accuracy"] = _top1(test_logits(student, data, device), data)
-            report["quant"] = {**asdict(spec), "layers": weight_bits_report(student)}
+            report["quant"] = {**spec.in_effect(), "layers": weight_bits_report(student)}
             if allocation is not None:
                 report["quant"]["points_allocation"] = allocation
             payload = save_student(student.cpu(), spec, out, meta=meta)
@@ -823,7 +823,7 @@ def format_student_report(report: dict) -> str:
         )
         return "\n".join(lines)
     q, integer = report["quant"], report["integer_student"]
-    tag = f"w{q['w_bits']}" + ("" if q["a_bits"] is None else f"a{q['a_bits']}")
+    tag = f"w{q['w_bits']}" + ("" if q.get("a_bits") is None else f"a{q['a_bits']}")
     lines.append(f"  student float    {report['float_test_accuracy']:6.2f} %")
     lines.append(
         f"  student {q['method'] + ' ' + tag:<9}{report['test_accuracy']:6.2f} %   (integer "
