@@ -618,6 +618,10 @@ def export_cmd(network, out, opset, json_out, force) -> None:
     report = export_file(network, out, opset=opset)
     click.echo(format_export_report(report))
     if json_out:
+        from distill_data.evaluation.report import machine_info, now_iso
+
+        report = {**report, "source": str(network), "created": now_iso(),
+                  "machine": machine_info()}  # fmt: skip
         _write_json(json_out, report)
         click.echo(f"wrote {json_out}")
 

@@ -301,6 +301,7 @@ def test_export_command_writes_and_refuses(tmp_path, ort, run_cli, tiny_npz):
     assert f"wrote {out}" in stdout and "4 layer(s) as QDQ, 0 as float" in stdout
     exported = json.loads((tmp_path / "r.json").read_text())
     assert exported["kind"] == "distill-data export" and exported["network"] == "student"
+    assert exported["source"] == str(path) and exported["created"] and exported["machine"]
     ort_session(out)  # a valid model
     code, _, err = run_cli("export", path, "--out", out)  # replacing an ONNX file is fine
     assert code == 0, err
