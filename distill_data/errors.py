@@ -87,3 +87,12 @@ def setting(key: str, value: Any = _UNSET) -> str:
     if _CLI.get():
         return f"--set {key}" if value is _UNSET else f"--set {key}={value}"
     return f"options[{key!r}]" if value is _UNSET else f"options={{{key!r}: {value!r}}}"
+
+
+def keyword(key: str, value: Any = _UNSET) -> str:
+    """How the user writes a setting that is a keyword in Python (``lr=0.001``) and a
+    ``--set`` pair on the command line (``--set lr=0.001``): the evaluation protocol's
+    and the teacher's settings, which have no flag of their own."""
+    if _CLI.get():
+        return f"--set {key}" if value is _UNSET else f"--set {key}={value}"
+    return key if value is _UNSET else f"{key}={value!r}"

@@ -145,3 +145,27 @@ def test_cli_eval_takes_several_teachers(run_cli, teacher_file, tiny_npz, tmp_pa
     assert json.loads(report.read_text())["protocol"]["teachers"] == 2
     code, _, stderr = run_cli(*args[:-1], "--teacher", tmp_path / "missing.pt")
     assert code == 2 and stderr.strip().count("\n") == 0 and "missing.pt" in stderr
+
+
+def test_weights_blown_up_by_an_epochs_last_step_stop_the_run(tiny_npz, tmp_path, run_cli):
+    """A loss is checked before its step, so the last step of the last epoch could make
+    the network NaN unnoticed and its test accuracy would be reported; fit checks the
+    weights after every epoch."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    out = tmp_path / "h.h5"
+    dd.build(str(tiny_npz), "herding", 2, out, quiet=True)
+
+    def poison(opt, args, kwargs):  # a step that leaves a NaN weight behind
+        with torch.no_grad():
+            opt.param_groups[0]["params"][0].fill_(float("nan"))
+
+    handle = register_optimizer_step_post_hook(poison)
+    try:
+        code, _, err = run_cli("eval", out, "--dataset", tiny_npz, "--runs", 1, "--epochs", 1,
+                               "--set", "width=4", "-q", "--json", tmp_path / "r.json")  # fmt: skip
+    finally:
+        handle.remove()
+    assert code == 2 and err.count("\n") == 1 and "became NaN or infinite in epoch 1 of 1" in err
+    assert "lower --set lr=" in err  # eval's lr is a --set setting, not a flag
+    assert not (tmp_path / "r.json").exists()

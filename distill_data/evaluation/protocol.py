@@ -40,7 +40,7 @@ from distill_data.augment import MIXES, PRESETS, is_preset, strategy_for
 from distill_data.augment.pipeline import DEFAULT_PRESET
 from distill_data.config import require
 from distill_data.data import RealDataset
-from distill_data.errors import DivergedError, opt
+from distill_data.errors import DivergedError, keyword
 from distill_data.models import MODELS, build_model
 from distill_data.train import TrainData, TrainRecipe, fit, get_recipe
 from distill_data.train.recipe import RECIPES as TRAIN_RECIPES
@@ -203,7 +203,8 @@ def train_and_test(
     except DivergedError as e:
         raise DivergedError(
             f"evaluation run {run} ({cfg.model}, recipe {cfg.recipe}, lr {recipe.lr:g}): "
-            f"{e}; check the set's images for extreme values, or lower {opt('lr')}"
+            f"{e}; check the set's images for extreme values, or lower "
+            f"{keyword('lr', float(f'{recipe.lr / 10:g}'))}"
         ) from None
     return test_metrics(model, data, device)
 

@@ -31,6 +31,7 @@ from distill_data.augment import (
 from distill_data.data import ImageSpace
 from distill_data.dist import ONE, Dist, batch_group
 from distill_data.errors import DivergedError
+from distill_data.models import nonfinite_tensors
 from distill_data.train.losses import DEFAULT_TEMPERATURES, kd_loss
 from distill_data.train.recipe import TrainRecipe
 from distill_data.train.syncbn import synced_batchnorm
@@ -278,6 +279,14 @@ def fit(
                 raise DivergedError(
                     "training diverged: the loss became NaN or infinite in epoch "
                     f"{ep + 1} of {recipe.epochs}"
+                )
+            # a loss is checked before its step: the epoch's last step can still blow
+            # the weights up (and a final-epoch blow-up would otherwise be "evaluated")
+            bad = nonfinite_tensors(model)
+            if bad:
+                raise DivergedError(
+                    f"training diverged: the network's {bad[0]} became NaN or infinite in "
+                    f"epoch {ep + 1} of {recipe.epochs}"
                 )
             if bar is not None:
                 bar.update(1)
