@@ -240,3 +240,25 @@ def test_lr_drops_tenfold_at_half_the_epochs(data, monkeypatch) -> None:
     drop = (5 // 2) * steps_per_epoch  # epochs 0 and 1 at lr, epochs 2..4 at lr / 10
     assert seen[:drop] == pytest.approx([0.02] * drop)
     assert seen[drop:] == pytest.approx([0.002] * (len(seen) - drop))
+
+
+def test_a_set_made_to_a_size_is_compared_with_as_many_random_images(
+    teacher_file, tiny_npz, tmp_path, run_cli
+) -> None:
+    from distill_data.evaluation.evaluate import random_count_subset
+
+    calib = tmp_path / "z.h5"
+    distill_data.build(None, "zeroq", None, calib, teacher=teacher_file, count=7,
+                       options={"iterations": 1}, quiet=True)  # fmt: skip
+    js = tmp_path / "r.json"
+    code, out, err = run_cli("eval", calib, "--runs", 1, "--epochs", 1, "--set", "width=4",
+                             "--baseline", "random", "--json", js, "-q")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(js.read_text())
+    assert report["store"]["ipc"] is None and report["store"]["count"] == 7
+    assert report["results"]["random"]["n_images"] == 7  # not 3 classes x round(7 / 3)
+    assert "zeroq made to a size (7 images)" in out
+    data = load_dataset(str(tiny_npz))
+    x, y = random_count_subset(data, 7, seed=0)
+    counts = sorted(torch.bincount(y, minlength=3).tolist())
+    assert len(x) == 7 and counts == [2, 2, 3]  # as balanced as 7 over 3 classes allows

@@ -67,12 +67,29 @@ def random_subset(data: RealDataset, ipc: int, seed: int) -> tuple[torch.Tensor,
     return data.normalize(data.x_train[idx]), data.y_train[idx].clone()
 
 
+def random_count_subset(data: RealDataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random real images (normalised), as class-balanced as ``n`` allows: n // K
+    per class and one more for n % K classes drawn at random."""
+    g = torch.Generator().manual_seed(seed)
+    k = data.num_classes
+    extra = set(torch.randperm(k, generator=g)[: n % k].tolist())
+    idx = torch.cat(
+        [
+            i[torch.randperm(len(i), generator=g)[: n // k + (c in extra)]]
+            for c, i in enumerate(data.indices_per_class())
+        ]
+    )
+    return data.normalize(data.x_train[idx]), data.y_train[idx].clone()
+
+
 def random_baseline_subset(
-    data: RealDataset, ipc: int, cfg: EvalConfig, run: int
+    data: RealDataset, ipc: int, cfg: EvalConfig, run: int, count: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The random baseline's training set for evaluation run ``run``: a fresh draw per
-    run, seeded apart from the runs' model seeds."""
-    return random_subset(data, ipc, seed=10_000 + cfg.seed * 1000 + run)
+    run, seeded apart from the runs' model seeds; ``ipc`` images per class, or for a set
+    made to a total ``count`` (calibration sets) the same number of images."""
+    seed = 10_000 + cfg.seed * 1000 + run
+    return random_count_subset(data, count, seed) if count else random_subset(data, ipc, seed)
 
 
 RELABEL = ("stored", "online")
@@ -158,7 +175,12 @@ class EvalRequest:
                 "the random subset the same kind of soft labels"
             )
         ipc = store_ipc(synset, data)
-        if "random" in self.baselines and ipc > min(data.class_counts()):
+        if not synset.meta.ipc:  # a set made to a size: the baseline draws that many
+            if "random" in self.baselines and len(synset.labels) > sum(data.class_counts()):
+                raise ConfigError(
+                    f"random baseline needs {len(synset.labels)} images; data has fewer"
+                )
+        elif "random" in self.baselines and ipc > min(data.class_counts()):
             raise ConfigError(f"random baseline needs {ipc} images per class; data has fewer")
 
 
@@ -207,8 +229,10 @@ def plan(
             [teacher.eval()(x[i : i + 256].to(dev)).cpu() for i in range(0, len(x), 256)]
         )
 
+    count = 0 if synset.meta.ipc else len(labels)  # a set made to a size: match it
+
     def rnd(run: int) -> tuple[torch.Tensor, ...]:
-        x, y = random_baseline_subset(data, ipc, cfg, run)
+        x, y = random_baseline_subset(data, ipc, cfg, run, count)
         return (x, y, relabel_set(x)) if request.soft and online is None else (x, y)
 
     rows = [PlannedSet("synthetic", "synthetic", cfg, images, labels, soft, temperature, online)]
@@ -216,7 +240,7 @@ def plan(
         rows.append(
             PlannedSet(
                 "random",
-                f"random ipc={ipc}",
+                f"random {count} images" if count else f"random ipc={ipc}",
                 cfg,
                 images,
                 labels,
@@ -281,10 +305,12 @@ def evaluate(
     if isinstance(data, str):
         data = load_dataset(data, progress=not quiet)
     request.check(synset, data, teacher)
-    if synset.meta.dataset_fingerprint != data.fingerprint and not quiet and group.main:
+    # (a warning, not a progress display: --quiet keeps it)
+    if synset.meta.dataset_fingerprint != data.fingerprint and group.main:
         print(
             f"note: store was built from data with fingerprint {synset.meta.dataset_fingerprint},"
-            f" evaluating on {data.name} ({data.fingerprint})",
+            f" evaluating on {data.name} ({data.fingerprint}): other images than it was "
+            "built from (a changed file?)",
             file=sys.stderr,
         )
     results: dict[str, dict] = {}
@@ -326,8 +352,8 @@ def evaluate(
         "store": {
             "path": store_path,
             "generator": m.generator,
-            "ipc": m.ipc,
-            "count": m.count,
+            "ipc": m.ipc or None,  # None: a set made to a size (count)
+            "count": m.count or None,
             "n_images": len(synset.labels),
             "per_class": torch.bincount(synset.labels, minlength=data.num_classes).tolist(),
             "iterations": m.iterations,
@@ -426,8 +452,10 @@ def format_report(report: dict) -> str:
     lines = []
     s = report["store"]
     p = report["protocol"]
+    size = f"ipc={s['ipc']}" if s["ipc"] else "made to a size"
     lines.append(
-        f"{s['generator']} ipc={s['ipc']} ({s['n_images']} images) on {report['dataset']['name']}:"
+        f"{s['generator']} {size} "
+        f"({s['n_images']} images) on {report['dataset']['name']}:"
         f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']},"
         + (f" augment={p['pipeline']}," if p.get("pipeline") else "")
         + (f" mix={p['mix']}," if p.get("mix") else "")
