@@ -896,14 +896,20 @@ def _network_info(path: Path) -> tuple[dict, list[dict]]:
     show_default=True,
     help="Columns per class row.",
 )
+@click.option(
+    "--labels/--no-labels",
+    default=True,
+    show_default=True,
+    help="Name each row's class and its image count in a column on the left.",
+)
 @_FORCE
-def show(store, out, max_per_class, force) -> None:
+def show(store, out, max_per_class, labels, force) -> None:
     """Write a picture grid of STORE (one row per class) to a PNG."""
     from distill_data.store import read_store
     from distill_data.viz import save_grid
 
     (p,) = check_outputs([(out, "png")], reads=[store], force=force)
-    save_grid(read_store(store), p, max_per_class=max_per_class)
+    save_grid(read_store(store), p, max_per_class=max_per_class, labels=labels)
     click.echo(f"wrote {out}")
 
 

@@ -37,9 +37,41 @@ def grid_array(
     return canvas
 
 
-def save_grid(synset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 10) -> None:
-    """Write the grid as a PNG, atomically."""
+def save_grid(
+    synset: SyntheticSet,
+    path: str | os.PathLike,
+    max_per_class: int = 10,
+    labels: bool = True,
+) -> None:
+    """Write the grid as a PNG, atomically; ``labels`` writes each row's class name (and
+    how many images it has, so a class a teacher-driven set left empty is visible) in
+    a column on the left."""
     arr = grid_array(synset, max_per_class=max_per_class)
     img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    if labels:
+        img = _with_row_labels(img, synset)
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def _with_row_labels(img: Image.Image, synset: SyntheticSet, pad: int = 2) -> Image.Image:
+    from PIL import ImageDraw, ImageFont
+
+    names = [str(c) for c in synset.meta.classes]
+    k = len(names)
+    counts = torch.bincount(synset.labels, minlength=k).tolist()
+    texts = [f"{n[:14]} ({c})" for n, c in zip(names, counts)]
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    width = max(int(draw.textlength(t, font=font)) for t in texts) + 8
+    out = Image.new(
+        img.mode, (img.width + width, img.height), 255 if img.mode == "L" else (255,) * 3
+    )
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    cell = (img.height - pad) / k
+    ink = 0 if img.mode == "L" else (0, 0, 0)
+    for i, t in enumerate(texts):
+        y = pad + i * cell + cell / 2
+        draw.text((4, y), t, fill=ink, font=font, anchor="lm")
+    return out

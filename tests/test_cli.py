@@ -73,7 +73,7 @@ def test_build_inspect_show_eval(run_cli, tiny_npz, tmp_path) -> None:
     assert "generator: herding" in out
 
     png = tmp_path / "grid.png"
-    code, out, err = run_cli("show", store, "--out", png)
+    code, out, err = run_cli("show", store, "--out", png, "--no-labels")
     assert code == 0, err
     with Image.open(png) as im:
         im.load()
@@ -83,6 +83,15 @@ def test_build_inspect_show_eval(run_cli, tiny_npz, tmp_path) -> None:
         scale = math.ceil(56 / 10)
         cell = 10 * scale + 2
         assert im.size == (2 * cell + 2, 3 * cell + 2)
+        bare = np.asarray(im)
+    code, out, err = run_cli("show", store, "--out", png)  # with the row labels (default)
+    assert code == 0, err
+    with Image.open(png) as im:
+        labelled = np.asarray(im)
+    margin = labelled.shape[1] - bare.shape[1]
+    assert labelled.shape[0] == bare.shape[0] and margin > 0
+    assert (labelled[:, margin:] == bare).all()  # the grid itself is unchanged
+    assert (labelled[:, :margin] < 128).any()  # dark text in the label column
 
     report_path = tmp_path / "r.json"
     code, out, err = run_cli(
@@ -115,7 +124,7 @@ def test_show_rgb_and_max_per_class(run_cli, tiny_npz_rgb, tmp_path) -> None:
     store = tmp_path / "rgb.h5"
     assert run_cli(*build_args(tiny_npz_rgb, store, "random", 3, "-q"))[0] == 0
     png = tmp_path / "g.png"
-    code, _, err = run_cli("show", store, "-o", png, "--max-per-class", 1)
+    code, _, err = run_cli("show", store, "-o", png, "--max-per-class", 1, "--no-labels")
     assert code == 0, err
     with Image.open(png) as im:
         cell = 10 * 6 + 2
