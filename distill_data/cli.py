@@ -241,7 +241,7 @@ def build(
     """
     global _interrupt_hint
     from distill_data.store import checkpoint_path_for
-    from distill_data.synth.base import size_label
+    from distill_data.synth.base import size_label, steps_label
 
     ckpt = checkpoint_path_for(out)
     _interrupt_hint = _resume_hint(ckpt, "the first checkpoint")
@@ -266,9 +266,10 @@ def build(
     if synset is None:  # another torchrun rank: rank 0 wrote the store and says so
         return
     m = synset.meta
+    steps = steps_label(m.config, m.iterations)
     click.echo(
-        f"wrote {out}: {len(synset)} images ({m.generator}, {size_label(m.ipc, m.count)}, "
-        f"{m.iterations} iterations)"
+        f"wrote {out}: {len(synset)} images ({m.generator}, {size_label(m.ipc, m.count)}"
+        + (f", {steps})" if steps else ")")
     )
 
 
@@ -797,6 +798,7 @@ def inspect(store, as_json) -> None:
 
 def _store_info(store: str) -> dict:
     from distill_data.store import read_store
+    from distill_data.synth.base import steps_label
 
     s = read_store(store)
     m = s.meta
@@ -814,7 +816,8 @@ def _store_info(store: str) -> dict:
         "ipc": m.ipc or None,
         "seed": m.seed,
         "count": m.count or None,
-        "iterations": m.iterations,
+        "iterations": m.iterations,  # optimisation steps made, over every batch
+        **({"built": b} if (b := steps_label(m.config, m.iterations)) else {}),
         "classes": m.classes,
         "mean": list(m.mean),
         "std": list(m.std),

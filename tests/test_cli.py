@@ -496,3 +496,13 @@ def test_inspect_a_calibration_set_names_its_teacher(run_cli, teacher_file, tmp_
     assert info["count"] == 4 and info["ipc"] is None  # a set of a size, not per class
     model, _ = load_model(teacher_file)
     assert info["extra"]["teacher_fingerprint"] == teacher_fingerprint(model)
+
+
+def test_build_summary_says_iterations_in_the_methods_own_terms(run_cli, tiny_npz, tmp_path):
+    from distill_data.synth.base import steps_label
+
+    assert steps_label({"iterations": 5}, 10) == "5 iterations x 2 batches"  # per batch
+    assert steps_label({"iterations": 200}, 200) == "200 iterations"
+    assert steps_label({"iterations": 0}, 0) is None  # a coreset does not iterate
+    code, out, err = run_cli(*build_args(tiny_npz, tmp_path / "r.h5", "random", 2, "-q"))
+    assert code == 0 and "(random, ipc=2)" in out and "iterations" not in out

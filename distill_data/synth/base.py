@@ -479,6 +479,19 @@ def size_label(ipc: int, count: int) -> str:
     return f"ipc={ipc}" if ipc else f"count={count}"
 
 
+def steps_label(config: dict, steps: int) -> str | None:
+    """What a store's ``iterations`` (the optimisation steps the build made) means in
+    its method's own terms: ``200 iterations``, ``500 iterations x 2 batches`` for the
+    batch-wise teacher-driven methods (``iterations`` is per batch), or None for a
+    method that does not iterate (coresets)."""
+    per = config.get("iterations")
+    if not isinstance(per, int) or isinstance(per, bool) or per == steps == 0:
+        return None  # (coresets carry iterations=0)
+    if per and steps != per and steps % per == 0:
+        return f"{per} iterations x {steps // per} batches"
+    return f"{steps} iterations"
+
+
 def _diverged(gen: Generator, method: str, loss: float, it: int) -> str:
     """The divergence message, naming the method's learning-rate settings."""
     lrs = [
