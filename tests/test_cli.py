@@ -506,3 +506,12 @@ def test_build_summary_says_iterations_in_the_methods_own_terms(run_cli, tiny_np
     assert steps_label({"iterations": 0}, 0) is None  # a coreset does not iterate
     code, out, err = run_cli(*build_args(tiny_npz, tmp_path / "r.h5", "random", 2, "-q"))
     assert code == 0 and "(random, ipc=2)" in out and "iterations" not in out
+
+
+def test_a_plus_fyi_method_refuses_fyi_off(run_cli, tiny_npz, tmp_path):
+    out = tmp_path / "f.h5"
+    res = run_cli(*build_args(tiny_npz, out, "dm+fyi", 1, "--iterations", 1,
+                              "--set", "fyi=false"))  # fmt: skip
+    assert_one_error_line(*res)
+    assert "build with dm itself instead of setting --set fyi to false" in res[2]
+    assert not out.exists()

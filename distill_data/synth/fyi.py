@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from distill_data.errors import ConfigError, setting
 from distill_data.synth import datadam, dm, ncfm  # noqa: F401  (register the bases first)
 from distill_data.synth.base import GENERATORS
 from distill_data.synth.matching import MatchingGenerator
 
 
-def with_fyi(cls: type[MatchingGenerator]) -> type[MatchingGenerator]:
-    """The generator ``cls`` with its config's ``fyi`` default switched on."""
+def with_fyi(cls: type[MatchingGenerator], name: str) -> type[MatchingGenerator]:
+    """The generator ``cls`` (registered as ``name``) with its config's ``fyi`` default
+    switched on, and ``fyi=false`` refused (use ``name`` itself)."""
     cfg = dataclasses.make_dataclass(
         cls.Config.__name__.replace("Config", "FYIConfig"),
         [("fyi", bool, dataclasses.field(default=True))],
@@ -31,11 +33,25 @@ def with_fyi(cls: type[MatchingGenerator]) -> type[MatchingGenerator]:
         frozen=True,
     )
     cfg.__doc__ = f"{cls.Config.__doc__}\n\nFYI on (flip-augmented synthetic batches)."
-    return type(f"{cls.__name__}FYI", (cls,), {"Config": cfg, "__doc__": cls.__doc__})
+
+    @classmethod
+    def check_config(sub, config) -> None:
+        cls.check_config.__func__(sub, config)
+        if not config.fyi:  # the file would say dm+fyi while FYI was off
+            raise ConfigError(
+                f"{name}+fyi is {name} with FYI switched on: for FYI off, build with "
+                f"{name} itself instead of setting {setting('fyi')} to false"
+            )
+
+    return type(
+        f"{cls.__name__}FYI",
+        (cls,),
+        {"Config": cfg, "__doc__": cls.__doc__, "check_config": check_config},
+    )
 
 
 for _name in ("dm", "datadam", "ncfm"):
     _base = GENERATORS.get(_name)
     GENERATORS.register(f"{_name}+fyi", f"{GENERATORS.help(_name)} + FYI flip plug-in (ECCV 2024)")(
-        with_fyi(_base)
+        with_fyi(_base, _name)
     )
