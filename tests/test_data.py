@@ -656,3 +656,12 @@ def test_pixel_bounds_are_the_normalised_ends_of_the_pixel_range(tiny_npz_rgb) -
     pixels = torch.rand(4, 3, 10, 10)
     x = data.normalize(pixels)
     assert bool(((x >= lo - 1e-6) & (x <= hi + 1e-6)).all())
+
+
+def test_one_hot_labels_are_named_as_such(tmp_path):
+    x = np.zeros((6, 10, 10), dtype=np.uint8)
+    y = np.eye(3, dtype=np.int64)[[0, 1, 2, 0, 1, 2]]
+    path = tmp_path / "onehot.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y.argmax(1))
+    with pytest.raises(DataError, match=r"labels of shape \(6, 3\) \(one-hot or scores\?\)"):
+        load_dataset(str(path))

@@ -816,3 +816,11 @@ def test_api_load_with_dsa_augmentation_in_workers(tmp_path):
     assert dd.load(path, augment=False).augment is None
     with pytest.raises(ConfigError, match="nonsense_op"):
         dd.load(path, augment="nonsense_op")
+
+
+def test_a_set_prints_as_a_summary_not_its_pixels(tiny_npz, tmp_path):
+    import distill_data as dd
+
+    synset = dd.build(str(tiny_npz), "herding", 2, tmp_path / "h.h5", quiet=True)
+    text = repr(synset)
+    assert text == "SyntheticSet(herding, ipc=2: 6 images of 1x10x10, 3 classes of tiny.npz)"

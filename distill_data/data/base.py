@@ -266,7 +266,13 @@ def _number_classes(
 
 
 def _labels(y: np.ndarray, what: str, n: int) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1:
+        raise DataError(
+            f"{what}: labels of shape {tuple(y.shape)} (one-hot or scores?); give one "
+            f"integer class per image, shape ({n},) (e.g. y.argmax(1))"
+        )
+    y = y.reshape(-1)
     if len(y) != n:
         raise DataError(f"{what}: {len(y)} labels for {n} images")
     if not np.issubdtype(y.dtype, np.integer):

@@ -285,6 +285,16 @@ class SyntheticSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __repr__(self) -> str:  # not the dataclass default, which prints every pixel
+        m = self.meta
+        size = f"ipc={m.ipc}" if m.ipc else f"count={m.count}"
+        soft = "" if self.soft_labels is None else f", soft labels at T={self.temperature:g}"
+        shape = "x".join(str(d) for d in self.image_shape)
+        return (
+            f"SyntheticSet({m.generator}, {size}: {len(self)} images of {shape}, "
+            f"{self.num_classes} classes of {m.dataset}{soft})"
+        )
+
     @property
     def num_classes(self) -> int:
         return self.meta.num_classes
