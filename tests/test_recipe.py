@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from distill_data.errors import ConfigError
 from distill_data.train import RECIPES, TrainRecipe, get_recipe
@@ -59,3 +60,28 @@ def test_set_strings_override_any_field():
         get_recipe("dc").with_settings({"lr": "fast"})
     with pytest.raises(ConfigError, match="unknown recipe 'fast'"):
         get_recipe("fast")
+
+
+def test_fit_bar_counts_steps_or_epochs():
+    from distill_data.train import TrainData, fit, get_recipe
+    from distill_data.train.fit import steps_per_epoch
+
+    class Bar:
+        def __init__(self):
+            self.n, self.postfix = 0, ""
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+    recipe = get_recipe("dc").with_settings({"epochs": 2, "batch_size": 4, "augment": "none"})
+    data = TrainData(torch.randn(10, 1, 8, 8), torch.arange(10) % 2)
+    for unit, want in (("step", 2 * steps_per_epoch(10, recipe)), ("epoch", 2)):
+        bar = Bar()
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        fit(net, data, recipe, generator=torch.Generator().manual_seed(0), bar=bar,
+            bar_unit=unit)  # fmt: skip
+        assert bar.n == want
+    assert steps_per_epoch(10, recipe) == 3 and bar.postfix == ""

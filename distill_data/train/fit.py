@@ -149,6 +149,7 @@ def fit(
     generator: torch.Generator,
     teacher: nn.Module | None = None,
     bar: tqdm | None = None,
+    bar_unit: str = "epoch",
     augment: Any = None,
     params: Any = None,
     aux_loss: Any = None,
@@ -169,7 +170,9 @@ def fit(
 
     Each epoch draws a permutation, each batch DSA or the kornia pipeline and then the
     mixing, all from ``generator`` only (λ ~ Beta(α, α) from a NumPy generator seeded by
-    it: torch has no seeded Beta). ``bar`` (if given) advances by one per epoch.
+    it: torch has no seeded Beta). ``bar`` (if given) advances by one per epoch, or with
+    ``bar_unit="step"`` by one per batch (its total is then epochs × :func:`steps_per_epoch`,
+    and it shows the epoch beside the count).
     ``augment`` replaces the recipe's augmentation with any batch transform called as
     ``augment(x, generator=generator)`` (e.g. an :class:`AugmentPipeline` of your own).
 
@@ -234,6 +237,8 @@ def fit(
             for pg, base in zip(opt.param_groups, base_lrs):
                 pg["lr"] = epoch_lr(recipe, base, ep)
             model.train()
+            if bar is not None and bar_unit == "step":
+                bar.set_postfix_str(f"epoch {ep + 1}/{recipe.epochs}", refresh=False)
             if epoch_start is not None:  # after train(): the hook may put modules in eval mode
                 epoch_start(ep)
             perm = torch.randperm(n, generator=generator).to(device)
@@ -272,6 +277,8 @@ def fit(
                 (loss * share if share != 1.0 else loss).backward()
                 opt.step()
                 bad_steps += ~torch.isfinite(loss.detach())
+                if bar is not None and bar_unit == "step":
+                    bar.update(1)
             if group.active:
                 bad_steps = group.all_reduce_(bad_steps)
                 _average_buffers(model, group)
@@ -288,7 +295,7 @@ def fit(
                     f"training diverged: the network's {bad[0]} became NaN or infinite in "
                     f"epoch {ep + 1} of {recipe.epochs}"
                 )
-            if bar is not None:
+            if bar is not None and bar_unit == "epoch":
                 bar.update(1)
             if epoch_end is not None:
                 epoch_end(
@@ -301,6 +308,11 @@ def fit(
                     ),
                 )
     return model
+
+
+def steps_per_epoch(n: int, recipe: TrainRecipe) -> int:
+    """Batches in one epoch of ``n`` images (the last one may be short)."""
+    return -(-n // recipe.batch_size)
 
 
 def batch_share(n: int, group: Dist) -> tuple[slice, float]:

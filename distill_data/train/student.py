@@ -63,7 +63,7 @@ from distill_data.quant.qat import (
     weight_bits_report,
 )
 from distill_data.store import checkpoint_path_for, load_checkpoint, save_checkpoint
-from distill_data.train.fit import FitState, TrainData, fit
+from distill_data.train.fit import FitState, TrainData, fit, steps_per_epoch
 from distill_data.train.losses import feature_mse
 from distill_data.train.recipe import TrainRecipe
 
@@ -451,9 +451,11 @@ def train_student(
     t0 = time.perf_counter()
     start_epoch = 0 if state is None else state.epoch
     try:
+        per = steps_per_epoch(len(train.images), recipe)
         with tqdm(
-            total=recipe.epochs,
-            initial=start_epoch,
+            total=recipe.epochs * per,
+            initial=start_epoch * per,
+            unit="step",
             desc=f"student {cfg.model if cfg.init == 'scratch' else 'from teacher'}"
             + ("" if spec is None else f" {spec.method} {spec.tag}"),
             disable=quiet or not group.main,
@@ -466,6 +468,7 @@ def train_student(
                 generator=g,
                 teacher=teacher,
                 bar=bar,
+                bar_unit="step",
                 params=params,
                 aux_loss=aux,
                 epoch_start=epoch_start,

@@ -20,7 +20,7 @@ from distill_data.data import RealDataset
 from distill_data.dist import ONE, Dist, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt
 from distill_data.models import build_model, load_model, save_model
-from distill_data.train.fit import TrainData, fit
+from distill_data.train.fit import TrainData, fit, steps_per_epoch
 from distill_data.train.recipe import TrainRecipe, get_recipe
 
 TEACHER_MODELS = ("resnet", "convnet_bn")
@@ -132,8 +132,10 @@ def train_teacher(
     ).to(device)
     recipe = cfg.train_recipe()
     t0 = time.perf_counter()
+    per = steps_per_epoch(len(data.x_train), recipe)
     with tqdm(
-        total=recipe.epochs,
+        total=recipe.epochs * per,
+        unit="step",
         desc=f"teacher {cfg.model}",
         disable=quiet or not group.main,
         dynamic_ncols=True,
@@ -145,6 +147,7 @@ def train_teacher(
                 recipe,
                 generator=g,
                 bar=bar,
+                bar_unit="step",
                 group=group,
             )
         except DivergedError as e:
