@@ -262,3 +262,17 @@ def test_a_set_made_to_a_size_is_compared_with_as_many_random_images(
     x, y = random_count_subset(data, 7, seed=0)
     counts = sorted(torch.bincount(y, minlength=3).tolist())
     assert len(x) == 7 and counts == [2, 2, 3]  # as balanced as 7 over 3 classes allows
+
+
+def test_random_count_subset_passes_a_small_class_share_on(tmp_path) -> None:
+    from distill_data.evaluation.evaluate import random_count_subset
+
+    y = np.array([0] * 2 + [1] * 10 + [2] * 10)
+    x = np.zeros((len(y), 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "imb.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    data = load_dataset(str(tmp_path / "imb.npz"))
+    for n, want in ((15, [2, 6, 7]), (22, [2, 10, 10])):  # class 0 has only 2 to give
+        _, labels = random_count_subset(data, n, seed=0)
+        assert sorted(torch.bincount(labels, minlength=3).tolist()) == want
+    with pytest.raises(ConfigError, match="23 random images asked for"):
+        random_count_subset(data, 23, seed=0)

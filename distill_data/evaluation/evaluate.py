@@ -68,16 +68,25 @@ def random_subset(data: RealDataset, ipc: int, seed: int) -> tuple[torch.Tensor,
 
 
 def random_count_subset(data: RealDataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random real images (normalised), as class-balanced as ``n`` allows: n // K
-    per class and one more for n % K classes drawn at random."""
+    """``n`` random real images (normalised), as class-balanced as the data allows: n // K
+    per class and one more for n % K classes drawn at random; a class too small for its
+    share gives the rest to classes that have images to spare."""
     g = torch.Generator().manual_seed(seed)
-    k = data.num_classes
-    extra = set(torch.randperm(k, generator=g)[: n % k].tolist())
+    pools = data.indices_per_class()
+    if n > sum(len(p) for p in pools):
+        raise ConfigError(f"{n} random images asked for; the training split has fewer")
+    k = len(pools)
+    order = torch.randperm(k, generator=g).tolist()
+    want = {c: n // k + (r < n % k) for r, c in enumerate(order)}
+    take = {c: min(want[c], len(pools[c])) for c in range(k)}
+    short = n - sum(take.values())
+    while short > 0:  # hand a small class's shortfall on, one image a class in turn
+        for c in order:
+            if short and take[c] < len(pools[c]):
+                take[c] += 1
+                short -= 1
     idx = torch.cat(
-        [
-            i[torch.randperm(len(i), generator=g)[: n // k + (c in extra)]]
-            for c, i in enumerate(data.indices_per_class())
-        ]
+        [pools[c][torch.randperm(len(pools[c]), generator=g)[: take[c]]] for c in range(k)]
     )
     return data.normalize(data.x_train[idx]), data.y_train[idx].clone()
 
