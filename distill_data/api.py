@@ -383,6 +383,9 @@ def evaluate(
     )
     if net is not None:
         report["protocol"]["teachers"] = len(members)
+        report["protocol"]["teacher_files"] = [
+            os.fspath(t) for t in teachers if not isinstance(t, nn.Module)
+        ]
     return report
 
 

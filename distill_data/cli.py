@@ -108,9 +108,11 @@ def _with_sets(
     """``given`` (option name → value) with the ``--set`` pairs added; a setting given
     both as its own option and with ``--set`` is refused rather than silently ranked."""
     extra = sets if isinstance(sets, dict) else parse_set_options(sets)
+    params = {"augment": "no_augment"}  # a setting whose option is named otherwise
     for key in extra:
-        if key in given and ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
-            raise DistillDataError(f"{key} is given twice (--{key.replace('_', '-')} and --set)")
+        param = params.get(key, key)
+        if key in given and ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
+            raise DistillDataError(f"{key} is given twice (--{param.replace('_', '-')} and --set)")
     return {**given, **extra}
 
 

@@ -452,6 +452,9 @@ def test_eval_teacher_quantize_take_set_and_show_their_dataclass_defaults(
     res = run_cli("eval", built, "--dataset", tiny_npz, "--epochs", 1, "--set", "epochs=2")
     assert_one_error_line(*res)
     assert "epochs is given twice" in res[2]
+    res = run_cli("eval", built, "--dataset", tiny_npz, "--no-augment", "--set", "augment=true")
+    assert_one_error_line(*res)
+    assert "augment is given twice (--no-augment and --set)" in res[2]
     res = run_cli("eval", built, "--dataset", tiny_npz, "--set", "lr=fast")
     assert_one_error_line(*res)
     assert "lr='fast'" in res[2]

@@ -142,7 +142,8 @@ def test_cli_eval_takes_several_teachers(run_cli, teacher_file, tiny_npz, tmp_pa
     args += ["--epochs", "1", "--teacher", teacher_file, "--teacher", teacher_file, "-q"]
     code, _, stderr = run_cli(*args, "--json", report)
     assert code == 0, stderr
-    assert json.loads(report.read_text())["protocol"]["teachers"] == 2
+    protocol = json.loads(report.read_text())["protocol"]
+    assert protocol["teachers"] == 2 and protocol["teacher_files"] == [str(teacher_file)] * 2
     code, _, stderr = run_cli(*args[:-1], "--teacher", tmp_path / "missing.pt")
     assert code == 2 and stderr.strip().count("\n") == 0 and "missing.pt" in stderr
 

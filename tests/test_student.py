@@ -496,3 +496,11 @@ def test_train_takes_seed_as_an_option_like_the_other_commands(run_cli, tiny_npz
     code, _, err = run_cli("train", "-d", tiny_npz, "--out", tmp_path / "t.pt", "--seed", 1,
                            "--set", "seed=2", *TINY)  # fmt: skip
     assert code == 2 and "seed is given twice" in err and err.count("\n") == 1
+
+
+def test_kd_is_given_once(run_cli, tiny_npz, teacher_file, tmp_path):
+    code, _, err = run_cli("train", "-d", tiny_npz, "--teacher", teacher_file, "--kd", "polino",
+                           "--set", "kd=hinton", "--out", tmp_path / "s.pt", *TINY)  # fmt: skip
+    assert code == 2 and "kd is given twice (--kd and --set kd)" in err and err.count("\n") == 1
+    with pytest.raises(ConfigError, match=r"kd is given twice \(kd and options\['kd'\]\)"):
+        dd.train(str(tiny_npz), tmp_path / "s.pt", kd="polino", options={"kd": "hinton"})

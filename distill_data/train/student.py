@@ -779,6 +779,8 @@ def student_recipe(name: str, overrides: dict | None, kd: str | None) -> TrainRe
     from distill_data.train.recipe import get_recipe
 
     recipe = get_recipe(name)
+    if kd is not None and "kd" in (overrides or {}):  # one way in, as every setting
+        raise ConfigError(f"kd is given twice ({opt('kd')} and {setting('kd')})")
     if kd is not None:
         if kd not in KD_CHOICES:
             raise ConfigError(f"unknown kd {kd!r}; choose from: {', '.join(KD_CHOICES)}")
