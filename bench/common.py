@@ -94,7 +94,10 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
     record and a file can be matched. An existing file is never retrained (every result
     made with it would silently change teacher); one without a matching record (trained
     before records carried the hash) gets one from its own metadata: accuracy and
-    settings as trained, training time unknown. A record of another file is refused."""
+    settings as trained, training time unknown. A record of another file is refused. A
+    recorded file that is missing (``bench/.work`` stays on the machine that made it) is
+    retrained: the record stands if the new file is bitwise the same, and is otherwise
+    kept under a dated name beside the new one."""
     import distill_data as dd
     from distill_data.models import load_model
 
@@ -125,4 +128,27 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
     else:
         rep = dd.teacher(dataset, out, quiet=True, device=device, **cfg)
         print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
+        if record.exists():  # the file was lost (bench/.work is per machine): retrained
+            old = json.loads(record.read_text())
+            if old.get("file_sha256") == _sha256(out):
+                print(f"teacher {name}: retrained bitwise to the file {record.name} records")
+                return
+            kept = _keep_record(record, old)
+            print(
+                f"teacher {name}: retrained to another file than {record.name} recorded "
+                f"(kept as {kept.name}); results made since name this one"
+            )
     write_result(record.stem, {"benchmark": "teacher", **rep, "file_sha256": _sha256(out)})
+
+
+def _keep_record(record: Path, doc: dict) -> Path:
+    """Rename the record of a teacher that is being replaced to ``<stem>_<trained date>``
+    (a free name), so the tables made with it keep their teacher."""
+    day = str(doc.get("trained") or doc.get("date") or "undated")[:10]
+    kept = record.with_name(f"{record.stem}_{day}.json")
+    n = 2
+    while kept.exists():
+        kept = record.with_name(f"{record.stem}_{day}-{n}.json")
+        n += 1
+    os.replace(record, kept)
+    return kept

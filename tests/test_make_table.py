@@ -678,7 +678,7 @@ def test_zeroshot_rows_pool_seeds_beside_the_same_images_ptq(mt):
 
 
 def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
-    def run(method, ipc, seed, acc):
+    def run(method, ipc, seed, acc, teacher_acc=97.7):
         return {
             "benchmark": "student-from-set",
             "teacher_name": "resnet",
@@ -686,25 +686,36 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
             "ipc": ipc,
             "seed": seed,
             "settings": {"build": {"iterations": 200} if method == "dm" else {}},
-            "report": {"test_accuracy": acc, "data": {"images": ipc * 10}, "epochs": 300},
+            "report": {
+                "test_accuracy": acc,
+                "data": {"images": ipc * 10},
+                "epochs": 300,
+                "teacher": {"test_accuracy": teacher_acc},
+            },  # fmt: skip
         }
 
     def full(teacher, acc):
         report = {"dataset": "mnist5k", "test_accuracy": acc, "data": {"images": 4000},
-                  "epochs": 30}  # fmt: skip
+                  "epochs": 30, "teacher": {"test_accuracy": 97.7}}  # fmt: skip
         return {"benchmark": "student", "teacher_name": teacher, "run": "float", "seed": 0,
                 "date": "2026-12-01", "report": report}  # fmt: skip
 
     gpu = {**run("ncfm", 10, 0, 95.0), "device": "cuda"}
-    rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0),
+    retrained = run("dm", 10, 2, 93.0, teacher_acc=97.9)  # a lost teacher trained again
+    rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0), retrained,
                                  run("random", 10, 0, 85.0), gpu, full("resnet", 97.0),
                                  full("convnet_bn", 98.0)])  # fmt: skip
-    assert rows[-1] == "| resnet | full training split | — | 4000 | 97.00 (1 seed) | 30 |"
+    assert rows[-1] == "| resnet (97.70) | full training split | — | 4000 | 97.00 (1 seed) | 30 |"
     assert not any(r.startswith("| convnet_bn") for r in rows)  # no sets of that teacher
     body = [r for r in rows if r.startswith("| resnet")]
-    assert body[0] == "| resnet | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
-    assert body[1] == "| resnet | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |"
-    assert body[2].startswith("| resnet | random (defaults) | 10 | 100 | 85.00")
+    assert body[0] == (
+        "| resnet (97.70) | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
+    )
+    assert body[1] == (
+        "| resnet (97.70) | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |"
+    )
+    assert body[2].startswith("| resnet (97.70) | random (defaults) | 10 | 100 | 85.00")
+    assert body[3] == ("| resnet (97.90) | dm (iterations 200) | 10 | 100 | 93.00 (1 seed) | 300 |")
     assert mt.student_set_table([]) == []
 
 
@@ -836,3 +847,43 @@ def test_ensure_teacher_records_an_existing_file_once_and_refuses_a_foreign_reco
     with pytest.raises(SystemExit, match="describes another mlp teacher"):
         common.ensure_teacher("tiny", "mlp", cfg, out)
     assert json.loads(record.read_text())["test_accuracy"] == 91.5
+
+
+def test_ensure_teacher_retrains_a_lost_file_and_keeps_the_record_of_the_old_one(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    import distill_data as dd
+
+    common = _module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    out = tmp_path / "teacher_tiny.pt"
+    calls = []
+
+    def fake_teacher(dataset, path, **kw):  # a deterministic stand-in for training
+        from distill_data.models import build_model, save_model
+
+        calls.append(kw)
+        torch.manual_seed(len(calls) if kw.get("seed") == "fresh" else 0)
+        save_model(build_model("mlp", 1, 3, (10, 10), width=4), path, meta={"x": 1})
+        return {"test_accuracy": 90.0 + len(calls), "train_seconds": 1.0}
+
+    monkeypatch.setattr(dd, "teacher", fake_teacher)
+    cfg = {"model": "mlp", "epochs": 3, "seed": 0}
+    common.ensure_teacher("tiny", "mlp", cfg, out)  # trained and recorded
+    record = tmp_path / "results" / "teacher_tiny_mlp.json"
+    first = json.loads(record.read_text())
+    assert first["test_accuracy"] == 91.0 and len(calls) == 1
+    # the file is lost; retraining gives the same bytes, so the record stands
+    out.unlink()
+    common.ensure_teacher("tiny", "mlp", cfg, out)
+    assert len(calls) == 2 and json.loads(record.read_text()) == first
+    # lost again and retrained to other bytes: the old record is kept under its date
+    out.unlink()
+    common.ensure_teacher("tiny", "mlp", {**cfg, "seed": "fresh"}, out)
+    kept = sorted((tmp_path / "results").glob("teacher_tiny_mlp_*.json"))
+    assert [json.loads(k.read_text()) for k in kept] == [first]
+    assert kept[0].name == f"teacher_tiny_mlp_{first['date'][:10]}.json"
+    new = json.loads(record.read_text())
+    assert new["test_accuracy"] == 93.0 and new["file_sha256"] != first["file_sha256"]
