@@ -1,7 +1,9 @@
 """The kernels compiled for a CUDA device, against their references at real sizes:
 ``TRITON_INTERPRET=0 python -m pytest -m cuda tests/test_kernels_cuda.py`` on a GPU
-machine (bench/gpu.sh runs it). Skipped without CUDA, and under the interpreter (which
-tests/test_kernels.py covers on the CPU at small sizes)."""
+machine (bench/gpu.sh runs it). Without CUDA, under the interpreter
+(``TRITON_INTERPRET=1``, which this file sets then, as tests/test_kernels.py does), the
+same tests run at small sizes on the CPU: a rehearsal, so a mistake in a test itself (a
+format's name, an argument) shows here and not first on a rare GPU lease."""
 
 from __future__ import annotations
 
@@ -10,24 +12,32 @@ import os
 import pytest
 import torch
 
-from distill_data.kernels import triton_available
+if not torch.cuda.is_available():  # the rehearsal (before triton decorates the kernels)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from distill_data.kernels import triton_available  # noqa: E402
+
+CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+REHEARSAL = not CUDA and os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(
-        not (torch.cuda.is_available() and triton_available())
-        or os.environ.get("TRITON_INTERPRET") == "1",
-        reason="needs a CUDA device and compiled Triton (not the interpreter)",
+        not triton_available() or not (CUDA or REHEARSAL),
+        reason="needs a CUDA device and compiled Triton, or TRITON_INTERPRET=1 (small sizes)",
     ),
 ]
+#: the side of the "real" sizes: 4096 on the GPU, small under the ~100x slower interpreter
+N = 4096 if CUDA else 64
+ACT = (256, 128, 32, 32) if CUDA else (4, 8, 6, 6)
+MS = [1, 16, 128, 1024] if CUDA else [1, 16, 33]
 
 
 @pytest.fixture
 def dev():
-    return torch.device("cuda")
+    return torch.device("cuda" if CUDA else "cpu")
 
 
-@pytest.mark.parametrize("shape, per_channel", [((4096, 4096), True), ((256, 128, 32, 32), False)])
+@pytest.mark.parametrize("shape, per_channel", [((N, N), True), (ACT, False)])
 def test_fused_lsq_fake_quant_at_real_sizes(dev, shape, per_channel):
     from distill_data.kernels import fake_quant
 
@@ -46,12 +56,12 @@ def test_fused_lsq_fake_quant_at_real_sizes(dev, shape, per_channel):
     torch.testing.assert_close(out["torch"][2], out["triton"][2], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["e4m3", "e5m2", "e2m1"])
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
 def test_fp_fake_quant_at_real_size(dev, fmt):
     from distill_data.kernels import fp_fake_quant
 
-    x = torch.randn(4096, 4096, device=dev) * 4
-    s = torch.rand(4096, 1, device=dev) + 0.5
+    x = torch.randn(N, N, device=dev) * 4
+    s = torch.rand(N, 1, device=dev) + 0.5
     assert torch.equal(fp_fake_quant(x, s, fmt, backend="triton"),
                        fp_fake_quant(x, s, fmt, backend="torch"))  # fmt: skip
 
@@ -61,7 +71,7 @@ def test_bucket_fake_quant_at_real_size(dev, stochastic):
     from distill_data.kernels import bucket_fake_quant
     from distill_data.quant.fakequant import bucket_fake_quant as reference
 
-    w = torch.randn(4096, 4096, device=dev)
+    w = torch.randn(N, N, device=dev)
     g = torch.Generator(device=dev).manual_seed(5)
     out = bucket_fake_quant(w, 2, 256, stochastic, g if stochastic else None, backend="triton")
     seed = None
@@ -71,13 +81,13 @@ def test_bucket_fake_quant_at_real_size(dev, stochastic):
     assert torch.equal(out, reference(w, 2, 256, stochastic, seed=seed))
 
 
-@pytest.mark.parametrize("m", [1, 16, 128, 1024])
+@pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("kind, bits", [("per_channel", 4), ("per_tensor", 2), ("bucket", 2)])
 def test_packed_products_at_real_sizes(dev, m, kind, bits):
     from distill_data.kernels.lowbit import dequantize_rows, packed_linear
     from distill_data.quant.pack import pack, unpack
 
-    n = k = 4096
+    n = k = N
     signed = kind != "bucket"
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     codes = torch.randint(lo, hi + 1, (n, k))
@@ -99,9 +109,10 @@ def test_packed_products_at_real_sizes(dev, m, kind, bits):
 def test_int8_product_is_exact_at_real_size(dev):
     from distill_data.kernels.lowbit import int8_linear
 
-    xq = torch.randint(-127, 128, (1024, 4096), dtype=torch.int8, device=dev)
-    wq = torch.randint(-127, 128, (4096, 4096), dtype=torch.int8, device=dev)
-    xs, ws = torch.rand(1024, device=dev), torch.rand(4096, device=dev)
+    m = 1024 if CUDA else 33
+    xq = torch.randint(-127, 128, (m, N), dtype=torch.int8, device=dev)
+    wq = torch.randint(-127, 128, (N, N), dtype=torch.int8, device=dev)
+    xs, ws = torch.rand(m, device=dev), torch.rand(N, device=dev)
     exact = int8_linear(xq.cpu(), wq.cpu(), xs.cpu(), ws.cpu(), backend="torch")  # int64
     assert torch.equal(int8_linear(xq, wq, xs, ws, backend="triton").cpu(), exact)
     assert torch.equal(int8_linear(xq, wq, xs, ws, backend="torch").cpu(), exact)

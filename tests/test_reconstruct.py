@@ -146,7 +146,7 @@ def test_reconstruction_never_increases_a_blocks_error(method):
 
 def test_depthwise_and_grouped_convolutions_without_blocks():
     model, x = _calibrated(DepthwiseNet())
-    before = model.state_dict()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     q = quantize_model(model, x, PTQConfig(w_bits=3, a_bits=4, method="genie", iterations=60,
                                            recon_batch=16))  # fmt: skip
     assert [r["layers"] for r in q.reconstruction] == [["stem.0"], ["dw.0"], ["grouped.0"],
