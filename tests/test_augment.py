@@ -93,7 +93,7 @@ def test_unknown_op_and_mode_raise_config_error() -> None:
         DSA("crop_crop")
     with pytest.raises(ConfigError, match="mode"):
         DSA(mode="both")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="must be a DSAConfig"):
         DSA(config={"scale": 1.2})  # type: ignore[arg-type]
     bad = AugParams(ops=("blur",), values={}, n=2)
     with pytest.raises(ConfigError, match="blur"):
@@ -128,13 +128,13 @@ def test_shape_and_dtype_preserved(size: int, channels: int, dtype: torch.dtype)
 def test_non_square_and_bad_inputs() -> None:
     x = images(2, 3, 8, 12)
     assert DSA(mode="multi")(x, generator=gen()).shape == x.shape
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"shape \(n, C, H, W\), got \(3, 8, 8\)"):
         DSA()(torch.rand(3, 8, 8), generator=gen())
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="floating images"):
         DSA().apply(torch.zeros(2, 1, 8, 8, dtype=torch.long), DSA().sample(2, 8, 8, gen()))
     with pytest.raises(ConfigError, match="n=4"):
         DSA().apply(images(3), DSA().sample(4, 8, 8, gen()))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="n must be an int >= 0"):
         DSA().sample(-1, 8, 8)
 
 

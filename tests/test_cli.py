@@ -306,6 +306,7 @@ def test_build_error_bad_device(run_cli, tiny_npz, tmp_path, device) -> None:
     """A device torch cannot use is a user error like any other (no traceback)."""
     res = run_cli(*build_args(tiny_npz, tmp_path / "a.h5", "herding", 2, "--device", device))
     assert_one_error_line(*res)
+    assert f"device {device!r}" in res[2]
     assert files_in(tmp_path) == {"tiny.npz"}
 
 
@@ -374,12 +375,14 @@ def test_bad_store_file(run_cli, bad_stores, tmp_path, kind, command) -> None:
 def test_show_into_missing_folder(run_cli, built, tmp_path) -> None:
     res = run_cli("show", built, "--out", tmp_path / "nope" / "g.png")
     assert_one_error_line(*res)
+    assert "nope does not exist" in res[2]
     assert not (tmp_path / "nope").exists()
 
 
 def test_eval_json_into_missing_folder(run_cli, built, tiny_npz, tmp_path) -> None:
     res = run_cli("eval", built, "-d", tiny_npz, "--json", tmp_path / "nope" / "r.json")
     assert_one_error_line(*res)
+    assert "nope does not exist" in res[2] and not (tmp_path / "nope").exists()
 
 
 def test_eval_bad_baseline_is_a_usage_error(run_cli, built, tmp_path) -> None:
@@ -418,12 +421,13 @@ def test_eval_on_incompatible_dataset(run_cli, built, make_npz, tmp_path) -> Non
 def test_eval_on_builtin_of_another_shape(run_cli, built, builtin_cache) -> None:
     res = run_cli("eval", built, "-d", "digits", "--runs", 1, "--epochs", 1)
     assert_one_error_line(*res)
-    assert "digits" in res[2]
+    assert "stored images are (1, 10, 10) but dataset 'digits' has (1, 8, 8)" in res[2]
 
 
 def test_eval_bad_device(run_cli, built, tiny_npz) -> None:
     res = run_cli("eval", built, "-d", tiny_npz, "--runs", 1, "--epochs", 1, "--device", "bogus")
     assert_one_error_line(*res)
+    assert "unknown device 'bogus'" in res[2]
 
 
 def test_build_notes_fyi_on_digit_data(run_cli, make_npz, tiny_npz, tmp_path) -> None:

@@ -195,10 +195,10 @@ def test_feature_convnet_for_another_image_size_is_refused(data, tmp_path) -> No
     stored model config says which images it takes and should be checked."""
     path = tmp_path / "mnist_sized.pt"
     save_model(build_model("convnet", 1, data.num_classes, (28, 28), width=8), path)
-    with pytest.raises(ConfigError):
-        distill_data.build(
-            data, "herding", 2, tmp_path / "set.h5", options={"feature_model": str(path)}
-        )
+    out = tmp_path / "set.h5"
+    with pytest.raises(ConfigError, match="built for 1-channel 28x28, the data is 1-channel 10x10"):
+        distill_data.build(data, "herding", 2, out, options={"feature_model": str(path)})
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- refusals

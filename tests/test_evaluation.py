@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,11 +81,11 @@ def test_report_structure(store, tiny_npz) -> None:
 
 
 def test_same_seed_same_accuracies(store, tiny_npz) -> None:
-    def accs(seed: int) -> list[float]:
+    def run(seed: int) -> dict:  # accuracies and final test losses, the latter continuous
         r = distill_data.evaluate(store, str(tiny_npz), quiet=True, seed=seed, **TINY)
-        return r["results"]["synthetic"]["accs"]
+        return {k: r["results"]["synthetic"][k] for k in ("accs", "test_losses")}
 
-    assert accs(0) == accs(0)
+    assert run(0) == run(0) != run(1)
 
 
 def test_train_and_test_is_deterministic_per_run(data) -> None:
@@ -177,29 +178,57 @@ def test_augmentation_robust_score_golden() -> None:
 )
 def test_incompatible_dataset(store, make_npz, kwargs) -> None:
     other = make_npz("other.npz", **kwargs)
-    with pytest.raises(DataError):
+    why = "store has 3 classes" if "classes" in kwargs else r"stored images are \(1, 10, 10\)"
+    with pytest.raises(DataError, match=why):
         distill_data.evaluate(store, str(other), quiet=True, **TINY)
 
 
-def test_compatible_dataset_with_other_content_renormalises(store, make_npz, capsys) -> None:
+def test_compatible_dataset_with_other_content_renormalises(
+    store, make_npz, capsys, monkeypatch
+) -> None:
+    import sys
+
+    evaluate_mod = sys.modules["distill_data.evaluation.evaluate"]  # the package's name is
+    # the function
+    planned = []
+    real_plan = evaluate_mod.plan
+    monkeypatch.setattr(
+        evaluate_mod, "plan", lambda *a, **k: planned.extend(real_plan(*a, **k)) or planned
+    )
     other = load_dataset(make_npz("other.npz", seed=5))
     report = distill_data.evaluate(store, other, quiet=False, **{**TINY, "runs": 1})
     out = capsys.readouterr().err  # notes go to stderr, keeping stdout for the report
     assert "note: store was built from data with fingerprint" in out
     assert report["dataset"]["fingerprint"] == other.fingerprint
     assert report["dataset"]["fingerprint"] != report["store"]["dataset_fingerprint"]
+    # the networks trained on the stored pixels in the other data's normalisation
+    stored = read_store(store)
+    assert tuple(stored.meta.mean) != tuple(other.mean)  # the case is not vacuous
+    want = other.normalize(stored.denormalized())
+    assert not torch.allclose(want, stored.images)
+    assert torch.allclose(planned[0].images, want)
 
 
 def test_eval_uses_the_dataset_the_store_names_from_any_folder(
-    store, tmp_path, monkeypatch
+    store, tiny_npz, tmp_path, monkeypatch, run_cli
 ) -> None:
     """The store records where its data came from, so `evaluate(store)` (and
     `distill-data eval STORE` without --dataset) works from any working directory."""
+    assert tiny_npz.parent == tmp_path
+    monkeypatch.chdir(tmp_path)  # built from a relative path ...
+    rel = Path("rel.h5")
+    distill_data.build("tiny.npz", "random", 2, rel, quiet=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    report = distill_data.evaluate(store, quiet=True, **{**TINY, "runs": 1})
-    assert report["dataset"]["fingerprint"] == read_store(store).meta.dataset_fingerprint
+    monkeypatch.chdir(elsewhere)  # ... and evaluated from another folder
+    want = read_store(tmp_path / rel).meta.dataset_fingerprint
+    for built in (store, tmp_path / rel):
+        report = distill_data.evaluate(built, quiet=True, **{**TINY, "runs": 1})
+        assert report["dataset"]["fingerprint"] == want
+    code, _, err = run_cli("eval", tmp_path / rel, "--runs", 1, "--epochs", 1,
+                           "--json", "r.json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((elsewhere / "r.json").read_text())["dataset"]["fingerprint"] == want
 
 
 # --------------------------------------------------------------------------- random subset

@@ -142,7 +142,8 @@ def test_bucket_dequantize_rejects_wrong_shape():
     "kw", [{"bits": 1}, {"bits": 9}, {"bits": 4, "bucket_size": 0}, {"bits": 4, "bucket_size": 2.0}]
 )
 def test_bucket_bad_settings(kw):
-    with pytest.raises(ConfigError):
+    why = "bucket_size must be a positive integer" if "bucket_size" in kw else "bits must be"
+    with pytest.raises(ConfigError, match=why):
         bucket_quantize(torch.randn(8), **kw)
 
 
@@ -596,15 +597,15 @@ def test_allocate_matches_official_preserves_total_and_favours_large_norms():
 
 def test_allocate_edge_cases():
     assert allocate_bits([0.0, 0.0], 8) == [8, 8]  # nothing to go by: unchanged
-    for bad in (
-        {"grad_norms": [1.0], "budget": [4, 4]},
-        {"grad_norms": [1.0, -1.0], "budget": 4},
-        {"grad_norms": [1.0, float("nan")], "budget": 4},
-        {"grad_norms": [1.0, 1.0], "budget": 1},
-        {"grad_norms": [1.0, 1.0], "budget": 4, "unit": "bytes"},
-        {"grad_norms": [], "budget": 4},
+    for bad, why in (
+        ({"grad_norms": [1.0], "budget": [4, 4]}, "one budget per gradient norm"),
+        ({"grad_norms": [1.0, -1.0], "budget": 4}, "finite and >= 0"),
+        ({"grad_norms": [1.0, float("nan")], "budget": 4}, "finite and >= 0"),
+        ({"grad_norms": [1.0, 1.0], "budget": 1}, "integers >= 2"),
+        ({"grad_norms": [1.0, 1.0], "budget": 4, "unit": "bytes"}, "unknown unit 'bytes'"),
+        ({"grad_norms": [], "budget": 4}, "at least one tensor"),
     ):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match=why):
             allocate_bits(**bad)
 
 

@@ -112,3 +112,8 @@ def test_quantize_command_with_fp_formats(teacher_file, run_cli, tmp_path):
     assert "number formats: w_format=fp4_e2m1, a_format=fp8_e4m3" in stdout
     row = json.loads(out.read_text())["results"][0]
     assert row["w_format"] == "fp4_e2m1" and row["fp_search"] is True
+    # applied, not only echoed: the integer grid at the same bits gives other logits
+    code, _, err = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8",
+                           "--bits", "w4a8", "--json", out, "--force")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out.read_text())["results"][0]["logit_sqnr_db"] != row["logit_sqnr_db"]

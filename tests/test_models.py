@@ -7,6 +7,7 @@ Parametrized over ``MODELS.names()``, so a new architecture is tested when regis
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -179,17 +180,17 @@ def test_unknown_model_name_lists_names() -> None:
 
 
 @pytest.mark.parametrize(
-    "name, options",
+    "name, options, why",
     [
-        ("convnet", {"bogus": 1}),
-        ("convnet", {"norm": "bogus"}),
-        ("convnet", {"width": 0}),
-        ("resnet", {"depth": 10}),
-        ("mlp", {"depth": 0}),
+        ("convnet", {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+        ("convnet", {"norm": "bogus"}, "unknown norm 'bogus'"),
+        ("convnet", {"width": 0}, "width and depth must be >= 1"),
+        ("resnet", {"depth": 10}, "depth must be 6n"),
+        ("mlp", {"depth": 0}, "width and depth must be >= 1"),
     ],
 )
-def test_bad_model_option(name: str, options: dict) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_model_option(name: str, options: dict, why: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(why)):
         build_model(name, 1, 3, (8, 8), **options)
 
 

@@ -307,10 +307,12 @@ def test_export_command_writes_and_refuses(tmp_path, ort, run_cli, tiny_npz):
     assert code == 0, err
 
     def refused(*args, match):
+        kept = {f: f.read_bytes() for f in (path, out, tiny_npz)}
         code, _, err = run_cli("export", *args)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
         assert match in lines[0], lines[0]
+        assert all(f.read_bytes() == b for f, b in kept.items())  # nothing written over
 
     refused(path, "--out", path, match="it is the input")
     refused(tiny_npz, "--out", out, match="is an .npz dataset, not a student or network file")

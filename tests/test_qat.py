@@ -71,8 +71,11 @@ def test_float_mode_is_the_network_before_quantization(arch, method):
         torch.testing.assert_close(student(x), ref(x), rtol=0, atol=1e-5)
     quantized = student(x)
     assert not torch.allclose(quantized, ref(x), atol=1e-4)  # quantized differs ...
-    bound = 0.5 * float(ref(x).detach().abs().max())
-    assert torch.allclose(quantized, ref(x), atol=bound)  # ... a bit
+    # ... a bit: relative MSE of the logits measured at most 7e-4 (resnet, qd); a lost
+    # scale or a layer left unquantized moves it to ~1
+    with torch.no_grad():
+        rel = float(((quantized - ref(x)) ** 2).mean() / (ref(x) ** 2).mean())
+    assert rel < 1e-2
 
 
 @pytest.mark.parametrize("method", QUANT_METHODS)
@@ -87,7 +90,11 @@ def test_layers_bn_folding_and_first_last_filter(method):
     folded = [q.bn is not None for q in layers.values() if isinstance(q.layer, nn.Conv2d)]
     assert all(folded) if method in ("qat", "lsq") else not any(folded)
     bns = [m for m in student.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(any(q.bn is b for q in layers.values()) for b in bns) or method in ("qd", "dq")
+    if method in ("qat", "lsq"):  # each BatchNorm belongs to the conv it is folded into
+        assert all(any(q.bn is b for q in layers.values()) for b in bns)
+    else:  # every BatchNorm stays a module of its own, in the network's forward
+        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net("resnet").modules())
+        assert len(bns) == n_bn > 0 and all(q.bn is None for q in layers.values())
     # a filter keeps the classifier float and quantizes the rest at 3 bits
     custom = quantize_(
         net("resnet"),

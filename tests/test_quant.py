@@ -357,7 +357,7 @@ def test_parse_bits():
     assert parse_bits("w4a8") == (4, 8)
     assert parse_bits("W2A2") == (2, 2)
     for bad in ("4/8", "w4", "a8w4", "w1a8", "w4a9", "w16a16", ""):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="must look like 'w4a8'|bits must be an integer"):
             parse_bits(bad)
 
 
@@ -376,7 +376,7 @@ def test_parse_bits():
     ],
 )
 def test_bad_settings_raise_config_error(kwargs):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):  # names the setting
         PTQConfig(**kwargs)
 
 

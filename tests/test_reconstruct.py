@@ -193,6 +193,7 @@ def test_quantize_command_reconstructs_and_reports_blocks(teacher_file, tmp_path
     )  # fmt: skip
     res = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8", "--method", "gptq")
     assert_one_error_line(*res)
+    assert "'gptq' is not one of 'observer', 'adaround'" in res[2]
     res = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8", "--method",
                   "genie", "--set", "iterations=-1")  # fmt: skip
     assert_one_error_line(*res)
@@ -265,6 +266,7 @@ def test_mixed_precision_command_plot_and_errors(teacher_file, tmp_path, run_cli
     res = run_cli("quantize", "--teacher", teacher_file, "--calib", "noise:8",
                   "--frontier-plot", tmp_path / "x.png")  # fmt: skip
     assert_one_error_line(*res)
+    assert "--frontier-plot needs --mixed-precision" in res[2]
     assert not (tmp_path / "x.png").exists()
 
 

@@ -174,13 +174,14 @@ def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teac
     """A quantized copy of the teacher at 8 bits reproduces the teacher's features, so
     the feature MSE is tiny; matched against the wrong place (the conv before its
     BatchNorm) it would not be."""
-    from distill_data.quant.qat import QuantSpec, freeze_batchnorm, quantize_
+    from distill_data.quant.qat import QuantSpec, freeze_batchnorm, quant_layers, quantize_
 
     teacher, _ = load_model(teacher_file)
     teacher.eval()
     student = quantize_(copy.deepcopy(teacher), QuantSpec(method="qat", w_bits=8, a_bits=8))
     freeze_batchnorm(student)
-    x = torch.randn(16, 1, 10, 10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 1, 10, 10, generator=g)
     student.train()
     with torch.no_grad():
         student(x)  # activation ranges
@@ -190,7 +191,14 @@ def test_the_feature_term_matches_each_layer_with_the_teachers_output_there(teac
     try:
         with torch.no_grad():
             student(x), teacher(x)
-        assert float(aux()) < 1e-3
+        close = float(aux())
+        assert close < 1e-3
+        # every layer is compared, the last one too: moving only its weights shows up
+        last = list(quant_layers(student).values())[-1]
+        with torch.no_grad():
+            last.layer.weight.add_(torch.randn(last.layer.weight.shape, generator=g))
+            student(x), teacher(x)
+        assert float(aux()) > 50 * close
     finally:
         remove()
 
@@ -280,10 +288,12 @@ def test_a_lent_teacher_module_is_not_changed(tiny_npz, teacher_file, tmp_path):
 
 
 def test_ensemble_target_and_bits_parsing():
-    t = torch.nn.Linear(4, 3)
+    t1, t2 = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     x = torch.randn(5, 4)
-    ens = _Ensemble([t, t])
-    torch.testing.assert_close(ens(x).softmax(1), t(x).softmax(1))
+    ens = _Ensemble([t1, t2])
+    mean_probs = (t1(x).softmax(1) + t2(x).softmax(1)) / 2  # of probabilities, not logits
+    torch.testing.assert_close(ens(x).softmax(1), mean_probs)
+    assert not torch.allclose(mean_probs, ((t1(x) + t2(x)) / 2).softmax(1), atol=1e-4)
     assert parse_student_bits(None, "qd") == (4, None)
     assert parse_student_bits("W2A8", "lsq") == (2, 8)
     with pytest.raises(ConfigError, match="quantizes activations too"):
@@ -381,13 +391,24 @@ def test_qd_updates_the_shadow_weights_while_the_used_weights_stay_on_the_grid(t
         assert bucket.unique().numel() <= 4
 
 
-def test_a_student_can_start_from_a_network_file(tiny_npz, teacher_file, tmp_path):
+def test_a_student_can_start_from_a_network_file(tiny_npz, teacher_file, tmp_path, monkeypatch):
     float_student = tmp_path / "float.pt"
     dd.train(str(tiny_npz), float_student, width=4, options={"epochs": 1}, quiet=True)
+    start = {}
+
+    def spy(model, data, recipe, **kw):  # the weights training starts from
+        start.update({k: v.clone() for k, v in model.state_dict().items()})
+        return real_fit_function(model, data, recipe, **kw)
+
+    monkeypatch.setattr(STUDENT_MODULE, "fit", spy)
     r = dd.train(str(tiny_npz), tmp_path / "dq.pt", teacher=teacher_file, quant="dq", bits="w2",
                  init=str(float_student), options={"epochs": 1}, quiet=True)  # fmt: skip
     assert r["student"]["config"]["width"] == 4
     model, _ = load_model(float_student)
+    want = model.state_dict()
+    got = {k.replace("layer.", ""): v for k, v in start.items()}
+    assert set(want) <= set(got)
+    assert all(torch.equal(got[k], v) for k, v in want.items())  # the file's weights
     with pytest.raises(ConfigError, match="refusing to write"):
         dd.train(str(tiny_npz), float_student, init=str(float_student), quant="dq",
                  options={"epochs": 1}, quiet=True)  # fmt: skip

@@ -52,7 +52,10 @@ def test_loaded_integer_student_equals_the_fake_quant_student(tmp_path, arch, me
     x = torch.randn(32, 1, 10, 10)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    # the codes really are low-bit: packed bytes ≈ bits/8 per weight
+    # the codes really are low-bit: the body at 4 bits, first and last at 8 (the default),
+    # packed bytes = bits/8 per weight
+    bits = [layer["weight"]["bits"] for layer in payload["layers"].values()]
+    assert bits[0] == bits[-1] == 8 and set(bits[1:-1]) == {4}, bits
     for layer in payload["layers"].values():
         w = layer["weight"]
         assert w["packed"].dtype == torch.uint8

@@ -73,5 +73,7 @@ def test_teacher_cli(tiny_npz, tmp_path, run_cli):
     assert "test accuracy" in stdout
     report = json.loads(js.read_text())
     assert report["kind"] == "distill-data teacher" and report["config"]["epochs"] == 1
+    before = out.read_bytes()
     code, _, err = run_cli("teacher", "-d", str(tiny_npz), "--model", "mlp", "--out", str(out))
     assert code == 2 and err.count("\n") == 1 and err.startswith("error:")
+    assert "'mlp' is not one of 'resnet', 'convnet_bn'" in err and out.read_bytes() == before
