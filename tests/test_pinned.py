@@ -63,8 +63,9 @@ def test_the_teacher_trainer_reproduces(pinned):
     _, teacher, _, _ = pinned
     state = torch.load(teacher, weights_only=True)["state_dict"]
     sumsq = sum(float((v.double() ** 2).sum()) for v in state.values() if v.is_floating_point())
-    # 1e-9, not exact: another CPU's float kernels round differently (Intel Xeon against
-    # the AMD EPYC it was recorded on: 1.3e-11); a change to the training moves it ~1e-3
+    # 1e-9, not exact: another CPU's float kernels round differently (this project's
+    # machines differ by session; 1.3e-11 apart on two); a change to the training moves it
+    # by ~1e-3
     assert sumsq == pytest.approx(TEACHER_SUMSQ, rel=1e-9)
 
 
