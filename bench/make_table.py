@@ -1499,6 +1499,73 @@ def _kornia_accuracy(results: list[dict]) -> list[str]:
     ]
 
 
+def bf16_tables(results: list[dict]) -> list[str]:
+    """``bench/bf16_train.py``: seconds per training step in fp32 and bf16 (newest speed
+    run), and what ``precision=bf16`` does to the evaluation protocol and a teacher."""
+    newest = {}
+    for r in results:
+        if r.get("benchmark") == "bf16-train":
+            if r["stage"] not in newest or r["date"] > newest[r["stage"]]["date"]:
+                newest[r["stage"]] = r
+    out: list[str] = []
+    if "speed" in newest:
+        r = newest["speed"]
+        m = r["machine"]
+        flags = ", ".join(r["cpu_bf16_flags"]) or "no bfloat16 instructions"
+        out += [
+            "",
+            f"**Training step, float32 against bfloat16** (`bench/bf16_train.py --stage speed`; "
+            f"{m['nproc']} × {m['cpu_model']} ({flags}), torch {m['torch']}, "
+            f"{r['settings']['threads']} thread; forward + backward + SGD step, median of "
+            f"{r['settings']['repeats']}; `--set precision=bf16` on eval, teacher and train)",
+            "",
+            "| network, batch | fp32 s/step | bf16 s/step | speed-up |",
+            "|---|---|---|---|",
+            *(
+                f"| {row['case']} | {row['fp32_s']:.3f} | {row['bf16_s']:.3f} | "
+                f"{row['speedup']:.2f}× |"
+                for row in r["rows"]
+            ),
+        ]
+    rows = []
+    if "eval" in newest:
+        r = newest["eval"]
+        st = r["settings"]
+        by = {(row["ipc"], row["precision"]): row for row in r["rows"]}
+        for ipc in sorted({row["ipc"] for row in r["rows"]}):
+            a, b = by.get((ipc, "fp32")), by.get((ipc, "bf16"))
+            if a and b:
+                rows.append(
+                    f"| eval: {st['runs']} ConvNets × {st['epochs']} epochs on a random IPC {ipc} "
+                    f"subset | {_pm(a)} ({_duration(a['seconds'])}) | "
+                    f"{_pm(b)} ({_duration(b['seconds'])}) | {b['mean'] - a['mean']:+.2f} |"
+                )
+    if "teacher" in newest:
+        r = newest["teacher"]
+        st = r["settings"]
+        by = {row["precision"]: row for row in r["rows"]}
+        if {"fp32", "bf16"} <= set(by):
+            a, b = by["fp32"], by["bf16"]
+            rows.append(
+                f"| teacher: {st['model']} width {st['width']}, {st['epochs']} epochs, seed "
+                f"{st['seed']} | {a['test_accuracy']:.2f} ({_duration(a['seconds'])}) | "
+                f"{b['test_accuracy']:.2f} ({_duration(b['seconds'])}) | "
+                f"{b['test_accuracy'] - a['test_accuracy']:+.2f} |"
+            )
+    if rows:
+        out += [
+            "",
+            "**Accuracy trained in bfloat16** (`bench/bf16_train.py`; `mnist5k`, test accuracy % "
+            "at the final epoch (mean ± std over runs), wall time beside; the same sets, seeds "
+            "and draws, one thread, another benchmark on the other core)",
+            "",
+            "| training | fp32 | bf16 | bf16 − fp32 |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    return out
+
+
 def headline_tables(results: list[dict]) -> list[str]:
     """The best setting of every method at every IPC (hard labels, 3 × 300 epochs), and
     the best soft-label set of every method and IPC against the random baseline with the
@@ -1827,6 +1894,7 @@ def render_full(results: list[dict]) -> str:
         ("", mixed_tables(results) + format_tables(results)),
         ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
         ("kornia in the training pipelines", kornia_tables(results)),
+        ("bfloat16 training", bf16_tables(results)),
         ("torchrun: several processes, the one-process result", torchrun_table(results)),
     ]
     lines = [

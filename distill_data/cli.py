@@ -337,7 +337,7 @@ def build(
     "are, its static labels; with --relabel online the teacher labels each mixed batch).",
 )
 @_setting(EvalConfig, "seed", help="Base seed; run r is seeded with seed*1000 + r.")
-@_set_option("evaluation (lr, batch_size, width, pipeline, mix, ...)")
+@_set_option("evaluation (lr, batch_size, width, pipeline, mix, precision, ...)")
 @click.option(
     "--device", default="cpu", show_default=True, help="torch device for training, e.g. cuda."
 )
@@ -423,7 +423,7 @@ def eval_cmd(
 @_setting(TeacherConfig, "batch_size", shown=_TEACHER.batch_size, help="Batch size.")
 @_setting(TeacherConfig, "width", shown="the model's", help="Network width.")
 @_setting(TeacherConfig, "seed", help="Seed of every draw.")
-@_set_option("teacher (momentum, weight_decay, augment, pipeline, ...)")
+@_set_option("teacher (momentum, weight_decay, augment, pipeline, precision, ...)")
 @click.option("--out", "-o", required=True, help="Teacher file to write (.pt).")
 @click.option(
     "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:N, mps, xpu."
@@ -447,9 +447,11 @@ def teacher(
     report = api.teacher(dataset, out, device=device, quiet=quiet, force=force, **settings)
     if not dist.peek().main:  # torchrun: rank 0 wrote the file and reports
         return
+    bf = report["config"].get("precision", "fp32")
     click.echo(
         f"wrote {out}: {model} on {report['dataset']}, test accuracy "
-        f"{report['test_accuracy']:.2f}% ({report['train_seconds']:.0f} s)"
+        f"{report['test_accuracy']:.2f}% ({report['train_seconds']:.0f} s"
+        + (f", trained in {bf})" if bf != "fp32" else ")")
     )
     if json_out:
         from distill_data.evaluation.report import machine_info, now_iso
@@ -687,7 +689,7 @@ def export_cmd(network, out, opset, json_out, force) -> None:
     multiple=True,
     metavar="KEY=VALUE",
     help="Any student (init, width, first_last_bits, bucket_size, ...) or recipe (lr, "
-    "batch_size, augment, temperature, ...) setting; repeatable.",
+    "batch_size, augment, temperature, precision, ...) setting; repeatable.",
 )
 @click.option("--out", "-o", required=True, help="Student file to write (.pt).")
 @click.option("--json", "json_out", default=None, help="Write the report here.")

@@ -887,3 +887,29 @@ def test_ensure_teacher_retrains_a_lost_file_and_keeps_the_record_of_the_old_one
     assert kept[0].name == f"teacher_tiny_mlp_{first['date'][:10]}.json"
     new = json.loads(record.read_text())
     assert new["test_accuracy"] == 93.0 and new["file_sha256"] != first["file_sha256"]
+
+
+def test_bf16_tables_pair_fp32_and_bf16_rows(mt):
+    machine = {"nproc": 2, "cpu_model": "AMD EPYC", "torch": "2.13.0"}
+    speed = {"benchmark": "bf16-train", "stage": "speed", "date": "2026-12-03T16",
+             "machine": machine, "cpu_bf16_flags": ["avx512_bf16"],
+             "settings": {"threads": 1, "repeats": 7},
+             "rows": [{"case": "eval ConvNet, batch 256", "fp32_s": 1.1, "bf16_s": 0.7,
+                       "speedup": 1.57}]}  # fmt: skip
+    old = {**speed, "date": "2026-12-01T00", "rows": []}  # the newest run counts
+    ev = {"benchmark": "bf16-train", "stage": "eval", "date": "2026-12-03T17",
+          "settings": {"runs": 3, "epochs": 300},
+          "rows": [{"ipc": 10, "precision": "fp32", "mean": 90.0, "std": 1.0, "seconds": 300},
+                   {"ipc": 10, "precision": "bf16", "mean": 89.5, "std": 0.5, "seconds": 200},
+                   {"ipc": 50, "precision": "fp32", "mean": 95.0, "std": 0.1,
+                    "seconds": 900}]}  # fmt: skip
+    lines = mt.bf16_tables([old, speed, ev])
+    assert "| eval ConvNet, batch 256 | 1.100 | 0.700 | 1.57× |" in lines
+    assert any("2 × AMD EPYC (avx512_bf16)" in line for line in lines)
+    body = [line for line in lines if line.startswith("| eval: ")]
+    # IPC 50 has no bf16 row yet: nothing to compare, so no row
+    assert body == [
+        "| eval: 3 ConvNets × 300 epochs on a random IPC 10 subset | 90.00 ± 1.00 (5 min) | "
+        "89.50 ± 0.50 (3 min) | -0.50 |"
+    ]
+    assert mt.bf16_tables([]) == []

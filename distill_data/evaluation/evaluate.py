@@ -470,6 +470,7 @@ def format_report(report: dict) -> str:
         + (f" mix={p['mix']}," if p.get("mix") else "")
         + f" {p['labels']} labels"
         + (f", {p['recipe']} student recipe" if p.get("recipe", "dc") != "dc" else "")
+        + (f", trained in {p['precision']}" if p.get("precision", "fp32") != "fp32" else "")
     )
     for name, r in report["results"].items():
         lines.append(

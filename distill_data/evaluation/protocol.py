@@ -79,6 +79,9 @@ class EvalConfig:
             None: DSA.
         mix: batch mixing of the ``sre2l``/``infer`` recipes: ``mixup`` (theirs, α 0.8)
             or ``cutmix`` (α :data:`CUTMIX_ALPHA`); None: the recipe's own.
+        precision: ``fp32`` (the papers') or ``bf16``: the models train with their
+            forward passes under bfloat16 autocast (see
+            :class:`~distill_data.train.TrainRecipe`); testing stays float32.
     """
 
     model: str = "convnet"
@@ -96,6 +99,7 @@ class EvalConfig:
     recipe: str = "dc"
     pipeline: str | None = None
     mix: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         require(
@@ -134,7 +138,7 @@ class EvalConfig:
         """The :class:`TrainRecipe` the evaluation models train with: the preset
         ``recipe`` with this config's overrides, for ``epochs`` (default ``self.epochs``)."""
         base = get_recipe(self.recipe)
-        changes: dict = {"epochs": epochs or self.epochs}
+        changes: dict = {"epochs": epochs or self.epochs, "precision": self.precision}
         for key in ("lr", "momentum", "weight_decay", "batch_size"):
             if getattr(self, key) is not None:
                 changes[key] = getattr(self, key)

@@ -21,11 +21,10 @@ from distill_data.augment import DSA, AugParams, strategy_for
 from distill_data.config import require
 from distill_data.errors import ConfigError
 from distill_data.models import MODELS, build_model
-from distill_data.runtime import to_device
+from distill_data.runtime import PRECISIONS, autocast_for, to_device
 from distill_data.synth.base import Generator, GeneratorConfig
 
 INITS = ("real", "noise")
-PRECISIONS = ("fp32", "bf16")
 SIAMESE = ("batch", "sample")
 
 
@@ -303,9 +302,7 @@ class MatchingGenerator(Generator):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast for ``precision=bf16``, else a no-op."""
-        if self.config.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_for(self.config.precision, self.device)
 
     def after_backward(self) -> None:
         """Hook between backward and the optimiser steps (e.g. gradient ascent parts)."""

@@ -32,6 +32,7 @@ from distill_data.data import ImageSpace
 from distill_data.dist import ONE, Dist, batch_group
 from distill_data.errors import DivergedError
 from distill_data.models import nonfinite_tensors
+from distill_data.runtime import autocast_for
 from distill_data.train.losses import DEFAULT_TEMPERATURES, kd_loss
 from distill_data.train.recipe import TrainRecipe
 from distill_data.train.syncbn import synced_batchnorm
@@ -225,6 +226,7 @@ def fit(
             mix_rng.bit_generator.state = resume.mix_rng
         start = resume.epoch
     net = model if not group.active else _data_parallel(model, device)
+    amp, amp_on = autocast_for(recipe.precision, device), recipe.precision != "fp32"
     # under DDP, BatchNorm and the activation observers see the whole batch on every rank
     with synced_batchnorm(model, group):
         x_all, y_all = data.images.to(device), data.labels.to(device)
@@ -265,11 +267,15 @@ def fit(
                     x, y = x[rows], y[rows]
                     target = None if target is None else target[rows]
                 with batch_group(split):  # statistics over the ranks that split the batch
-                    out = net(x)
-                    # (kd none: the teacher runs only for a feature term's hooks)
-                    if teacher is not None and (recipe.kd != "none" or aux_loss is not None):
-                        with torch.no_grad():
-                            target = teacher(x)
+                    with amp:
+                        out = net(x)
+                        # (kd none: the teacher runs only for a feature term's hooks)
+                        if teacher is not None and (recipe.kd != "none" or aux_loss is not None):
+                            with torch.no_grad():
+                                target = teacher(x)
+                    if amp_on:  # the losses in float32 (a no-op for float32 tensors)
+                        out = out.float()
+                        target = None if target is None else target.float()
                     loss = student_loss(recipe, out, target, y, temperature)
                     if aux_loss is not None:
                         loss = loss + aux_loss()

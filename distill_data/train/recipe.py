@@ -52,6 +52,7 @@ from typing import Any
 
 from distill_data.config import make_config, require
 from distill_data.errors import ConfigError
+from distill_data.runtime import PRECISIONS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -92,6 +93,12 @@ class TrainRecipe:
         temperature: softmax temperature of the distillation term; None: the stored set's
             temperature, or the loss's paper default when a teacher labels the batches.
         kd_t2: multiply the KL term by T² (Hinton's scaling); SRe2L's students drop it.
+        precision: ``fp32`` (the papers') or ``bf16``: the forward passes (student and
+            teacher) under bfloat16 autocast, the weights, optimiser, losses and the test
+            pass in float32 (:func:`distill_data.runtime.autocast_for`). Faster where the
+            hardware has bfloat16 arithmetic; results move by its rounding, so tables
+            made with it say so. Float networks only: the student trainer refuses it
+            with ``quant`` (bfloat16 would round the fake-quantization grids).
     """
 
     epochs: int = 300
@@ -112,6 +119,7 @@ class TrainRecipe:
     kd_alpha: float = 1.0
     temperature: float | None = None
     kd_t2: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from distill_data.augment import PRESETS
@@ -178,6 +186,10 @@ class TrainRecipe:
         require(
             self.temperature is None or self.temperature > 0,
             f"temperature must be > 0, got {self.temperature}",
+        )
+        require(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose from: {', '.join(PRECISIONS)}",
         )
 
     @property

@@ -344,6 +344,11 @@ def train_student(
         raise ConfigError(f"init=teacher needs a teacher ({opt('teacher', 'T.pt')})")
     if cfg.feature_weight > 0 and not teachers:
         raise ConfigError("feature_weight > 0 matches a teacher's features: pass a teacher")
+    if recipe.precision != "fp32" and cfg.quant != "none":
+        raise ConfigError(
+            f"precision={recipe.precision} trains float students only: bfloat16 would round "
+            f"quant={cfg.quant}'s fake-quantization grids; use precision=fp32"
+        )
     spec = cfg.spec()
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.init == "teacher":
@@ -809,12 +814,14 @@ def format_student_report(report: dict) -> str:
     st = report["student"]
     trained = st.get("trained_parameters", st["parameters"])
     some = f", {trained:,} trained" if trained < st["parameters"] else ""  # freeze_weights, dq
+    precision = report.get("settings", {}).get("recipe", {}).get("precision", "fp32")
     lines = [
         f"student {st['model']} ({st['parameters']:,} parameters{some}) on "
         f"{report['data']['source']}"
         f" ({report['data']['images']} images): {report['loss']}, {report['epochs']} "
         f"epoch{'' if report['epochs'] == 1 else 's'}, "
         f"{report['seconds_per_epoch']:.2f} s/epoch"
+        + (f", trained in {precision}" if precision != "fp32" else "")
     ]
     if "teacher" in report:
         t = report["teacher"]

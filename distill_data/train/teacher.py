@@ -42,6 +42,8 @@ class TeacherConfig:
         pipeline: augment with a kornia training pipeline instead of DSA (a name in
             :data:`distill_data.augment.PRESETS`, e.g. ``random_crop``: the usual
             ``RandomCrop(padding=4)`` + flip, no flip for digits); None: DSA.
+        precision: ``fp32`` or ``bf16`` (forward passes under bfloat16 autocast; see
+            :class:`~distill_data.train.TrainRecipe`).
     """
 
     model: str = "resnet"
@@ -54,6 +56,7 @@ class TeacherConfig:
     width: int | None = None
     seed: int = 0
     pipeline: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         require(
@@ -79,7 +82,7 @@ class TeacherConfig:
         elif self.pipeline is not None:
             name = self.pipeline.strip().lower()
             changes["augment"] = DEFAULT_PRESET if name == "kornia" else name
-        return replace(get_recipe("teacher"), **changes)
+        return replace(get_recipe("teacher"), precision=self.precision, **changes)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
