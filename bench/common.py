@@ -84,7 +84,8 @@ def write_result(name: str, payload: dict) -> Path:
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex): which teacher file a result was made with."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -103,7 +104,7 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
 
     record = RESULTS / f"teacher_{dataset}_{name}.json"
     if out.exists():
-        sha = _sha256(out)
+        sha = file_sha256(out)
         if record.exists() and json.loads(record.read_text()).get("file_sha256") == sha:
             print(f"teacher {name}: {out} exists, recorded in {record.name}")
             return
@@ -130,7 +131,7 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
         print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
         if record.exists():  # the file was lost (bench/.work is per machine): retrained
             old = json.loads(record.read_text())
-            if old.get("file_sha256") == _sha256(out):
+            if old.get("file_sha256") == file_sha256(out):
                 print(f"teacher {name}: retrained bitwise to the file {record.name} records")
                 return
             kept = _keep_record(record, old)
@@ -138,7 +139,7 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
                 f"teacher {name}: retrained to another file than {record.name} recorded "
                 f"(kept as {kept.name}); results made since name this one"
             )
-    write_result(record.stem, {"benchmark": "teacher", **rep, "file_sha256": _sha256(out)})
+    write_result(record.stem, {"benchmark": "teacher", **rep, "file_sha256": file_sha256(out)})
 
 
 def _keep_record(record: Path, doc: dict) -> Path:

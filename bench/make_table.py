@@ -1025,6 +1025,8 @@ def student_set_table(results: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:  # a retrained teacher (bench/.work is per machine) gets rows of its own
         name = f"{r['teacher_name']} ({r['report']['teacher']['test_accuracy']:.2f})"
+        if r.get("teacher_sha256"):  # recorded since 3 Dec 2026
+            name += f" file {r['teacher_sha256'][:8]}"
         key = (name, r["method"], r["ipc"], r.get("device", "cpu"))
         groups.setdefault(key, []).append(r)
     full = {}
@@ -1064,7 +1066,8 @@ def student_set_table(results: list[dict]) -> list[str]:
         "(KD 0.9·T²·KL + 0.1·CE, T = 4) for the epochs shown; test accuracy % at the final "
         "epoch, mean ± std over seeds)",
         "",
-        "| teacher (its accuracy) | set | IPC | images | test accuracy % | epochs |",
+        "| teacher (its accuracy; file sha256 where recorded) | set | IPC | images | "
+        "test accuracy % | epochs |",
         "|---|---|---|---|---|---|",
         *rows,
     ]

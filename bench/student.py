@@ -39,7 +39,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, ensure_teacher, peak_rss_mib, reset_peak_rss, write_result  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    ensure_teacher,
+    file_sha256,
+    peak_rss_mib,
+    reset_peak_rss,
+    write_result,
+)
 
 import distill_data as dd  # noqa: E402
 from distill_data.data import load_dataset  # noqa: E402
@@ -337,6 +344,7 @@ def stage_sets(
                         "benchmark": "student-from-set",
                         "device": DEVICE,
                         "teacher_name": teacher,
+                        "teacher_sha256": file_sha256(teacher_path(teacher)),
                         "method": method,
                         "ipc": ipc,
                         "seed": seed,

@@ -702,8 +702,9 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
 
     gpu = {**run("ncfm", 10, 0, 95.0), "device": "cuda"}
     retrained = run("dm", 10, 2, 93.0, teacher_acc=97.9)  # a lost teacher trained again
+    same_acc = {**run("dm", 10, 3, 94.0), "teacher_sha256": "abcdef0123" + "0" * 54}
     rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0), retrained,
-                                 run("random", 10, 0, 85.0), gpu, full("resnet", 97.0),
+                                 same_acc, run("random", 10, 0, 85.0), gpu, full("resnet", 97.0),
                                  full("convnet_bn", 98.0)])  # fmt: skip
     assert rows[-1] == "| resnet (97.70) | full training split | — | 4000 | 97.00 (1 seed) | 30 |"
     assert not any(r.startswith("| convnet_bn") for r in rows)  # no sets of that teacher
@@ -715,7 +716,11 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
         "| resnet (97.70) | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |"
     )
     assert body[2].startswith("| resnet (97.70) | random (defaults) | 10 | 100 | 85.00")
-    assert body[3] == ("| resnet (97.90) | dm (iterations 200) | 10 | 100 | 93.00 (1 seed) | 300 |")
+    # the same accuracy from another file (retrained since): its own rows, named by the file
+    assert body[3] == (
+        "| resnet (97.70) file abcdef01 | dm (iterations 200) | 10 | 100 | 94.00 (1 seed) | 300 |"
+    )
+    assert body[4] == ("| resnet (97.90) | dm (iterations 200) | 10 | 100 | 93.00 (1 seed) | 300 |")
     assert mt.student_set_table([]) == []
 
 
