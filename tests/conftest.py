@@ -152,3 +152,28 @@ def interrupt_build(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         monkeypatch.setattr(cls, "step", real_step)
 
     return run
+
+
+@pytest.fixture
+def count_steps(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[int]]:
+    """``count_steps(GenCls, build)``: run ``build()`` and return the iterations its
+    ``GenCls.step`` ran, in order. A resumed build must run exactly the iterations after
+    its checkpoint: ending with the uninterrupted images alone does not show that it
+    resumed (a deterministic build that ignored the checkpoint and started over would
+    end with them too)."""
+
+    def run(cls: type, build: Callable[[], object]) -> list[int]:
+        real_step, ran = cls.step, []
+
+        def counting(self, it):
+            ran.append(it)
+            return real_step(self, it)
+
+        monkeypatch.setattr(cls, "step", counting)
+        try:
+            build()
+        finally:
+            monkeypatch.setattr(cls, "step", real_step)
+        return ran
+
+    return run

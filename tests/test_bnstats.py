@@ -115,7 +115,9 @@ def test_zeroq_data_free_build_reduces_bn_loss(teacher_file, tmp_path):
     assert optimised < 0.75 * float(gen.loss(noise).detach())
 
 
-def test_zeroq_resume_across_batches_is_identical(teacher_file, tmp_path, interrupt_build):
+def test_zeroq_resume_across_batches_is_identical(
+    teacher_file, tmp_path, interrupt_build, count_steps
+):
     opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}
     full = tmp_path / "full.h5"
     dd.build(None, "zeroq", None, full, teacher=teacher_file, count=7, options=opts, quiet=True)
@@ -128,17 +130,21 @@ def test_zeroq_resume_across_batches_is_identical(teacher_file, tmp_path, interr
         ),
     )  # inside the second batch
     assert checkpoint_path_for(out).exists() and not out.exists()
-    dd.build(
-        None,
-        "zeroq",
-        None,
-        out,
-        teacher=teacher_file,
-        count=7,
-        options=opts,
-        quiet=True,
-        resume=True,
+    ran = count_steps(
+        ZeroQ,
+        lambda: dd.build(
+            None,
+            "zeroq",
+            None,
+            out,
+            teacher=teacher_file,
+            count=7,
+            options=opts,
+            quiet=True,
+            resume=True,
+        ),  # fmt: skip
     )
+    assert ran == [6, 7]  # batches of 3 and 4 (a lone image joins) x 4 iterations: on from 6
     assert torch.equal(read_store(full).images, read_store(out).images)
 
 
@@ -177,7 +183,7 @@ def test_genie_generator_shapes(size):
     assert g(torch.randn(4, 16)).shape == (4, 3, *size)
 
 
-def test_genie_build_and_resume(teacher_file, tmp_path, interrupt_build):
+def test_genie_build_and_resume(teacher_file, tmp_path, interrupt_build, count_steps):
     from distill_data.synth.genie import Genie
 
     opts = {"iterations": 3, "batch_size": 3, "latent": 8, "checkpoint_every": 1, "decay_every": 2}
@@ -191,17 +197,21 @@ def test_genie_build_and_resume(teacher_file, tmp_path, interrupt_build):
             None, "genie", None, out, teacher=teacher_file, count=6, options=opts, quiet=True
         ),
     )
-    dd.build(
-        None,
-        "genie",
-        None,
-        out,
-        teacher=teacher_file,
-        count=6,
-        options=opts,
-        quiet=True,
-        resume=True,
+    ran = count_steps(
+        Genie,
+        lambda: dd.build(
+            None,
+            "genie",
+            None,
+            out,
+            teacher=teacher_file,
+            count=6,
+            options=opts,
+            quiet=True,
+            resume=True,
+        ),  # fmt: skip
     )
+    assert ran == [4, 5]  # two batches x 3 iterations: on from the checkpoint at step 4
     a, b = read_store(full), read_store(out)
     assert a.images.shape == (6, 1, 10, 10)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)

@@ -295,8 +295,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(
     assert ckpt.read_bytes() == before and not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     # and the build goes on from that checkpoint once there is room
-    proc = run_limited(2**40, *args)
+    proc = run_limited(2**40, *[a for a in args if a != "-q"])
     assert proc.returncode == 0, proc.stderr
+    assert "resuming dm from iteration 3 " in proc.stderr
     assert read_store(out).meta.iterations == 6
 
 

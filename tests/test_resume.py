@@ -35,7 +35,7 @@ def npz(tmp_path):
     return str(path)
 
 
-def test_interrupted_build_resumes_to_identical_result(npz, tmp_path, interrupt_build):
+def test_interrupted_build_resumes_to_identical_result(npz, tmp_path, interrupt_build, count_steps):
     full = tmp_path / "full.h5"
     dd.build(npz, "dm", 2, full, iterations=7, seed=3, options=TINY, quiet=True)
 
@@ -50,7 +50,13 @@ def test_interrupted_build_resumes_to_identical_result(npz, tmp_path, interrupt_
     assert ckpt.exists()
     assert torch.load(ckpt, weights_only=True)["iteration"] == 4
 
-    dd.build(npz, "dm", 2, out, iterations=7, seed=3, options=TINY, quiet=True, resume=True)
+    ran = count_steps(
+        DistributionMatching,
+        lambda: dd.build(
+            npz, "dm", 2, out, iterations=7, seed=3, options=TINY, quiet=True, resume=True
+        ),  # fmt: skip
+    )
+    assert ran == [4, 5, 6]  # on from the checkpoint, not started over
     a, b = read_store(full), read_store(out)
     assert torch.equal(a.images, b.images)
     assert torch.equal(a.labels, b.labels)
@@ -93,7 +99,8 @@ def test_sigkilled_build_resumes_from_last_checkpoint(npz, tmp_path):
     done = torch.load(ckpt, weights_only=True)["iteration"]
     assert 0 < done < 150
 
-    subprocess.run(
-        [*cmd, *common, *every, "--out", str(out), "--resume"], check=True, timeout=300, env=env
-    )
+    loud = [a for a in common if a != "-q"]  # the resume line is a progress message
+    res = subprocess.run([*cmd, *loud, *every, "--out", str(out), "--resume"], check=True,
+                         timeout=300, env=env, capture_output=True, text=True)  # fmt: skip
+    assert f"resuming dm from iteration {done} " in res.stderr + res.stdout
     assert torch.equal(read_store(ref).images, read_store(out).images)

@@ -211,8 +211,11 @@ def test_a_killed_rank_resumes_from_the_checkpoint(files, tmp_path, victim):
     if lone is not None:
         assert lone.returncode == 2
         assert "written by 2 processes" in lone.stderr and "Traceback" not in lone.stderr
-    res = torchrun(build_args(npz, out, "--resume", "--iterations", str(stop)))
+    loud = [a for a in build_args(npz, out, "--resume", "--iterations", str(stop)) if a != "-q"]
+    res = torchrun(loud)
     assert res.returncode == 0, res.stderr[-2000:]
+    # on from the checkpoint (a rebuild from step 0 would end with the same images too)
+    assert f"resuming dm from iteration {saved['iteration']} " in res.stderr
     assert not ckpt.exists()
     ref = tmp_path / "ref.h5"
     dd.build(str(npz), "dm", 2, ref, options={**TINY, "iterations": stop}, quiet=True)
@@ -364,8 +367,9 @@ def test_uneven_batch_shards_resume_past_the_shorter_rank(files, tmp_path):
     res = torchrun([str(script), *args])
     assert res.returncode != 0 and "stopped for the test" in res.stderr
     assert torch.load(Path(str(out) + ".ckpt.pt"), weights_only=True)["iteration"] == 3
-    res = torchrun(["-m", "distill_data", *args, "--resume"])
+    res = torchrun(["-m", "distill_data", *[a for a in args if a != "-q"], "--resume"])
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming zeroq from iteration 3 " in res.stderr
     ref = tmp_path / "ref.h5"
     dd.build(None, "zeroq", None, ref, teacher=str(teacher), count=12,
              options={"batch_size": 4, "iterations": 2}, quiet=True)  # fmt: skip
