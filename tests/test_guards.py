@@ -11,7 +11,7 @@ import torch
 
 import distill_data as dd
 from distill_data.errors import ConfigError
-from distill_data.store import checkpoint_path_for
+from distill_data.store import checkpoint_path_for, read_store
 from distill_data.synth.zeroq import ZeroQ
 
 
@@ -113,10 +113,12 @@ def test_generator_networks_leave_the_global_rng_alone(teacher_file, tiny_npz, t
             "batch_real": 2,
             "pool_size": 1,
             "pretrain_epochs": 1,
+            "frequencies": "sampler",  # builds the sampling network (its init draws)
             "sampler_freqs": 4,
             "sampler_hidden": 8,
         },
     )
+    assert read_store(tmp_path / "n.h5").meta.config["frequencies"] == "sampler"
     assert torch.equal(before, torch.get_rng_state())
 
 

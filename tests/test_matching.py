@@ -690,6 +690,20 @@ def test_ncfm_defaults_are_the_released_configs() -> None:
         True,
     )
     assert (cfg.pool_size, cfg.pretrain_epochs, cfg.lr_img, cfg.loss_scale) == (20, 60, 0.01, 300)
+    assert (cfg.alpha, cfg.beta, cfg.calib_weight, cfg.weight_decay) == (0.5, 0.5, 1.0, 5e-4)
+    assert (cfg.pretrain_lr, cfg.pretrain_batch, cfg.iterations) == (0.01, 128, 20000)
+
+
+def test_dm_and_datadam_defaults_are_the_documented_ones() -> None:
+    """The defaults the module docstrings choose (paper or code, each documented): the
+    reference loss in test_batched_classes_equal_per_class_loop reads them from the config,
+    so only this pins them."""
+    dm = make_config(GENERATORS.get("dm").Config, {})
+    assert (dm.lr_img, dm.momentum, dm.batch_real, dm.iterations) == (1.0, 0.5, 256, 20000)
+    assert (dm.width, dm.depth, dm.init, dm.dsa) == (128, 3, "real", True)
+    dam = make_config(GENERATORS.get("datadam").Config, {})
+    assert (dam.p, dam.lam, dam.loss_scale) == (4.0, 0.01, 100.0)  # paper p, code's 100x
+    assert (dam.iterations, dam.batch_real, dam.lr_img, dam.momentum) == (8000, 64, 1.0, 0.5)
 
 
 # ----------------------------------------------------------------------------- 7. NCFM pool
@@ -761,11 +775,15 @@ def _run(gen, steps: range) -> None:
         gen.step(it)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, "ncfm-sampler"])
 def test_same_seed_same_images_and_resume(method: str, data1, pool_cache) -> None:
+    sampler = method == "ncfm-sampler"  # the sampling network's weights and momentum too
+    method = "ncfm" if sampler else method
     opts = tiny_opts(method, pool_cache)
     if method == "ncfm":
         opts["calib_weight"] = 1.0  # also exercise the calibration term
+    if sampler:
+        opts.update(frequencies="sampler", sampler_freqs=4, sampler_hidden=8)
     a = make_gen(method, data1, seed=7, **opts)
     _run(a, range(3))
     b = make_gen(method, data1, seed=7, **opts)
@@ -785,6 +803,10 @@ def test_same_seed_same_images_and_resume(method: str, data1, pool_cache) -> Non
     resumed.rng.set_state(rng)
     _run(resumed, range(1, 3))
     assert torch.equal(resumed.result()[0], a.result()[0])
+    if sampler:
+        assert resumed.sampler is not None
+        want = a.sampler.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in resumed.sampler.state_dict().items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -424,7 +424,10 @@ class NCFM(MatchingGenerator):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.sampler is not None:
-            state["sampler"] = {k: v.detach().cpu() for k, v in self.sampler.state_dict().items()}
+            # cloned: on the CPU .cpu() is the live tensor, which the next step changes
+            state["sampler"] = {
+                k: v.detach().cpu().clone() for k, v in self.sampler.state_dict().items()
+            }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
