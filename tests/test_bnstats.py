@@ -115,6 +115,65 @@ def test_zeroq_data_free_build_reduces_bn_loss(teacher_file, tmp_path):
     assert optimised < 0.75 * float(gen.loss(noise).detach())
 
 
+def _reference_bn_objective(net, x, reduce: str, stats: str, prior_stats: str,
+                            eps: float = 1e-6) -> float:  # fmt: skip
+    """ZeroQ's Eq. 2 / Genie's loss written out in float64 from the layers' own inputs:
+    Σ_BN [Σ or mean over channels of (μ̂_c − μ_c)² + (sqrt(σ̂²_c + eps) − sqrt(σ²_c + eps))²]
+    with the batch's statistics (``stats="batch"``) or each image's, averaged over images
+    (``"sample"``; unbiased variance), plus the input prior: per channel mean 0, std 1,
+    summed over channels, on the batch or per image (``prior_stats``)."""
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach())))
+             for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    assert len(inputs) >= 2
+
+    def term(h, mu, var, how, red):  # h: (N, C, H, W) -> one layer's distance
+        if how == "sample":
+            return sum(term(h[i : i + 1], mu, var, "batch", red) for i in range(len(h))) / len(h)
+        flat = h.double().transpose(0, 1).reshape(h.shape[1], -1)
+        m, v = flat.mean(1), flat.var(1, unbiased=True)
+        d = (m - mu) ** 2 + (torch.sqrt(v + eps) - torch.sqrt(var + eps)) ** 2
+        return float(d.sum() if red == "sum" else d.mean())
+
+    total = sum(term(h, bn.running_mean.double(), bn.running_var.double(), stats, reduce)
+                for bn, h in inputs)  # fmt: skip
+    c = x.shape[1]
+    zero, one = torch.zeros(c, dtype=torch.float64), torch.full((c,), 1 - eps, dtype=torch.float64)
+    return total + term(x, zero, one, prior_stats, "sum")
+
+
+@pytest.mark.parametrize("method, stats", [("zeroq", "batch"), ("zeroq", "sample"),
+                                           ("genie", None)])  # fmt: skip
+def test_the_data_free_objectives_are_the_papers(teacher_file, method, stats):
+    """ZeroQ sums each BN layer's squared statistic gaps over channels (Eq. 2) and adds an
+    input prior, on the batch's statistics (the paper) or each image's (the code's
+    ``stats=sample``); Genie averages the gaps over channels, on the batch, and puts the
+    prior on each image. Pinned against a float64 reference, on inputs far from the prior
+    (so dropping it shows), not against the loss the build optimises."""
+    from distill_data.synth.genie import Genie
+
+    net, meta = dd.train.load_teacher(teacher_file)
+    spec = dd.api._spec_from_teacher(meta, net)
+    if method == "zeroq":
+        gen = ZeroQ(ZeroQ.Config(iterations=1, batch_size=4, stats=stats), spec, 0, count=4,
+                    teacher=net)  # fmt: skip
+        how = ("sum", stats, stats)
+    else:
+        gen = Genie(Genie.Config(iterations=1, batch_size=4, latent=8), spec, 0, count=4,
+                    teacher=net)  # fmt: skip
+        how = ("mean", "batch", "sample")
+    gen.setup()
+    x = 3 * fixed((4, 1, 10, 10), seed=4) + 1
+    want = _reference_bn_objective(net, x, *how)
+    assert float(gen.loss(x).detach()) == pytest.approx(want, rel=1e-5)
+    prior = float(input_prior(x, how[2]).detach())
+    assert prior > 1e-3 * want  # the prior is a visible part of what is pinned
+
+
 def test_zeroq_resume_across_batches_is_identical(
     teacher_file, tmp_path, interrupt_build, count_steps
 ):
@@ -215,6 +274,41 @@ def test_genie_build_and_resume(teacher_file, tmp_path, interrupt_build, count_s
     a, b = read_store(full), read_store(out)
     assert a.images.shape == (6, 1, 10, 10)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_sre2l_objective_and_defaults_are_the_papers(teacher_file):
+    """SRe2L's recover loss (Yin et al. 2023, Eq. 4-5; official recover code):
+    CE(f(x̃), y) + r_bn·(10·d_1 + Σ_{l>1} d_l), d_l = ||μ̂_l − μ_l||₂ + ||σ̂²_l − σ²_l||₂
+    with the batch's biased variance, written out in float64 (no jitter, flip or crop
+    here, so the view is the image itself); and the official defaults."""
+    from distill_data.synth.sre2l import SRe2L
+
+    cfg = SRe2L.Config()
+    assert (cfg.iterations, cfg.lr, cfg.beta1, cfg.beta2) == (1000, 0.25, 0.5, 0.9)
+    assert (cfg.r_bn, cfg.first_bn_multiplier, cfg.jitter, cfg.temperature) == (
+        0.01, 10.0, 4, 30.0)  # fmt: skip
+    net, meta = dd.train.load_teacher(teacher_file)
+    spec = dd.api._spec_from_teacher(meta, net)
+    gen = SRe2L(SRe2L.Config(iterations=1, jitter=0, flip=False), spec, 1, teacher=net)
+    gen.setup()
+    x = 3 * fixed((3, 1, 10, 10), seed=6) + 1
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach())))
+             for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+    with torch.no_grad():
+        logits = net(x)
+    for h in hooks:
+        h.remove()
+    d = []
+    for bn, h in inputs:
+        flat = h.double().transpose(0, 1).reshape(h.shape[1], -1)
+        mean, var = flat.mean(1), flat.var(1, unbiased=False)
+        d.append(float(torch.linalg.vector_norm(mean - bn.running_mean.double())
+                       + torch.linalg.vector_norm(var - bn.running_var.double())))  # fmt: skip
+    ce = float(torch.nn.functional.cross_entropy(logits.double(), gen.y))
+    want = ce + 0.01 * (10 * d[0] + sum(d[1:]))
+    assert float(gen.loss(x).detach()) == pytest.approx(want, rel=1e-5)
+    assert 0.01 * 10 * d[0] > 1e-3 * want  # the BN term is a visible part of it
 
 
 def test_sre2l_recovers_labelled_images_with_soft_labels(teacher_file, tiny_npz, tmp_path):
