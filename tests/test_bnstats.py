@@ -234,6 +234,50 @@ def test_swing_offsets():
     torch.testing.assert_close(shifted[..., 0, 1:], x[..., 1, :-1])  # reflected row
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_genie_swings_the_inputs_of_strided_convolutions(tiny_npz, tmp_path, on):
+    """Genie's swing convolution (Jeon et al. 2023, Sec. 3.2): every strided convolution
+    of the teacher sees its input reflect-padded by one pixel and cropped back at one
+    (dy, dx) drawn per forward pass and shared by all of them; its hooks are gone after
+    the loss. (convnet_bn has no strided convolution: a ResNet teacher here.)"""
+    from distill_data.synth.genie import Genie, swing
+
+    path = tmp_path / "r.pt"
+    dd.teacher(str(tiny_npz), path, model="resnet", epochs=1, width=4, quiet=True)
+    net, meta = dd.train.load_teacher(path)
+    strided = [m for m in net.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1)]  # fmt: skip
+    assert len(strided) >= 2
+    seen: dict[str, list] = {"in": [], "used": []}
+    mine = [
+        m.register_forward_pre_hook(lambda m, a: seen["in"].append(a[0].detach())) for m in strided
+    ]  # fmt: skip  (registered first: sees the input unswung)
+    mine += [m.register_forward_hook(lambda m, a, o: seen["used"].append(a[0].detach()))
+             for m in strided]  # fmt: skip
+    spec = dd.api._spec_from_teacher(meta, net)
+    cfg = Genie.Config(iterations=1, batch_size=4, latent=8, swing=on)
+    gen = Genie(cfg, spec, 0, count=4, teacher=net)
+    gen.setup()
+    offsets = []
+    for seed in range(4):
+        seen["in"].clear()
+        seen["used"].clear()
+        gen.loss(fixed((4, 1, 10, 10), seed=seed))
+        pairs = list(zip(seen["in"], seen["used"]))
+        assert len(pairs) == len(strided)
+        found = [(dy, dx) for dy in range(3) for dx in range(3)
+                 if all(torch.equal(swing(a, dy, dx), b) for a, b in pairs)]  # fmt: skip
+        assert len(found) == 1  # one offset, shared by every strided convolution
+        offsets.append(found[0])
+    if on:
+        assert set(offsets) != {(1, 1)}  # (1, 1) is the unshifted crop
+    else:
+        assert set(offsets) == {(1, 1)}
+    for h in mine:
+        h.remove()
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())
+
+
 @pytest.mark.parametrize("size", [(28, 28), (10, 10), (12, 9)])
 def test_genie_generator_shapes(size):
     from distill_data.synth.genie import GenieGenerator
