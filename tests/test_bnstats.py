@@ -45,8 +45,11 @@ def test_feature_stats_batch_and_sample():
     torch.testing.assert_close(m, flat.mean(1))
     torch.testing.assert_close(v, flat.var(1))
     m, v = feature_stats(x, "sample")
-    assert m.shape == (3, 2)
-    torch.testing.assert_close(v[1, 0], x[1, 0].flatten().var())
+    assert m.shape == v.shape == (3, 2)
+    torch.testing.assert_close(m, x.flatten(2).mean(2))
+    torch.testing.assert_close(v, x.flatten(2).var(2))
+    _, vb = feature_stats(x, "sample", unbiased=False)
+    torch.testing.assert_close(vb, x.flatten(2).var(2, unbiased=False))
 
 
 def bn_net():
@@ -733,7 +736,9 @@ def test_eval_sre2l_recipe_report_and_errors(sre2l_store, teacher_file, tiny_npz
     with pytest.raises(ConfigError, match="unknown recipe"):
         dd.evaluate(out, str(tiny_npz), recipe="fkd", **kw)
     code, _, stderr = run_cli("eval", out, "--dataset", tiny_npz, "--soft", "--recipe", "sre2l")
-    assert code == 2 and stderr.strip().count("\n") == 0 and "--recipe sre2l" in stderr
+    assert code == 2 and stderr.strip().count("\n") == 0
+    assert "--recipe sre2l distils from the teacher" in stderr
+    assert "needs --soft, --relabel online and --teacher" in stderr
 
 
 def test_eval_infer_recipe_stored_and_online(sre2l_store, teacher_file, tiny_npz, run_cli):

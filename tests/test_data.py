@@ -24,7 +24,6 @@ from distill_data.data import (
     detect_format,
     list_datasets,
     load_dataset,
-    make_real_dataset,
 )
 from distill_data.data import builtin as builtin_mod
 from distill_data.data.formats import RestrictedUnpickler, load_path, read_idx, restricted_load
@@ -246,7 +245,7 @@ def test_npz_object_classes_refused(tmp_path):
 def test_npz_not_a_zip(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"definitely not a zip archive")
-    with pytest.raises(DataError, match="bad.npz"):
+    with pytest.raises(DataError, match="bad.npz: not a .npz archive"):
         load_path(bad)
 
 
@@ -295,7 +294,11 @@ def test_imagefolder_png_and_jpg(tmp_path):
     got, want = ds.x_train.numpy(), to_nchw(saved["train"][0], "NHWC")
     png = np.arange(len(want)) % N_TRAIN % 2 == 1  # files 01, 03 are PNG
     np.testing.assert_array_equal(got[png], want[png])
-    assert np.abs(got[~png] - want[~png]).mean() < 0.25  # JPG is lossy, but close
+    # JPG is lossy (on random noise, its worst case, off by 0.18 on average): the pixels
+    # must still be these images' (correlation 0.61 measured; another image's is ~0)
+    jpg = np.corrcoef(got[~png].ravel(), want[~png].ravel())[0, 1]
+    other = np.corrcoef(got[~png].ravel(), np.roll(want[~png], 1, axis=0).ravel())[0, 1]
+    assert jpg > 0.4 and abs(other) < 0.2
 
 
 def test_imagefolder_mixed_modes_become_rgb(tmp_path):
@@ -581,8 +584,10 @@ def test_empty_and_unknown_folder(tmp_path):
 
 
 def test_errors_are_library_errors():
+    import distill_data.data as data_mod
+
     assert issubclass(DataError, DistillDataError)
-    assert make_real_dataset is not None  # exported
+    assert "make_real_dataset" in data_mod.__all__  # exported
 
 
 # --------------------------------------------------------------------------- built-ins

@@ -58,6 +58,7 @@ def test_teacher_with_other_normalisation_is_refused(teacher_file, tmp_path, mak
     np.savez(other, **arrays)
     with pytest.raises(ConfigError, match="normalisation mean"):
         dd.build(str(other), "sre2l", 1, tmp_path / "s.h5", teacher=teacher_file)
+    assert not (tmp_path / "s.h5").exists()
 
 
 def test_infer_group_count_is_exact_integer_arithmetic():
@@ -75,8 +76,9 @@ def test_infer_group_count_is_exact_integer_arithmetic():
 
 @pytest.mark.parametrize("seed", [-1, 2**62])
 def test_seed_out_of_range(tiny_npz, tmp_path, seed):
-    with pytest.raises(ConfigError, match="seed"):
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 2\*\*62\)"):
         dd.build(str(tiny_npz), "random", 1, tmp_path / "r.h5", seed=seed)
+    assert not (tmp_path / "r.h5").exists()
 
 
 def test_eval_teacher_without_soft_is_refused(teacher_file, tiny_npz, tmp_path):

@@ -110,9 +110,10 @@ def test_a_file_of_another_kind_needs_force(run_cli, tiny_npz, store, tmp_path):
     assert_one_error_line(*res)
     assert "refusing to overwrite" in res[2] and "--force" in res[2]
     assert other.read_text() == "my notes\n"
+    before = tiny_npz.read_bytes()
     res = run_cli("show", store, "--out", tiny_npz)  # a dataset the command does not read
     assert_one_error_line(*res)
-    assert "an .npz dataset, not a PNG picture" in res[2]
+    assert "an .npz dataset, not a PNG picture" in res[2] and tiny_npz.read_bytes() == before
     # same kind: a rebuild replaces its store, a redraw its picture
     assert run_cli("show", store, "--out", png)[0] == 0
     assert run_cli("show", store, "--out", png)[0] == 0
@@ -170,7 +171,7 @@ def test_a_class_without_training_images_is_named(run_cli, tmp_path):
     res = run_cli("build", "-d", path, "-m", "random", "--ipc", 1, "--out", tmp_path / "o.h5")
     assert_one_error_line(*res)
     assert "class 'dog'" in res[2] and "no training images" in res[2]
-    assert "--ipc 0" not in res[2]
+    assert "--ipc 0" not in res[2] and not (tmp_path / "o.h5").exists()
     # a test-only label is such a class too
     path = write_labels(tmp_path / "t.npz", [0, 0, 1, 1], [0, 1, 5])
     with pytest.warns(DistillDataWarning), pytest.raises(DataError, match="class '5'"):
@@ -183,6 +184,7 @@ def test_random_bytes_are_not_a_pickle_question(run_cli, tmp_path):
     res = run_cli("build", "-d", path, "-m", "random", "--ipc", 1, "--out", tmp_path / "o.h5")
     assert_one_error_line(*res)
     assert "not a .npz archive" in res[2] and "pickle" not in res[2]
+    assert not (tmp_path / "o.h5").exists()
 
 
 # --------------------------------------------------------------------------- sizes, devices
@@ -203,7 +205,7 @@ def test_devices_this_machine_lacks(run_cli, tiny_npz, tmp_path, device):
     res = run_cli("build", "-d", tiny_npz, "-m", "dm", "--ipc", 1, "--out", tmp_path / "o.h5",
                   "--device", device)  # fmt: skip
     assert_one_error_line(*res)
-    assert repr(device) in res[2]
+    assert repr(device) in res[2] and not (tmp_path / "o.h5").exists()
 
 
 # --------------------------------------------------------------------------- numbers
@@ -217,7 +219,7 @@ def test_impossible_numbers_are_refused_by_name(run_cli, tiny_npz, tmp_path, val
     res = run_cli("build", "-d", tiny_npz, "-m", "dm", "--ipc", 1, "--out", tmp_path / "o.h5",
                   "--set", f"lr_img={value}")  # fmt: skip
     assert_one_error_line(*res)
-    assert "lr_img" in res[2] and needle in res[2]
+    assert "lr_img" in res[2] and needle in res[2] and not (tmp_path / "o.h5").exists()
 
 
 def test_a_diverging_build_names_its_learning_rate(run_cli, tiny_npz, tmp_path):
@@ -321,6 +323,27 @@ def test_a_lent_teacher_module_is_left_as_it_was(tiny_npz, teacher_file, tmp_pat
     assert net.training
     assert [p.requires_grad for p in net.parameters()] == frozen_before
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_lent_resnet_teacher_is_left_as_it_was_by_genie_and_infer(tiny_npz, tmp_path):
+    """Genie hooks a teacher's strided convolutions (a convnet_bn has none) and INFER
+    labels with it: the module lent is as it was, hooks included."""
+    from distill_data.models import load_model
+
+    path = tmp_path / "r.pt"
+    dd.teacher(str(tiny_npz), path, model="resnet", epochs=1, width=4, quiet=True)
+    net, _ = load_model(path)
+    net.train()
+    frozen_before = [p.requires_grad for p in net.parameters()]
+    state = copy.deepcopy(net.state_dict())
+    dd.build(str(tiny_npz), "genie", None, tmp_path / "g.h5", teacher=net, count=4,
+             options={"iterations": 2, "batch_size": 4, "latent": 8}, quiet=True)  # fmt: skip
+    dd.build(str(tiny_npz), "infer", 2, tmp_path / "i.h5", teacher=net,
+             options={"iterations": 2}, quiet=True)  # fmt: skip
+    assert net.training
+    assert [p.requires_grad for p in net.parameters()] == frozen_before
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())
 
 
 @pytest.mark.parametrize(
