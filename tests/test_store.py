@@ -436,10 +436,14 @@ def test_sigkill_mid_write_never_leaves_a_corrupt_store(tmp_path: Path) -> None:
             line = proc.stdout.readline()
             assert line.strip(), f"writer died: {proc.stderr.read()}"
             stamps.append(time.monotonic())
-        # kill roughly in the middle of the next write
-        time.sleep(max(0.0, (stamps[2] - stamps[1]) / 2))
+        # kill while the next write is under way: its temp file is there
+        deadline = time.monotonic() + 10 * max(stamps[2] - stamps[1], 0.1)
+        mid_write = False
+        while not mid_write and time.monotonic() < deadline:
+            mid_write = any(".tmp-" in q.name for q in tmp_path.iterdir())
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+        assert mid_write, "no write was under way to interrupt"
     finally:
         if proc.poll() is None:
             proc.kill()
