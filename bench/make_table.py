@@ -1729,6 +1729,53 @@ def recon_tables(results: list[dict]) -> list[str]:
     return out + recon_gpu_table([r for r in every if r.get("device", "cpu") != "cpu"])
 
 
+def recon_steps_table(results: list[dict]) -> list[str]:
+    """``bench/recon.py --stage steps``: the same reconstruction at several step counts
+    per block (the papers' 20,000 against the 1,000 of the methods table), one row per
+    (teacher file, calibration, method, bits)."""
+    runs = [r for r in results if r.get("benchmark") == "reconstruction-steps"]
+    if not runs:
+        return []
+    latest = _latest(runs, "teacher_sha256", "calib_name", "method", "bits", "iterations",
+                     "device")  # fmt: skip
+    steps = sorted({r["iterations"] for r in latest.values()})
+    rows: dict[tuple, dict[int, dict]] = {}
+    for (sha, calib, method, bits, its, device), r in latest.items():
+        rows.setdefault((r["teacher_name"], sha, calib, method, bits, device), {})[its] = r
+    out = [
+        "",
+        "**Reconstruction at more steps per block** (`bench/recon.py --stage steps`; `mnist5k`, "
+        "teacher's fp32 accuracy and file sha256 prefix in brackets; test accuracy % of the "
+        "quantized teacher, first and last layer at 8 bits; in brackets the seconds per "
+        "reconstructed block, 1 thread, another benchmark on the other core; one seed)",
+        "",
+        "| teacher | calibration | method | bits | "
+        + " | ".join(f"{n:,} steps" for n in steps)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(steps),
+    ]
+
+    def rank(calib: str) -> int:  # real images first, noise last
+        return 0 if calib.startswith("real") else 2 if calib.startswith("noise") else 1
+
+    for key in sorted(rows, key=lambda k: (k[0], k[1], rank(k[2]), k[2], k[3], k[4])):
+        teacher, sha, _, method, bits, device = key
+        by = rows[key]
+        first = next(iter(by.values()))
+        cells = [
+            f"{by[n]['result']['quant_accuracy']:.2f} ({by[n]['seconds_per_block']:.0f} s)"
+            if n in by
+            else "—"
+            for n in steps
+        ]
+        on = "" if device == "cpu" else f", on {device}"
+        out.append(
+            f"| {teacher} ({first['result']['fp32_accuracy']:.2f}, {sha[:8]}) | "
+            f"{_calib_label(first)}{on} | {RECON_LABEL[method]} | {bits} | {' | '.join(cells)} |"
+        )
+    return out
+
+
 def _on_cpu(results: list[dict]) -> list[dict]:
     """Results measured on the CPU (files without a device are CPU runs)."""
     return [r for r in results if r.get("device", "cpu") == "cpu"]
@@ -1894,7 +1941,7 @@ def render_full(results: list[dict]) -> str:
         ("Students: distillation and quantization", student_tables(results)),
         ("", zeroshot_table(results) + student_set_table(results)),
         ("Reconstruction PTQ: AdaRound, BRECQ, QDrop, Genie-M", recon_tables(results)),
-        ("", mixed_tables(results) + format_tables(results)),
+        ("", recon_steps_table(results) + mixed_tables(results) + format_tables(results)),
         ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
         ("kornia in the training pipelines", kornia_tables(results)),
         ("bfloat16 training", bf16_tables(results)),

@@ -17,6 +17,11 @@ is about an hour per network on this CPU), every other setting the official code
         --bits w2a4 --calib real:1024 noise:1024 --data-free zeroq:100 --count 1024
     python bench/recon.py --stage mixed --calib real:256   # ZeroQ mixed precision
     python bench/recon.py --stage formats --calib real:256 # FP8 / FP4 against integers
+    python bench/recon.py --stage steps --teacher convnet_bn --methods genie --bits w2a4 \
+        --calib real:256 noise:256 --steps 1000 20000   # the papers' 20,000 per block
+
+steps: the same runs at several step counts per block, the teacher file's sha256 in every
+result (``recon_steps_*.json``, a table of their own; the methods table stays at one count).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, peak_rss_mib, reset_peak_rss, write_result  # noqa: E402
+from common import ROOT, file_sha256, peak_rss_mib, reset_peak_rss, write_result  # noqa: E402
 
 import distill_data as dd  # noqa: E402
 from distill_data.runtime import tune_allocator  # noqa: E402
@@ -102,6 +107,55 @@ def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: lis
                         "result": row,
                     },
                 )
+
+
+def stage_steps(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
+                steps: list[int], seed: int) -> None:  # fmt: skip
+    """Reconstruction at each step count per block: does the papers' 20,000 change what
+    1,000 showed (and does noise stay with real images)?"""
+    tpath = WORK / f"teacher_{teacher}.pt"
+    if not tpath.exists():
+        raise SystemExit(f"no teacher {tpath}: run bench/student.py --stage teacher first")
+    sha = file_sha256(tpath)
+    for b in bits:
+        for calib in calibs:
+            for name in methods:
+                for its in steps:
+                    settings = {**METHODS[name], "iterations": its}
+                    reset_peak_rss()
+                    t0 = time.perf_counter()
+                    rep = dd.quantize(tpath, calib, DATASET, bits=b, seed=seed, quiet=True,
+                                      device=DEVICE, **settings)  # fmt: skip
+                    wall = time.perf_counter() - t0
+                    row = rep["results"][0]
+                    blocks = row.get("reconstruction") or []
+                    per_block = sum(r["seconds"] for r in blocks) / len(blocks)
+                    print(f"{teacher} {b} {_calib_name(calib)} {name} {its} steps: "
+                          f"{row['quant_accuracy']:.2f} (fp32 {row['fp32_accuracy']:.2f}), "
+                          f"{per_block:.0f} s/block", flush=True)  # fmt: skip
+                    write_result(
+                        f"recon_steps_{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_"
+                        f"it{its}_s{seed}{_tag()}",
+                        {
+                            "benchmark": "reconstruction-steps",
+                            "device": DEVICE,
+                            "teacher_name": teacher,
+                            "teacher_sha256": sha,
+                            "calib": calib,
+                            "calib_name": _calib_name(calib),
+                            "bits": b,
+                            "method": name,
+                            "iterations": its,
+                            "seed": seed,
+                            "settings": {**settings, "first_last_bits": 8},
+                            "wall_seconds": round(wall, 1),
+                            "seconds_per_block": round(per_block, 2),
+                            "blocks": len(blocks),
+                            "peak_rss_mib": peak_rss_mib(),
+                            "threads": torch.get_num_threads(),
+                            "result": row,
+                        },
+                    )
 
 
 MIXED = {  # name: PTQConfig settings; activations at 8 bits isolate the weights (ZeroQ Tab. 3)
@@ -202,7 +256,8 @@ def stage_formats(teacher: str, calibs: list[str], seed: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", nargs="+", required=True, choices=["methods", "mixed", "formats"])
+    p.add_argument("--stage", nargs="+", required=True,
+                   choices=["methods", "mixed", "formats", "steps"])  # fmt: skip
     p.add_argument("--teacher", default="resnet")
     p.add_argument("--calib", nargs="*", default=["real:256"])
     p.add_argument(
@@ -214,6 +269,8 @@ def main() -> None:
     p.add_argument("--bits", nargs="+", default=["w4a4", "w3a3", "w2a4"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--iterations", type=int, default=1000, help="reconstruction steps per block")
+    p.add_argument("--steps", type=int, nargs="+", default=[1000, 20000],
+                   help="--stage steps: the step counts per block to compare")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed", nargs="+", choices=list(MIXED), help="runs of --stage mixed")
     p.add_argument("--threads", type=int, default=1)
@@ -235,6 +292,8 @@ def main() -> None:
     if "methods" in args.stage:
         stage_methods(args.teacher, args.calib, args.bits, args.methods, args.iterations,
                       args.seed)  # fmt: skip
+    if "steps" in args.stage:
+        stage_steps(args.teacher, args.calib, args.bits, args.methods, args.steps, args.seed)
 
 
 if __name__ == "__main__":

@@ -918,3 +918,27 @@ def test_bf16_tables_pair_fp32_and_bf16_rows(mt):
         "89.50 ± 0.50 (3 min) | -0.50 |"
     ]
     assert mt.bf16_tables([]) == []
+
+
+def test_recon_steps_rows_put_step_counts_side_by_side(mt):
+    def run(calib, its, acc, sec, sha="ab" * 32, date="2026-12-03T17"):
+        return {"benchmark": "reconstruction-steps", "date": date, "device": "cpu",
+                "teacher_name": "convnet_bn", "teacher_sha256": sha, "calib_name": calib,
+                "method": "genie", "bits": "w2a4", "iterations": its,
+                "seconds_per_block": sec,
+                "result": {"quant_accuracy": acc, "fp32_accuracy": 98.2}}  # fmt: skip
+
+    rows = mt.recon_steps_table([
+        run("noise256", 1000, 97.0, 13), run("noise256", 20000, 97.5, 260),
+        run("real256", 1000, 98.0, 13.4), run("real256", 20000, 98.1, 255),
+        run("real256", 20000, 90.0, 255, date="2026-12-01T00"),  # older: replaced
+    ])  # fmt: skip
+    assert "| teacher | calibration | method | bits | 1,000 steps | 20,000 steps |" in rows
+    body = [r for r in rows if r.startswith("| convnet_bn")]
+    assert body == [
+        "| convnet_bn (98.20, abababab) | 256 real images | Genie-M | w2a4 | 98.00 (13 s) | "
+        "98.10 (255 s) |",
+        "| convnet_bn (98.20, abababab) | 256 noise images | Genie-M | w2a4 | 97.00 (13 s) | "
+        "97.50 (260 s) |",
+    ]
+    assert mt.recon_steps_table([]) == []
