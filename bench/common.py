@@ -89,6 +89,21 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def weights_sha256(path: Path) -> str:
+    """sha256 of a network file's weights alone (every tensor of its state dict, by
+    name): a retrained teacher can have the same weights in a file whose metadata (a
+    setting added since, the training time) differs."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = "cpu") -> None:
     """Train the teacher ``out`` if it is missing, and keep the record of the file every
     benchmark uses (``teacher_{dataset}_{name}.json``) with the file's sha256, so a
@@ -97,7 +112,8 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
     before records carried the hash) gets one from its own metadata: accuracy and
     settings as trained, training time unknown. A record of another file is refused. A
     recorded file that is missing (``bench/.work`` stays on the machine that made it) is
-    retrained: the record stands if the new file is bitwise the same, and is otherwise
+    retrained: the record stands if the new weights are bitwise the recorded ones (the
+    record's ``weights_sha256``; older records have the file's sha only), and is otherwise
     kept under a dated name beside the new one."""
     import distill_data as dd
     from distill_data.models import load_model
@@ -131,15 +147,26 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
         print(f"teacher {name}: {rep['test_accuracy']:.2f}% in {rep['train_seconds']:.0f} s")
         if record.exists():  # the file was lost (bench/.work is per machine): retrained
             old = json.loads(record.read_text())
-            if old.get("file_sha256") == file_sha256(out):
-                print(f"teacher {name}: retrained bitwise to the file {record.name} records")
+            if old.get("weights_sha256", old.get("file_sha256")) in (
+                weights_sha256(out),
+                file_sha256(out),
+            ):
+                print(f"teacher {name}: retrained bitwise to the weights {record.name} records")
                 return
             kept = _keep_record(record, old)
             print(
                 f"teacher {name}: retrained to another file than {record.name} recorded "
                 f"(kept as {kept.name}); results made since name this one"
             )
-    write_result(record.stem, {"benchmark": "teacher", **rep, "file_sha256": file_sha256(out)})
+    write_result(
+        record.stem,
+        {
+            "benchmark": "teacher",
+            **rep,
+            "file_sha256": file_sha256(out),
+            "weights_sha256": weights_sha256(out),
+        },  # fmt: skip
+    )
 
 
 def _keep_record(record: Path, doc: dict) -> Path:

@@ -871,7 +871,8 @@ def test_ensure_teacher_retrains_a_lost_file_and_keeps_the_record_of_the_old_one
 
         calls.append(kw)
         torch.manual_seed(len(calls) if kw.get("seed") == "fresh" else 0)
-        save_model(build_model("mlp", 1, 3, (10, 10), width=4), path, meta={"x": 1})
+        # metadata that differs per call (a training time): the file's bytes differ
+        save_model(build_model("mlp", 1, 3, (10, 10), width=4), path, meta={"x": len(calls)})
         return {"test_accuracy": 90.0 + len(calls), "train_seconds": 1.0}
 
     monkeypatch.setattr(dd, "teacher", fake_teacher)
@@ -880,7 +881,8 @@ def test_ensure_teacher_retrains_a_lost_file_and_keeps_the_record_of_the_old_one
     record = tmp_path / "results" / "teacher_tiny_mlp.json"
     first = json.loads(record.read_text())
     assert first["test_accuracy"] == 91.0 and len(calls) == 1
-    # the file is lost; retraining gives the same bytes, so the record stands
+    assert first["weights_sha256"] != first["file_sha256"]
+    # the file is lost; retraining gives the same weights, so the record stands
     out.unlink()
     common.ensure_teacher("tiny", "mlp", cfg, out)
     assert len(calls) == 2 and json.loads(record.read_text()) == first
