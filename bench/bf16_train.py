@@ -2,7 +2,7 @@
 accuracy, against the float32 default.
 
     OMP_NUM_THREADS=1 python bench/bf16_train.py --stage speed     # ~2 min
-    OMP_NUM_THREADS=1 python bench/bf16_train.py --stage eval      # ~25 min (IPC 10 + 50)
+    OMP_NUM_THREADS=1 python bench/bf16_train.py --stage eval      # ~1 h (IPC 10 + 50)
     OMP_NUM_THREADS=1 python bench/bf16_train.py --stage teacher   # ~4 min
 
 speed: seconds per training step (forward, backward, SGD step; median of repeats,
@@ -16,7 +16,8 @@ eval: ``distill-data eval`` of random real subsets of mnist5k at IPC 10 and 50 (
 teacher: the ConvNet-BN teacher (10 epochs, width 64, seed 0) trained in fp32 and bf16.
 
 bf16 is fast only where the CPU has bfloat16 arithmetic: the result records the CPU's
-bf16 flags (avx512_bf16, amx_bf16).
+bf16 flags (avx512_bf16, amx_bf16); seconds are wall time with another benchmark on
+the other core.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def bf16_flags() -> list[str]:
     except OSError:
         return []
     flags = set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split())
-    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    return sorted(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _step_seconds(model, batch: int, precision: str, channels: int = 1) -> float:

@@ -100,7 +100,11 @@ def weights_sha256(path: Path) -> str:
     for name in sorted(state):
         t = state[name].contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
+        h.update(
+            t.view(torch.uint8).numpy().tobytes()
+            if t.dim()
+            else t.reshape(1).view(torch.uint8).numpy().tobytes()
+        )  # fmt: skip  (bytes of any dtype, bfloat16 too)
     return h.hexdigest()
 
 
@@ -121,10 +125,15 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
     record = RESULTS / f"teacher_{dataset}_{name}.json"
     if out.exists():
         sha = file_sha256(out)
-        if record.exists() and json.loads(record.read_text()).get("file_sha256") == sha:
-            print(f"teacher {name}: {out} exists, recorded in {record.name}")
-            return
         if record.exists():
+            doc = json.loads(record.read_text())
+            if doc.get("file_sha256") == sha:
+                print(f"teacher {name}: {out} exists, recorded in {record.name}")
+                return
+            if doc.get("weights_sha256") == weights_sha256(out):  # same weights, new file
+                _update_record(record, doc, file_sha256=sha)
+                print(f"teacher {name}: {out} has the weights {record.name} records")
+                return
             raise SystemExit(
                 f"{record} describes another {name} teacher than {out}; rename it to "
                 f"teacher_{dataset}_{name}_<date>.json to keep it, then rerun"
@@ -150,7 +159,8 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
             if old.get("weights_sha256", old.get("file_sha256")) in (
                 weights_sha256(out),
                 file_sha256(out),
-            ):
+            ):  # the record stands, naming the new file
+                _update_record(record, old, file_sha256=file_sha256(out))
                 print(f"teacher {name}: retrained bitwise to the weights {record.name} records")
                 return
             kept = _keep_record(record, old)
@@ -167,6 +177,14 @@ def ensure_teacher(dataset: str, name: str, cfg: dict, out: Path, device: str = 
             "weights_sha256": weights_sha256(out),
         },  # fmt: skip
     )
+
+
+def _update_record(record: Path, doc: dict, **changes) -> None:
+    """Rewrite a record with ``changes`` (its date and machine stay: they say when and
+    where the teacher was trained)."""
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**doc, **changes}, indent=2) + "\n")
+    os.replace(tmp, record)
 
 
 def _keep_record(record: Path, doc: dict) -> Path:

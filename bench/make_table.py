@@ -1025,8 +1025,8 @@ def student_set_table(results: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:  # a retrained teacher (bench/.work is per machine) gets rows of its own
         name = f"{r['teacher_name']} ({r['report']['teacher']['test_accuracy']:.2f})"
-        if r.get("teacher_sha256"):  # recorded since 3 Dec 2026
-            name += f" file {r['teacher_sha256'][:8]}"
+        if r.get("teacher_weights_sha256"):  # recorded since 3 Dec 2026
+            name += f" weights {r['teacher_weights_sha256'][:8]}"
         key = (name, r["method"], r["ipc"], r.get("device", "cpu"))
         groups.setdefault(key, []).append(r)
     full = {}
@@ -1066,7 +1066,7 @@ def student_set_table(results: list[dict]) -> list[str]:
         "(KD 0.9·T²·KL + 0.1·CE, T = 4) for the epochs shown; test accuracy % at the final "
         "epoch, mean ± std over seeds)",
         "",
-        "| teacher (its accuracy; file sha256 where recorded) | set | IPC | images | "
+        "| teacher (its accuracy; weights' sha256 where recorded) | set | IPC | images | "
         "test accuracy % | epochs |",
         "|---|---|---|---|---|---|",
         *rows,
@@ -1519,7 +1519,8 @@ def bf16_tables(results: list[dict]) -> list[str]:
             "",
             f"**Training step, float32 against bfloat16** (`bench/bf16_train.py --stage speed`; "
             f"{m['nproc']} × {m['cpu_model']} ({flags}), torch {m['torch']}, "
-            f"{r['settings']['threads']} thread; forward + backward + SGD step, median of "
+            f"{r['settings']['threads']} thread{'s' * (r['settings']['threads'] > 1)}; "
+            f"forward + backward + SGD step, median of "
             f"{r['settings']['repeats']}; `--set precision=bf16` on eval, teacher and train)",
             "",
             "| network, batch | fp32 s/step | bf16 s/step | speed-up |",

@@ -117,6 +117,9 @@ def stage_steps(teacher: str, calibs: list[str], bits: list[str], methods: list[
     if not tpath.exists():
         raise SystemExit(f"no teacher {tpath}: run bench/student.py --stage teacher first")
     sha = file_sha256(tpath)
+    methods = [m for m in methods if METHODS[m]["method"] != "observer"]  # no steps to count
+    if not methods:
+        raise SystemExit("--stage steps compares reconstruction methods: pass --methods ...")
     for b in bits:
         for calib in calibs:
             for name in methods:

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ROOT,
     ensure_teacher,
-    file_sha256,
     peak_rss_mib,
     reset_peak_rss,
+    weights_sha256,
     write_result,
 )
 
@@ -338,13 +338,15 @@ def stage_sets(
                                options={"epochs": epochs}, quiet=True, force=True)  # fmt: skip
                 print(f"set {method} ipc {ipc} seed {seed}: {rep['test_accuracy']:.2f}%",
                       flush=True)  # fmt: skip
-                write_result(
-                    f"studentset_{DATASET}_{teacher}_{method}_ipc{ipc}_s{seed}{_tag()}",
+                weights = weights_sha256(teacher_path(teacher))
+                write_result(  # named by the teacher's weights: a retrained one adds files
+                    f"studentset_{DATASET}_{teacher}_{method}_ipc{ipc}_s{seed}_t{weights[:8]}"
+                    f"{_tag()}",
                     {
                         "benchmark": "student-from-set",
                         "device": DEVICE,
                         "teacher_name": teacher,
-                        "teacher_sha256": file_sha256(teacher_path(teacher)),
+                        "teacher_weights_sha256": weights,
                         "method": method,
                         "ipc": ipc,
                         "seed": seed,

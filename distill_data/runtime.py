@@ -39,9 +39,9 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
     """bfloat16 autocast on ``device`` for ``precision="bf16"``, else a no-op: the
     network passes (convolutions, matrix products) run in bfloat16 while the weights,
     gradients, optimiser state and losses stay float32. Fast where the hardware has
-    bfloat16 arithmetic (GPUs since Ampere; CPUs with AVX512-BF16 or AMX: ~1.5x a
-    ConvNet step on an AVX512-BF16 EPYC core, ``bench/bf16_train.py``), slower where
-    it is emulated."""
+    bfloat16 arithmetic (GPUs since Ampere; CPUs with AVX512-BF16 or AMX: 1.5-1.75x a
+    training step on an AVX512-BF16 EPYC core, ``bench/bf16_train.py``); where it is
+    emulated it may be slower (not measured)."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -702,7 +702,7 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
 
     gpu = {**run("ncfm", 10, 0, 95.0), "device": "cuda"}
     retrained = run("dm", 10, 2, 93.0, teacher_acc=97.9)  # a lost teacher trained again
-    same_acc = {**run("dm", 10, 3, 94.0), "teacher_sha256": "abcdef0123" + "0" * 54}
+    same_acc = {**run("dm", 10, 3, 94.0), "teacher_weights_sha256": "abcdef0123" + "0" * 54}
     rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0), retrained,
                                  same_acc, run("random", 10, 0, 85.0), gpu, full("resnet", 97.0),
                                  full("convnet_bn", 98.0)])  # fmt: skip
@@ -718,7 +718,8 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
     assert body[2].startswith("| resnet (97.70) | random (defaults) | 10 | 100 | 85.00")
     # the same accuracy from another file (retrained since): its own rows, named by the file
     assert body[3] == (
-        "| resnet (97.70) file abcdef01 | dm (iterations 200) | 10 | 100 | 94.00 (1 seed) | 300 |"
+        "| resnet (97.70) weights abcdef01 | dm (iterations 200) | 10 | 100 | 94.00 (1 seed) | "
+        "300 |"
     )
     assert body[4] == ("| resnet (97.90) | dm (iterations 200) | 10 | 100 | 93.00 (1 seed) | 300 |")
     assert mt.student_set_table([]) == []
@@ -885,15 +886,19 @@ def test_ensure_teacher_retrains_a_lost_file_and_keeps_the_record_of_the_old_one
     # the file is lost; retraining gives the same weights, so the record stands
     out.unlink()
     common.ensure_teacher("tiny", "mlp", cfg, out)
-    assert len(calls) == 2 and json.loads(record.read_text()) == first
+    now = json.loads(record.read_text())
+    assert len(calls) == 2 and now == {**first, "file_sha256": common.file_sha256(out)}
+    assert now["file_sha256"] != first["file_sha256"]  # the new file, same weights
+    common.ensure_teacher("tiny", "mlp", cfg, out)  # and the next run finds it recorded
+    assert len(calls) == 2 and json.loads(record.read_text()) == now
     # lost again and retrained to other bytes: the old record is kept under its date
     out.unlink()
     common.ensure_teacher("tiny", "mlp", {**cfg, "seed": "fresh"}, out)
     kept = sorted((tmp_path / "results").glob("teacher_tiny_mlp_*.json"))
-    assert [json.loads(k.read_text()) for k in kept] == [first]
+    assert [json.loads(k.read_text()) for k in kept] == [now]
     assert kept[0].name == f"teacher_tiny_mlp_{first['date'][:10]}.json"
     new = json.loads(record.read_text())
-    assert new["test_accuracy"] == 93.0 and new["file_sha256"] != first["file_sha256"]
+    assert new["test_accuracy"] == 93.0 and new["weights_sha256"] != first["weights_sha256"]
 
 
 def test_bf16_tables_pair_fp32_and_bf16_rows(mt):

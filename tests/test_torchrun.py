@@ -411,6 +411,33 @@ def test_averaging_equal_buffers_over_ranks_leaves_them_unchanged():
     assert torch.equal(net.running_mean, before)
 
 
+def test_sync_batchnorm_on_bfloat16_activations_is_batchnorms():
+    """precision=bf16 (autocast) feeds BatchNorm bfloat16 activations and float32 weights:
+    the synced version returns what BatchNorm returns (bfloat16) with float32 weight
+    gradients, so a torchrun run takes the one-process path's dtypes."""
+    from distill_data.dist import ONE
+    from distill_data.train.syncbn import _SyncBN
+
+    g = torch.Generator().manual_seed(1)
+    x32 = torch.randn(6, 3, 5, 4, generator=g)
+    w0, b0 = torch.rand(3, generator=g), torch.randn(3, generator=g)
+    grad = torch.randn(6, 3, 5, 4, generator=g).bfloat16()
+    outs = {}
+    for name in ("sync", "torch"):
+        x = x32.bfloat16().requires_grad_(True)
+        w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+        if name == "sync":
+            y = _SyncBN.apply(x, w, b, 1e-5, ONE, [])
+        else:
+            y = torch.nn.functional.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+        y.backward(grad)
+        outs[name] = (y.detach(), x.grad, w.grad, b.grad)
+    for a, c in zip(outs["sync"], outs["torch"]):
+        assert a.dtype == c.dtype
+        torch.testing.assert_close(a.float(), c.float(), rtol=2e-2, atol=2e-2)
+    assert outs["sync"][0].dtype == torch.bfloat16 and outs["sync"][2].dtype == torch.float32
+
+
 def test_sync_batchnorm_arithmetic_is_batchnorms():
     # with one rank the all-reduces are the identity: forward, gradients and running
     # statistics must be BatchNorm's own (float64 so nothing hides in rounding)

@@ -280,7 +280,8 @@ class _Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logs = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
+        # float32 logits: CPU autocast (precision=bf16) would round the log-softmax
+        logs = torch.stack([F.log_softmax(m(x).float(), dim=1) for m in self.members])
         return torch.logsumexp(logs, dim=0) - math.log(len(self.members))
 
 
@@ -384,7 +385,10 @@ def train_student(
     ckpt = checkpoint_path_for(out)
     signature = {
         "config": repr(sorted(asdict(cfg).items())),
-        "recipe": repr(sorted(asdict(recipe).items())),
+        # precision only when not the default: checkpoints from before it existed resume
+        "recipe": repr(
+            sorted((k, v) for k, v in asdict(recipe).items() if k != "precision" or v != "fp32")
+        ),  # fmt: skip
         "data": train.source,
         "n": len(train.images),
         "teachers": len(teachers),

@@ -49,22 +49,27 @@ class _SyncBN(torch.autograd.Function):
         ctx.save_for_backward(xhat, weight, invstd.to(x.dtype))
         ctx.n, ctx.group, ctx.dims, ctx.shape = float(n), group, dims, shape
         out_stats.extend([mean, var, float(n)])
-        return y
+        return y.to(x.dtype)  # float32 weights on a bfloat16 input (autocast): as BatchNorm
 
     @staticmethod
     def backward(ctx, g: Tensor):
         xhat, weight, invstd = ctx.saved_tensors
         dims, shape, n = ctx.dims, ctx.shape, ctx.n
+        in_dtype = xhat.dtype
+        # bfloat16 activations (autocast): the arithmetic in float32, as BatchNorm's own
+        # backward; float32 and float64 are computed as they come
+        cdt = torch.promote_types(g.dtype, torch.float32)
+        g, xhat, invstd = g.to(cdt), xhat.to(cdt), invstd.to(cdt)
         local = torch.cat([g.double().sum(dims), (g * xhat).double().sum(dims)])
         both = ctx.group.all_reduce_(local.clone())
         c = xhat.shape[1]
-        sum_g, sum_gx = both[:c].to(g.dtype), both[c:].to(g.dtype)
+        sum_g, sum_gx = both[:c].to(cdt), both[c:].to(cdt)
         scale = invstd if weight is None else weight * invstd
         gx = scale.view(shape) * (g - (sum_g / n).view(shape) - xhat * (sum_gx / n).view(shape))
         gw = gb = None
         if weight is not None:  # this rank's part; DDP's average completes it
-            gw, gb = local[c:].to(g.dtype), local[:c].to(g.dtype)
-        return gx, gw, gb, None, None, None
+            gw, gb = local[c:].to(weight.dtype), local[:c].to(weight.dtype)
+        return gx.to(in_dtype), gw, gb, None, None, None
 
 
 def _forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
