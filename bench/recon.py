@@ -66,6 +66,20 @@ def _calib_name(spec: str) -> str:
     return Path(spec).stem if spec.endswith(".h5") else spec.replace(":", "")
 
 
+def _quantize(tpath: Path, calib: str, bits: str, seed: int, settings: dict) -> tuple:
+    """One ``quantize`` run: (its result row, wall seconds, reconstructed blocks, mean
+    seconds per block or None without reconstruction)."""
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    rep = dd.quantize(tpath, calib, DATASET, bits=bits, seed=seed, quiet=True, device=DEVICE,
+                      **settings)  # fmt: skip
+    wall = time.perf_counter() - t0
+    row = rep["results"][0]
+    blocks = row.get("reconstruction") or []
+    per_block = sum(r["seconds"] for r in blocks) / len(blocks) if blocks else None
+    return row, wall, blocks, per_block
+
+
 def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
                   iterations: int, seed: int) -> None:  # fmt: skip
     tpath = WORK / f"teacher_{teacher}.pt"
@@ -77,14 +91,7 @@ def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: lis
                 settings = dict(METHODS[name])
                 if settings["method"] != "observer":
                     settings["iterations"] = iterations
-                reset_peak_rss()
-                t0 = time.perf_counter()
-                rep = dd.quantize(tpath, calib, DATASET, bits=b, seed=seed, quiet=True,
-                                 device=DEVICE, **settings)  # fmt: skip
-                wall = time.perf_counter() - t0
-                row = rep["results"][0]
-                blocks = row.get("reconstruction") or []
-                per_block = sum(r["seconds"] for r in blocks) / len(blocks) if blocks else None
+                row, wall, blocks, per_block = _quantize(tpath, calib, b, seed, settings)
                 print(f"{teacher} {b} {_calib_name(calib)} {name}: {row['quant_accuracy']:.2f} "
                       f"(fp32 {row['fp32_accuracy']:.2f}), {wall:.0f} s", flush=True)  # fmt: skip
                 write_result(
@@ -125,14 +132,7 @@ def stage_steps(teacher: str, calibs: list[str], bits: list[str], methods: list[
             for name in methods:
                 for its in steps:
                     settings = {**METHODS[name], "iterations": its}
-                    reset_peak_rss()
-                    t0 = time.perf_counter()
-                    rep = dd.quantize(tpath, calib, DATASET, bits=b, seed=seed, quiet=True,
-                                      device=DEVICE, **settings)  # fmt: skip
-                    wall = time.perf_counter() - t0
-                    row = rep["results"][0]
-                    blocks = row.get("reconstruction") or []
-                    per_block = sum(r["seconds"] for r in blocks) / len(blocks)
+                    row, wall, blocks, per_block = _quantize(tpath, calib, b, seed, settings)
                     print(f"{teacher} {b} {_calib_name(calib)} {name} {its} steps: "
                           f"{row['quant_accuracy']:.2f} (fp32 {row['fp32_accuracy']:.2f}), "
                           f"{per_block:.0f} s/block", flush=True)  # fmt: skip
