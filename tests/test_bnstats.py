@@ -177,37 +177,32 @@ def test_the_data_free_objectives_are_the_papers(teacher_file, method, stats):
     assert prior > 1e-3 * want  # the prior is a visible part of what is pinned
 
 
+def _interrupted_and_resumed(method, cls, teacher_file, tmp_path, interrupt_build, count_steps,
+                             count, opts, at):  # fmt: skip
+    """A data-free set of ``count`` images built whole, then again interrupted at step
+    ``at`` and resumed: (the whole build's store, the resumed one's, the steps the
+    resumed build ran)."""
+
+    def build(out, **kw):
+        return dd.build(None, method, None, out, teacher=teacher_file, count=count,
+                        options=opts, quiet=True, **kw)  # fmt: skip
+
+    full, out = tmp_path / "full.h5", tmp_path / "part.h5"
+    build(full)
+    interrupt_build(cls, at, lambda: build(out))
+    assert checkpoint_path_for(out).exists() and not out.exists()
+    ran = count_steps(cls, lambda: build(out, resume=True))
+    return read_store(full), read_store(out), ran
+
+
 def test_zeroq_resume_across_batches_is_identical(
     teacher_file, tmp_path, interrupt_build, count_steps
 ):
     opts = {"iterations": 4, "batch_size": 3, "checkpoint_every": 1}
-    full = tmp_path / "full.h5"
-    dd.build(None, "zeroq", None, full, teacher=teacher_file, count=7, options=opts, quiet=True)
-    out = tmp_path / "part.h5"
-    interrupt_build(
-        ZeroQ,
-        6,
-        lambda: dd.build(
-            None, "zeroq", None, out, teacher=teacher_file, count=7, options=opts, quiet=True
-        ),
-    )  # inside the second batch
-    assert checkpoint_path_for(out).exists() and not out.exists()
-    ran = count_steps(
-        ZeroQ,
-        lambda: dd.build(
-            None,
-            "zeroq",
-            None,
-            out,
-            teacher=teacher_file,
-            count=7,
-            options=opts,
-            quiet=True,
-            resume=True,
-        ),  # fmt: skip
-    )
+    a, b, ran = _interrupted_and_resumed("zeroq", ZeroQ, teacher_file, tmp_path,
+                                         interrupt_build, count_steps, 7, opts, at=6)  # fmt: skip
     assert ran == [6, 7]  # batches of 3 and 4 (a lone image joins) x 4 iterations: on from 6
-    assert torch.equal(read_store(full).images, read_store(out).images)
+    assert torch.equal(a.images, b.images)
 
 
 def test_zeroq_errors(teacher_file, tmp_path, tiny_npz):
@@ -293,32 +288,9 @@ def test_genie_build_and_resume(teacher_file, tmp_path, interrupt_build, count_s
     from distill_data.synth.genie import Genie
 
     opts = {"iterations": 3, "batch_size": 3, "latent": 8, "checkpoint_every": 1, "decay_every": 2}
-    full = tmp_path / "g.h5"
-    dd.build(None, "genie", None, full, teacher=teacher_file, count=6, options=opts, quiet=True)
-    out = tmp_path / "g2.h5"
-    interrupt_build(
-        Genie,
-        4,
-        lambda: dd.build(
-            None, "genie", None, out, teacher=teacher_file, count=6, options=opts, quiet=True
-        ),
-    )
-    ran = count_steps(
-        Genie,
-        lambda: dd.build(
-            None,
-            "genie",
-            None,
-            out,
-            teacher=teacher_file,
-            count=6,
-            options=opts,
-            quiet=True,
-            resume=True,
-        ),  # fmt: skip
-    )
+    a, b, ran = _interrupted_and_resumed("genie", Genie, teacher_file, tmp_path,
+                                         interrupt_build, count_steps, 6, opts, at=4)  # fmt: skip
     assert ran == [4, 5]  # two batches x 3 iterations: on from the checkpoint at step 4
-    a, b = read_store(full), read_store(out)
     assert a.images.shape == (6, 1, 10, 10)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 

@@ -104,12 +104,16 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = No
 
 
 def nonfinite_tensors(model: nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers holding NaN or infinity."""
-    return [
-        name
-        for name, t in model.state_dict().items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    """Names of the floating-point parameters and buffers holding NaN or infinity.
+
+    One host synchronisation for the whole model (the training loop asks every epoch):
+    the per-tensor flags are stacked on the device and read back once."""
+    floats = [(name, t) for name, t in model.state_dict().items() if t.is_floating_point()]
+    if not floats:
+        return []
+    dev = floats[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(dev) for _, t in floats]).tolist()
+    return [name for (name, _), ok in zip(floats, finite) if not ok]
 
 
 def load_model(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, dict]:
