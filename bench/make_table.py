@@ -1777,6 +1777,55 @@ def recon_steps_table(results: list[dict]) -> list[str]:
     return out
 
 
+ABLATION_ORDER = {  # bench/recon.py's ABLATION: (λ, weight steps) and the method it is
+    "qdrop": ("0.01", "fixed", "QDrop"),
+    "qdrop_steps": ("0.01", "learned", "—"),
+    "qdrop_lambda1": ("1", "fixed", "—"),
+    "genie": ("1", "learned", "Genie-M"),
+}
+
+
+def recon_ablation_table(results: list[dict]) -> list[str]:
+    """``bench/recon.py --stage ablation``: QDrop to Genie-M one setting at a time, one
+    row per (teacher file, calibration, bits, cell); its SQNR and agreement beside."""
+    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "reconstruction-ablation"]
+    if not runs:
+        return []
+    latest = _latest(runs, "teacher_sha256", "calib_name", "bits", "variant", "iterations")
+    its = _one_of(r["iterations"] for r in latest.values())
+    out = [
+        "",
+        "**What lets Genie-M calibrate on noise** (`bench/recon.py --stage ablation`; "
+        "`mnist5k`, teacher's fp32 accuracy and file sha256 prefix in brackets; QDrop and "
+        "Genie-M differ in two settings, the rounding regulariser's λ and whether the "
+        f"per-channel weight steps are learned: every cell of that grid, {its} steps per "
+        "block, first and last layer at 8 bits, one seed; agrees = top-1 agreement % with "
+        "the float network on the test set)",
+        "",
+        "| teacher | calibration | bits | λ | weight steps | is | accuracy % | agrees % | "
+        "logit SQNR dB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = list(ABLATION_ORDER)
+
+    def key(k: tuple) -> tuple:
+        sha, calib, bits, variant, _ = k
+        r = latest[k]
+        return (r["teacher_name"], sha, not calib.startswith("real"), calib, bits,
+                order.index(variant))  # fmt: skip
+
+    for k in sorted(latest, key=key):
+        r = latest[k]
+        lam, steps, name = ABLATION_ORDER[r["variant"]]
+        res = r["result"]
+        out.append(
+            f"| {r['teacher_name']} ({res['fp32_accuracy']:.2f}, {k[0][:8]}) | "
+            f"{_calib_label(r)} | {r['bits']} | {lam} | {steps} | {name} | "
+            f"{res['quant_accuracy']:.2f} | {res['agreement']:.1f} | {res['logit_sqnr_db']:.2f} |"
+        )
+    return out
+
+
 def _on_cpu(results: list[dict]) -> list[dict]:
     """Results measured on the CPU (files without a device are CPU runs)."""
     return [r for r in results if r.get("device", "cpu") == "cpu"]
@@ -1942,7 +1991,13 @@ def render_full(results: list[dict]) -> str:
         ("Students: distillation and quantization", student_tables(results)),
         ("", zeroshot_table(results) + student_set_table(results)),
         ("Reconstruction PTQ: AdaRound, BRECQ, QDrop, Genie-M", recon_tables(results)),
-        ("", recon_steps_table(results) + mixed_tables(results) + format_tables(results)),
+        (
+            "",
+            recon_steps_table(results)
+            + recon_ablation_table(results)
+            + mixed_tables(results)
+            + format_tables(results),
+        ),
         ("ONNX export: accuracy and CPU latency", onnx_tables(results)),
         ("kornia in the training pipelines", kornia_tables(results)),
         ("bfloat16 training", bf16_tables(results)),

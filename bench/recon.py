@@ -19,6 +19,8 @@ is about an hour per network on this CPU), every other setting the official code
     python bench/recon.py --stage formats --calib real:256 # FP8 / FP4 against integers
     python bench/recon.py --stage steps --teacher convnet_bn --methods genie --bits w2a4 \
         --calib real:256 noise:256 --steps 1000 20000   # the papers' 20,000 per block
+    python bench/recon.py --stage ablation --teacher convnet_bn --bits w2a4 \\
+        --calib real:256 noise:256   # QDrop -> Genie-M: lambda and learned weight steps
 
 steps: the same runs at several step counts per block, the teacher file's sha256 in every
 result (``recon_steps_*.json``, a table of their own; the methods table stays at one count).
@@ -80,50 +82,62 @@ def _quantize(tpath: Path, calib: str, bits: str, seed: int, settings: dict) -> 
     return row, wall, blocks, per_block
 
 
-def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
-                  iterations: int, seed: int) -> None:  # fmt: skip
+def _teacher(teacher: str) -> Path:
     tpath = WORK / f"teacher_{teacher}.pt"
     if not tpath.exists():
         raise SystemExit(f"no teacher {tpath}: run bench/student.py --stage teacher first")
+    return tpath
+
+
+def _run(name: str, benchmark: str, teacher: str, calib: str, bits: str, seed: int,
+         settings: dict, label: str, **fields) -> None:  # fmt: skip
+    """One ``quantize`` run of ``teacher`` on ``calib``, printed and written as
+    ``bench/results/NAME.json`` with ``fields`` beside the common ones."""
+    tpath = _teacher(teacher)
+    row, wall, blocks, per_block = _quantize(tpath, calib, bits, seed, settings)
+    print(f"{teacher} {bits} {_calib_name(calib)} {label}: {row['quant_accuracy']:.2f} "
+          f"(fp32 {row['fp32_accuracy']:.2f}), {wall:.0f} s", flush=True)  # fmt: skip
+    write_result(
+        name,
+        {
+            "benchmark": benchmark,
+            "device": DEVICE,
+            "teacher_name": teacher,
+            **fields,
+            "calib": calib,
+            "calib_name": _calib_name(calib),
+            "bits": bits,
+            "seed": seed,
+            "settings": {**settings, "first_last_bits": 8},
+            "wall_seconds": round(wall, 1),
+            "seconds_per_block": None if per_block is None else round(per_block, 2),
+            "blocks": len(blocks),
+            "peak_rss_mib": peak_rss_mib(),
+            "threads": torch.get_num_threads(),
+            "result": row,
+        },
+    )
+
+
+def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
+                  iterations: int, seed: int) -> None:  # fmt: skip
+    _teacher(teacher)
     for b in bits:
         for calib in calibs:
             for name in methods:
                 settings = dict(METHODS[name])
                 if settings["method"] != "observer":
                     settings["iterations"] = iterations
-                row, wall, blocks, per_block = _quantize(tpath, calib, b, seed, settings)
-                print(f"{teacher} {b} {_calib_name(calib)} {name}: {row['quant_accuracy']:.2f} "
-                      f"(fp32 {row['fp32_accuracy']:.2f}), {wall:.0f} s", flush=True)  # fmt: skip
-                write_result(
-                    f"recon_{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_s{seed}{_tag()}",
-                    {
-                        "benchmark": "reconstruction-ptq",
-                        "device": DEVICE,
-                        "teacher_name": teacher,
-                        "calib": calib,
-                        "calib_name": _calib_name(calib),
-                        "bits": b,
-                        "method": name,
-                        "seed": seed,
-                        "settings": {**settings, "first_last_bits": 8},
-                        "wall_seconds": round(wall, 1),
-                        "seconds_per_block": None if per_block is None else round(per_block, 2),
-                        "blocks": len(blocks),
-                        "peak_rss_mib": peak_rss_mib(),
-                        "threads": torch.get_num_threads(),
-                        "result": row,
-                    },
-                )
+                tag = f"{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_s{seed}{_tag()}"
+                _run(f"recon_{tag}", "reconstruction-ptq", teacher, calib, b, seed, settings,
+                     name, method=name)  # fmt: skip
 
 
 def stage_steps(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
                 steps: list[int], seed: int) -> None:  # fmt: skip
     """Reconstruction at each step count per block: does the papers' 20,000 change what
     1,000 showed (and does noise stay with real images)?"""
-    tpath = WORK / f"teacher_{teacher}.pt"
-    if not tpath.exists():
-        raise SystemExit(f"no teacher {tpath}: run bench/student.py --stage teacher first")
-    sha = file_sha256(tpath)
+    sha = file_sha256(_teacher(teacher))
     methods = [m for m in methods if METHODS[m]["method"] != "observer"]  # no steps to count
     if not methods:
         raise SystemExit("--stage steps compares reconstruction methods: pass --methods ...")
@@ -131,34 +145,35 @@ def stage_steps(teacher: str, calibs: list[str], bits: list[str], methods: list[
         for calib in calibs:
             for name in methods:
                 for its in steps:
-                    settings = {**METHODS[name], "iterations": its}
-                    row, wall, blocks, per_block = _quantize(tpath, calib, b, seed, settings)
-                    print(f"{teacher} {b} {_calib_name(calib)} {name} {its} steps: "
-                          f"{row['quant_accuracy']:.2f} (fp32 {row['fp32_accuracy']:.2f}), "
-                          f"{per_block:.0f} s/block", flush=True)  # fmt: skip
-                    write_result(
-                        f"recon_steps_{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_"
-                        f"it{its}_s{seed}{_tag()}",
-                        {
-                            "benchmark": "reconstruction-steps",
-                            "device": DEVICE,
-                            "teacher_name": teacher,
-                            "teacher_sha256": sha,
-                            "calib": calib,
-                            "calib_name": _calib_name(calib),
-                            "bits": b,
-                            "method": name,
-                            "iterations": its,
-                            "seed": seed,
-                            "settings": {**settings, "first_last_bits": 8},
-                            "wall_seconds": round(wall, 1),
-                            "seconds_per_block": round(per_block, 2),
-                            "blocks": len(blocks),
-                            "peak_rss_mib": peak_rss_mib(),
-                            "threads": torch.get_num_threads(),
-                            "result": row,
-                        },
-                    )
+                    tag = f"{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_it{its}_s{seed}"
+                    _run(f"recon_steps_{tag}{_tag()}", "reconstruction-steps", teacher, calib,
+                         b, seed, {**METHODS[name], "iterations": its}, f"{name} {its} steps",
+                         teacher_sha256=sha, method=name, iterations=its)  # fmt: skip
+
+
+#: --stage ablation: QDrop and Genie-M differ in two settings, the rounding regulariser's
+#: λ (0.01 / 1) and whether the weight steps are learned; every cell of that 2 x 2 grid
+ABLATION = {
+    "qdrop": {"round_weight": 0.01, "learn_weight_step": False},
+    "qdrop_steps": {"round_weight": 0.01, "learn_weight_step": True},
+    "qdrop_lambda1": {"round_weight": 1.0, "learn_weight_step": False},
+    "genie": {"round_weight": 1.0, "learn_weight_step": True},
+}
+
+
+def stage_ablation(teacher: str, calibs: list[str], bits: list[str], iterations: int,
+                   seed: int) -> None:  # fmt: skip
+    """Which of Genie-M's two differences from QDrop lets it calibrate on noise: every
+    cell of (λ, learned weight steps), each from ``method=qdrop`` with both set."""
+    sha = file_sha256(_teacher(teacher))
+    for b in bits:
+        for calib in calibs:
+            for name, cell in ABLATION.items():
+                tag = f"{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_it{iterations}"
+                _run(f"recon_ablation_{tag}_s{seed}{_tag()}", "reconstruction-ablation",
+                     teacher, calib, b, seed, {"method": "qdrop", "iterations": iterations,
+                                               **cell}, name,
+                     teacher_sha256=sha, variant=name, iterations=iterations)  # fmt: skip
 
 
 MIXED = {  # name: PTQConfig settings; activations at 8 bits isolate the weights (ZeroQ Tab. 3)
@@ -178,7 +193,7 @@ def stage_mixed(teacher: str, calibs: list[str], seed: int, only: list[str] | No
     """ZeroQ's mixed precision (and Polino's allocation) against uniform weight bits at
     equal size, MSE observer, activations at 8 bits; the frontier of the first set as a
     PNG in docs/."""
-    tpath = WORK / f"teacher_{teacher}.pt"
+    tpath = _teacher(teacher)
     for calib in calibs:
         for name, s in MIXED.items():
             if only and name not in only:
@@ -230,7 +245,7 @@ FORMATS = {  # name: (bits, PTQConfig settings); integer rows use the min/max ob
 def stage_formats(teacher: str, calibs: list[str], seed: int) -> None:
     """FP8 (E4M3, E5M2) W8A8 and FP4 (E2M1) W4A8 against integers of the same widths
     (min/max observer; FP activation scales from the LLM-FP4 search on the samples)."""
-    tpath = WORK / f"teacher_{teacher}.pt"
+    tpath = _teacher(teacher)
     for calib in calibs:
         for name, (bits, settings) in FORMATS.items():
             t0 = time.perf_counter()
@@ -260,7 +275,7 @@ def stage_formats(teacher: str, calibs: list[str], seed: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", nargs="+", required=True,
-                   choices=["methods", "mixed", "formats", "steps"])  # fmt: skip
+                   choices=["methods", "mixed", "formats", "steps", "ablation"])  # fmt: skip
     p.add_argument("--teacher", default="resnet")
     p.add_argument("--calib", nargs="*", default=["real:256"])
     p.add_argument(
@@ -297,6 +312,8 @@ def main() -> None:
                       args.seed)  # fmt: skip
     if "steps" in args.stage:
         stage_steps(args.teacher, args.calib, args.bits, args.methods, args.steps, args.seed)
+    if "ablation" in args.stage:
+        stage_ablation(args.teacher, args.calib, args.bits, args.iterations, args.seed)
 
 
 if __name__ == "__main__":

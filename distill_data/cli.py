@@ -535,7 +535,8 @@ def teacher(
 @_set_option(
     "quantization (percentile, fold_bn, calib_batch, max_samples; formats: "
     "w_format/a_format=fp8_e4m3|fp8_e5m2|fp4_e2m1, fp_search; reconstruction: "
-    "iterations, recon_batch, round_weight, warmup, lr_round, lr_act, drop_prob; mixed "
+    "iterations, recon_batch, round_weight, warmup, lr_round, lr_act, lr_weight_step, "
+    "learn_weight_step, drop_prob; mixed "
     "precision: mp_bits, mp_method)"
 )
 @click.option("--json", "json_out", default=None, help="Write the report here.")

@@ -144,6 +144,23 @@ def test_reconstruction_never_increases_a_blocks_error(method):
         assert torch.equal(model_logits(q, x), model_logits(again, x))
 
 
+@pytest.mark.parametrize(
+    "method, learn, moved",
+    [("genie", None, True), ("genie", False, False), ("qdrop", None, False), ("qdrop", True, True)],
+)
+def test_learn_weight_step_overrides_the_method(method, learn, moved):
+    """Genie-M learns the weight steps, QDrop keeps the clip search's; ``learn_weight_step``
+    turns that on or off for any method (the ablation of Genie-M's joint optimisation)."""
+    model, x = _calibrated(build_model("convnet_bn", 3, 5, (8, 8), generator=_gen(), width=4))
+    cfg = PTQConfig(w_bits=2, a_bits=4, method=method, iterations=30, recon_batch=16,
+                    learn_weight_step=learn)  # fmt: skip
+    q = quantize_model(model, x, cfg)
+    for name, m in quantized_layers(q).items():
+        layer = m.conv if hasattr(m, "conv") else m.linear
+        start = lp_weight_scales(layer.weight, m.w_bits)
+        assert torch.equal(m.wq.scale, start) is not moved, name
+
+
 def test_depthwise_and_grouped_convolutions_without_blocks():
     model, x = _calibrated(DepthwiseNet())
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -162,6 +179,7 @@ def test_depthwise_and_grouped_convolutions_without_blocks():
         ({"method": "genie", "iterations": 0}, "iterations must be"),
         ({"method": "genie", "fold_bn": False}, "fold_bn must be true"),
         ({"drop_prob": 1.0}, "drop_prob"),
+        ({"learn_weight_step": "sometimes"}, "learn_weight_step"),
         ({"beta_start": 1.0, "beta_end": 2.0}, "beta_start"),
     ],
 )

@@ -117,6 +117,9 @@ class PTQConfig:
         lr_round: Adam's learning rate of the rounding variables V (1e-3).
         lr_act: Adam's learning rate of the activation steps (4e-5, cosine-annealed).
         lr_weight_step: Adam's learning rate of Genie-M's weight steps (1e-4, cosine).
+        learn_weight_step: learn the per-channel weight steps jointly with the rounding
+            (Genie-M's §3.2); None: the method's (``genie`` only). Set it to ablate: Genie-M
+            without it, or QDrop with it.
         drop_prob: QDrop's probability of leaving an activation element (and a block
             input element) unquantized during reconstruction; None: the method's (0.5
             for ``qdrop`` and ``genie``, 0 otherwise).
@@ -155,6 +158,7 @@ class PTQConfig:
     lr_round: float = 1e-3
     lr_act: float = 4e-5
     lr_weight_step: float = 1e-4
+    learn_weight_step: bool | None = None
     drop_prob: float | None = None
     mixed_precision: float | None = None
     mp_bits: str = "2,4,8"
@@ -190,6 +194,10 @@ class PTQConfig:
         require(
             self.round_weight is None or self.round_weight >= 0,
             f"round_weight must be >= 0, got {self.round_weight}",
+        )
+        require(
+            self.learn_weight_step in (None, True, False),
+            f"learn_weight_step must be true or false, got {self.learn_weight_step!r}",
         )
         require(
             self.drop_prob is None or 0 <= self.drop_prob < 1,

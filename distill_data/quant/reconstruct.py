@@ -318,12 +318,13 @@ def reconstruct(
     how = SETTINGS[cfg.method]
     lam = how.round_weight if cfg.round_weight is None else cfg.round_weight
     drop = how.drop_prob if cfg.drop_prob is None else cfg.drop_prob
+    learn_ws = how.learn_weight_scale if cfg.learn_weight_step is None else cfg.learn_weight_step
     wrappers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QUANT_LAYERS)}
     units = find_units(qmodel, lambda target: target in wrappers, how.unit)
     device = next(iter(qmodel.parameters())).device
     for w in wrappers.values():
         layer = w.conv if hasattr(w, "conv") else w.linear
-        w.wq = AdaRoundWeight(layer.weight, w.w_bits, how.learn_weight_scale).to(device)
+        w.wq = AdaRoundWeight(layer.weight, w.w_bits, learn_ws).to(device)
         w.wq.soft = False  # round-to-nearest until its own unit is reconstructed
     picks = torch.Generator().manual_seed(cfg.seed)
     masks = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -353,7 +354,7 @@ def reconstruct(
             a.drop_prob = drop
         opt_v = torch.optim.Adam([w.wq.v for w in mine], lr=cfg.lr_round)
         groups = [{"params": [a.step for a in acts], "lr": cfg.lr_act}]
-        if how.learn_weight_scale:
+        if learn_ws:
             groups.append({"params": [w.wq.scale for w in mine], "lr": cfg.lr_weight_step})
         groups = [g for g in groups if g["params"]]
         opt_s = torch.optim.Adam(groups) if groups else None
