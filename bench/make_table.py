@@ -1027,37 +1027,32 @@ def student_set_table(results: list[dict]) -> list[str]:
         name = f"{r['teacher_name']} ({r['report']['teacher']['test_accuracy']:.2f})"
         if r.get("teacher_weights_sha256"):  # recorded since 3 Dec 2026
             name += f" weights {r['teacher_weights_sha256'][:8]}"
-        key = (name, r["method"], r["ipc"], r.get("device", "cpu"))
+        built = ", ".join(f"{k} {v}" for k, v in r["settings"]["build"].items()) or "defaults"
+        key = (name, r["method"], built, r["ipc"] or 0, r.get("device", "cpu"))
         groups.setdefault(key, []).append(r)
-    full = {}
+    # teachers whose set runs predate the sets stage's own full-split run (no weights
+    # recorded) take --stage runs' float student as their reference
     for (_, teacher), by_run in _student_groups(results).items():
-        if "float" in by_run:
-            full[teacher] = by_run["float"]
+        if "float" not in by_run:
+            continue
+        rs = by_run["float"]
+        acc = _one_of(f"{r['report']['teacher']['test_accuracy']:.2f}" for r in rs)
+        name = f"{teacher} ({acc})"
+        if any(k[0] == name for k in groups) and not any(
+            k[0] == name and k[1] == "full" for k in groups
+        ):
+            groups[(name, "full", "defaults", 0, "cpu")] = rs
     rows = []
-    for (teacher, method, ipc, device), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1], kv[0][3])
+    for (teacher, method, built, ipc, device), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "full", kv[0][3], kv[0][1:])
     ):
         accs = [r["report"]["test_accuracy"] for r in rs]
         on = "" if device == "cpu" else f", on {device}"
         images = _one_of(r["report"]["data"]["images"] for r in rs)
-        built = _one_of(
-            ", ".join(f"{k} {v}" for k, v in r["settings"]["build"].items()) or "defaults"
-            for r in rs
-        )
+        epochs = _one_of(r["report"]["epochs"] for r in rs)
+        what = "full training split" if method == "full" else f"{method} ({built})"
         rows.append(
-            f"| {teacher} | {method} ({built}){on} | {ipc} | {images} | {_seeds_pm(accs)} | "
-            f"{_one_of(r['report']['epochs'] for r in rs)} |"
-        )
-    with_sets = {key[0] for key in groups}
-    for teacher, rs in sorted(full.items()):
-        if not any(name.startswith(f"{teacher} (") for name in with_sets):
-            continue  # a teacher with no set rows has nothing to compare
-        accs = [r["report"]["test_accuracy"] for r in rs]
-        t_acc = _one_of(f"{r['report']['teacher']['test_accuracy']:.2f}" for r in rs)
-        images = rs[0]["report"]["data"]["images"]
-        rows.append(
-            f"| {teacher} ({t_acc}) | full training split | — | {images} | "
-            f"{_seeds_pm(accs)} | {_one_of(r['report']['epochs'] for r in rs)} |"
+            f"| {teacher} | {what}{on} | {ipc or '—'} | {images} | {_seeds_pm(accs)} | {epochs} |"
         )
     return [
         "",

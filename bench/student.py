@@ -13,6 +13,7 @@ seeds 0-2; one JSON file per run in ``bench/results/student_*.json``.
     python bench/student.py --stage ptq --seeds 0 1 2         # bucketed / global PTQ of the
                                                               # float students
     python bench/student.py --stage sets --seeds 0 1 2        # from condensed sets (300 ep)
+                                                              # and the full split
     python bench/student.py --stage zeroshot --zeroq-iterations 100 --seeds 0 1 2
                                    # zero-shot QAT of the teacher on a ZeroQ set, real:256
                                    # and noise:256, against PTQ on the same sets
@@ -297,60 +298,75 @@ def stage_zeroshot(teacher: str, seeds: list[int], count: int, kinds: list[str],
                 )
 
 
-SETS = {  # method: (ipc, build options); DM at 200 iterations (its default 20,000: 11 h here)
-    "random": ([10, 50], {}),
-    "herding": ([10, 50], {}),
-    "dm": ([10, 50], {"iterations": 200}),
-    "infer": ([10, 50], {}),  # from the teacher (its defaults; soft labels unused: KD online)
+# --stage sets: name -> (method, IPCs, build options); DM at 200 iterations (its default
+# 20,000: 11 h here)
+SETS = {
+    "random": ("random", [10, 50], {}),
+    "herding": ("herding", [10, 50], {}),
+    "dm": ("dm", [10, 50], {"iterations": 200}),
+    "infer": (
+        "infer",
+        [10, 50],
+        {},
+    ),  # from the teacher (its defaults; soft labels unused: KD online)
     # its pool (20 ConvNets x 60 epochs) is hours on this CPU: a GPU row (bench/gpu.sh),
     # not in the default --sets; 1000 iterations as bench/matching.py's NCFM rows. On a
     # CPU over several sittings: fill the pool with bench/ncfm_pool.py (each finished
     # network is cached) and build with the same DISTILL_DATA_CACHE; builds resume.
-    "ncfm": ([10, 50], {"iterations": 1000}),
+    "ncfm": ("ncfm", [10, 50], {"iterations": 1000}),
+    # what fits a CPU sitting: a pool of 5 ConvNets x 20 epochs (1/12 of the default's
+    # training) and 200 iterations, as DM's row; labelled with its settings in the table
+    "ncfm_cpu": ("ncfm", [10, 50], {"iterations": 200, "pool_size": 5, "pretrain_epochs": 20}),
+    # the reference: the same student distilled from the same teacher on the whole
+    # training split (EPOCHS epochs, as --stage runs' float student)
+    "full": (None, [None], {}),
 }
 GPU_SETS = ("ncfm",)
 TEACHER_DRIVEN = ("infer", "sre2l")
 
 
 def stage_sets(
-    teacher: str, seeds: list[int], epochs: int, methods: list[str], only_ipc: list[int] | None
+    teacher: str, seeds: list[int], epochs: int, names: list[str], only_ipc: list[int] | None
 ) -> None:
     """Students distilled from the teacher on stored condensed sets: the downstream use
     of a set (accuracy against the images it costs), float KD students of the ``student``
     recipe at ``epochs`` (one step per epoch on 100 images, so more epochs than on the
-    full split)."""
-    for method, (ipcs, opts) in SETS.items():
-        if method not in methods:
+    full split), and the same student from the whole training split at ``EPOCHS``."""
+    weights = weights_sha256(teacher_path(teacher))
+    for name, (method, ipcs, opts) in SETS.items():
+        if name not in names:
             continue
-        for ipc in ipcs if not only_ipc else [i for i in ipcs if i in only_ipc]:
-            store = WORK / f"set_{method}_ipc{ipc}.h5"
-            if not store.exists():
+        for ipc in ipcs if not only_ipc or method is None else [i for i in ipcs if i in only_ipc]:
+            store = None if method is None else WORK / f"set_{name}_ipc{ipc}.h5"
+            if store is not None and not store.exists():
                 t0 = time.perf_counter()
                 by = {"teacher": teacher_path(teacher)} if method in TEACHER_DRIVEN else {}
                 # resume: a long build (NCFM on a CPU) killed at a stop continues next time
                 dd.build(DATASET, method, ipc, store, options=opts, quiet=True, device=DEVICE,
                          resume=True, **by)  # fmt: skip
-                print(f"{method} ipc {ipc}: built in {time.perf_counter() - t0:.0f} s", flush=True)
+                print(f"{name} ipc {ipc}: built in {time.perf_counter() - t0:.0f} s", flush=True)
+            run_epochs = EPOCHS if method is None else epochs
             for seed in seeds:
-                out = STUDENTS / f"set_{teacher}_{method}{ipc}_s{seed}.pt"
-                rep = dd.train(DATASET, out, data=str(store), teacher=teacher_path(teacher),
-                               width=STUDENT_WIDTH[teacher], seed=seed, device=DEVICE,
-                               options={"epochs": epochs}, quiet=True, force=True)  # fmt: skip
-                print(f"set {method} ipc {ipc} seed {seed}: {rep['test_accuracy']:.2f}%",
-                      flush=True)  # fmt: skip
-                weights = weights_sha256(teacher_path(teacher))
+                what = "full" if method is None else f"{name}{ipc}"
+                out = STUDENTS / f"set_{teacher}_{what}_s{seed}.pt"
+                rep = dd.train(DATASET, out, data=None if store is None else str(store),
+                               teacher=teacher_path(teacher), width=STUDENT_WIDTH[teacher],
+                               seed=seed, device=DEVICE, options={"epochs": run_epochs},
+                               quiet=True, force=True)  # fmt: skip
+                print(f"set {what} seed {seed}: {rep['test_accuracy']:.2f}%", flush=True)
+                what = "full" if method is None else f"{name}_ipc{ipc}"
                 write_result(  # named by the teacher's weights: a retrained one adds files
-                    f"studentset_{DATASET}_{teacher}_{method}_ipc{ipc}_s{seed}_t{weights[:8]}"
-                    f"{_tag()}",
+                    f"studentset_{DATASET}_{teacher}_{what}_s{seed}_t{weights[:8]}{_tag()}",
                     {
                         "benchmark": "student-from-set",
                         "device": DEVICE,
                         "teacher_name": teacher,
                         "teacher_weights_sha256": weights,
-                        "method": method,
+                        "set": name,
+                        "method": method or "full",
                         "ipc": ipc,
                         "seed": seed,
-                        "settings": {"build": opts, "epochs": epochs, "kd": "student recipe"},
+                        "settings": {"build": opts, "epochs": run_epochs, "kd": "student recipe"},
                         "report": rep,
                     },
                 )

@@ -688,8 +688,8 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
             "settings": {"build": {"iterations": 200} if method == "dm" else {}},
             "report": {
                 "test_accuracy": acc,
-                "data": {"images": ipc * 10},
-                "epochs": 300,
+                "data": {"images": ipc * 10 if ipc else 4000},
+                "epochs": 300 if ipc else 30,
                 "teacher": {"test_accuracy": teacher_acc},
             },  # fmt: skip
         }
@@ -702,26 +702,33 @@ def test_student_set_rows_pool_seeds_beside_the_full_split(mt):
 
     gpu = {**run("ncfm", 10, 0, 95.0), "device": "cuda"}
     retrained = run("dm", 10, 2, 93.0, teacher_acc=97.9)  # a lost teacher trained again
-    same_acc = {**run("dm", 10, 3, 94.0), "teacher_weights_sha256": "abcdef0123" + "0" * 54}
+    sha = "abcdef0123" + "0" * 54
+    same_acc = {**run("dm", 10, 3, 94.0), "teacher_weights_sha256": sha}
+    # the sets stage's own full-split reference, for the teacher whose weights it records
+    own_full = {**run("full", None, 0, 97.5), "teacher_weights_sha256": sha}
+    small_pool = {**run("ncfm", 10, 0, 96.0), "teacher_weights_sha256": sha}
+    small_pool["settings"] = {"build": {"iterations": 200, "pool_size": 5}}
     rows = mt.student_set_table([run("dm", 10, 0, 90.0), run("dm", 10, 1, 92.0), retrained,
                                  same_acc, run("random", 10, 0, 85.0), gpu, full("resnet", 97.0),
-                                 full("convnet_bn", 98.0)])  # fmt: skip
-    assert rows[-1] == "| resnet (97.70) | full training split | — | 4000 | 97.00 (1 seed) | 30 |"
+                                 full("convnet_bn", 98.0), own_full, small_pool])  # fmt: skip
     assert not any(r.startswith("| convnet_bn") for r in rows)  # no sets of that teacher
     body = [r for r in rows if r.startswith("| resnet")]
-    assert body[0] == (
-        "| resnet (97.70) | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |"
-    )
-    assert body[1] == (
-        "| resnet (97.70) | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |"
-    )
-    assert body[2].startswith("| resnet (97.70) | random (defaults) | 10 | 100 | 85.00")
-    # the same accuracy from another file (retrained since): its own rows, named by the file
-    assert body[3] == (
+    assert body == [
+        "| resnet (97.70) | dm (iterations 200) | 10 | 100 | 91.00 ± 1.00 (2 seeds) | 300 |",
+        "| resnet (97.70) | ncfm (defaults), on cuda | 10 | 100 | 95.00 (1 seed) | 300 |",
+        "| resnet (97.70) | random (defaults) | 10 | 100 | 85.00 (1 seed) | 300 |",
+        # set runs that predate their own reference: --stage runs' float student
+        "| resnet (97.70) | full training split | — | 4000 | 97.00 (1 seed) | 30 |",
+        # the same accuracy from another file (retrained since): its own rows, named by
+        # its weights, with its own full-split reference; other build settings apart
         "| resnet (97.70) weights abcdef01 | dm (iterations 200) | 10 | 100 | 94.00 (1 seed) | "
-        "300 |"
-    )
-    assert body[4] == ("| resnet (97.90) | dm (iterations 200) | 10 | 100 | 93.00 (1 seed) | 300 |")
+        "300 |",
+        "| resnet (97.70) weights abcdef01 | ncfm (iterations 200, pool_size 5) | 10 | 100 | "
+        "96.00 (1 seed) | 300 |",
+        "| resnet (97.70) weights abcdef01 | full training split | — | 4000 | 97.50 (1 seed) | "
+        "30 |",
+        "| resnet (97.90) | dm (iterations 200) | 10 | 100 | 93.00 (1 seed) | 300 |",
+    ]
     assert mt.student_set_table([]) == []
 
 
@@ -949,3 +956,34 @@ def test_recon_steps_rows_put_step_counts_side_by_side(mt):
         "97.50 (260 s) |",
     ]
     assert mt.recon_steps_table([]) == []
+
+
+def test_recon_ablation_rows_walk_from_qdrop_to_genie(mt):
+    def run(calib, variant, acc, date="2026-12-03T18"):
+        return {"benchmark": "reconstruction-ablation", "date": date, "device": "cpu",
+                "teacher_name": "convnet_bn", "teacher_sha256": "cd" * 32, "calib_name": calib,
+                "bits": "w2a4", "variant": variant, "iterations": 1000,
+                "result": {"quant_accuracy": acc, "fp32_accuracy": 98.2, "agreement": 99.0,
+                           "logit_sqnr_db": 12.345}}  # fmt: skip
+
+    rows = mt.recon_ablation_table([
+        run("noise256", "genie", 97.5), run("noise256", "qdrop", 65.0),
+        run("real256", "qdrop_lambda1", 98.4), run("real256", "qdrop", 98.3),
+        run("noise256", "qdrop_steps", 97.0), run("noise256", "qdrop", 10.0, date="2026-12-01"),
+        {**run("noise256", "qdrop", 1.0), "device": "cuda"},  # GPU rows are kept apart
+    ])  # fmt: skip
+    assert any("1000 steps per block" in r for r in rows)
+    body = [r for r in rows if r.startswith("| convnet_bn")]
+    assert body == [
+        "| convnet_bn (98.20, cdcdcdcd) | 256 real images | w2a4 | 0.01 | fixed | QDrop | "
+        "98.30 | 99.0 | 12.35 |",
+        "| convnet_bn (98.20, cdcdcdcd) | 256 real images | w2a4 | 1 | fixed | — | 98.40 | 99.0 | "
+        "12.35 |",
+        "| convnet_bn (98.20, cdcdcdcd) | 256 noise images | w2a4 | 0.01 | fixed | QDrop | "
+        "65.00 | 99.0 | 12.35 |",
+        "| convnet_bn (98.20, cdcdcdcd) | 256 noise images | w2a4 | 0.01 | learned | — | 97.00 | "
+        "99.0 | 12.35 |",
+        "| convnet_bn (98.20, cdcdcdcd) | 256 noise images | w2a4 | 1 | learned | Genie-M | "
+        "97.50 | 99.0 | 12.35 |",
+    ]
+    assert mt.recon_ablation_table([]) == []
