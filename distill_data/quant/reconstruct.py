@@ -39,6 +39,9 @@ Post-Training Quantization", ICLR 2022, §4, Eq. 9)
     4e-5 for the activation steps (both cosine-annealed), 1e-3 for V. The official code
     quantizes weights asymmetrically per channel; here, as everywhere in this package,
     symmetrically (zero point 0), so the integer model is the same kind as the others.
+    ``learn_weight_step`` turns the learned steps on or off for any method: measured on
+    mnist5k (docs/design-notes.md), they, not λ, are what lets Genie-M calibrate on
+    noise where QDrop collapses.
 
 Defaults are the official code's: 20,000 iterations per block, batch 32, Adam with
 lr 1e-3 on V, λ = 0.01, reconstruction loss ``Σ_channels (ŷ − y)²`` averaged over the
