@@ -1673,24 +1673,39 @@ def _latest(runs: list[dict], *fields: str) -> dict[tuple, dict]:
     return out
 
 
+def _recon_teacher(r: dict) -> str:
+    """A reconstruction row's teacher: its name, fp32 accuracy and, where the run recorded
+    it, its file's sha256 prefix (a retrained teacher keeps its name and may keep its
+    accuracy)."""
+    sha = f", {r['teacher_file'][:8]}" if r["teacher_file"] else ""
+    return f"{r['teacher_name']} ({r['result']['fp32_accuracy']:.2f}{sha})"
+
+
+def _with_teacher_file(runs: list[dict]) -> list[dict]:
+    """``runs`` with ``teacher_file``: the teacher file's sha256, "" for runs made before
+    the methods stage recorded it."""
+    return [{**r, "teacher_file": r.get("teacher_sha256") or ""} for r in runs]
+
+
 def recon_tables(results: list[dict]) -> list[str]:
     """Reconstruction PTQ against range-only PTQ, by calibration set and bit width."""
-    every = [r for r in results if r.get("benchmark") == "reconstruction-ptq"]
+    every = _with_teacher_file([r for r in results if r.get("benchmark") == "reconstruction-ptq"])
     runs = [r for r in every if r.get("device", "cpu") == "cpu"]
     if not runs:
         return []
-    latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
+    latest = _latest(runs, "teacher_name", "teacher_file", "calib_name", "bits", "method")
     bits_order = {"w4a4": 0, "w3a3": 1, "w2a4": 2}
     keys = sorted(
-        {(t, c) for t, c, _, _ in latest}, key=lambda k: (k[0], not k[1].startswith("real"), k[1])
+        {k[:3] for k in latest}, key=lambda k: (k[0], k[1], not k[2].startswith("real"), k[2])
     )
-    cols = sorted({b for _, _, b, _ in latest}, key=lambda b: bits_order.get(b, 9))
+    cols = sorted({k[3] for k in latest}, key=lambda b: bits_order.get(b, 9))
     out = []
     its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
     out += [
         "",
         "**Reconstruction PTQ** (`bench/recon.py`; `mnist5k`, teacher's fp32 accuracy in "
-        "brackets; test accuracy % of the quantized teacher; first and last layer at 8 bits, "
+        "brackets, and its file's sha256 prefix for runs that recorded it; test accuracy % "
+        "of the quantized teacher; first and last layer at 8 bits, "
         "per-channel symmetric weights, per-tensor activations; reconstruction at "
         f"{its} steps per block (the papers' code: 20,000), every other setting the "
         "official code's; one seed; s/block = seconds per reconstructed block or layer "
@@ -1700,11 +1715,11 @@ def recon_tables(results: list[dict]) -> list[str]:
         "| teacher | calibration | method | " + " | ".join(cols) + " | s/block | peak RSS MiB |",
         "|---|---|---|" + "---|" * len(cols) + "---|---|",
     ]
-    for teacher, calib in keys:
+    for teacher, tfile, calib in keys:
         for m in RECON_ORDER:
             cells, secs, rss = [], [], []
             for b in cols:
-                r = latest.get((teacher, calib, b, m))
+                r = latest.get((teacher, tfile, calib, b, m))
                 if r is None:
                     cells.append("—")
                     continue
@@ -1714,11 +1729,11 @@ def recon_tables(results: list[dict]) -> list[str]:
                 rss.append(r["peak_rss_mib"])
             if all(c == "—" for c in cells):
                 continue
-            first = next(latest[(teacher, calib, b, m)] for b in cols
-                         if (teacher, calib, b, m) in latest)  # fmt: skip
+            first = next(latest[(teacher, tfile, calib, b, m)] for b in cols
+                         if (teacher, tfile, calib, b, m) in latest)  # fmt: skip
             sec = f"{statistics.median(secs):.1f}" if secs else "—"
             out.append(
-                f"| {teacher} ({first['result']['fp32_accuracy']:.2f}) | {_calib_label(first)} | "
+                f"| {_recon_teacher(first)} | {_calib_label(first)} | "
                 f"{RECON_LABEL[m]} | {' | '.join(cells)} | {sec} | "
                 f"{max(rss):.0f} |"
             )
@@ -1831,13 +1846,13 @@ def recon_gpu_table(runs: list[dict]) -> list[str]:
     the quantized accuracy, per (teacher, calibration, bits, method, steps per block)."""
     if not runs:
         return []
-    latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
+    latest = _latest(runs, "teacher_name", "teacher_file", "calib_name", "bits", "method")
     rows = []
-    for (teacher, _calib, bits, method), r in sorted(latest.items()):
+    for (_teacher, _file, _calib, bits, method), r in sorted(latest.items()):
         if r["seconds_per_block"] is None:
             continue
         rows.append(
-            f"| {teacher} | {_calib_label(r)} | {bits} | {RECON_LABEL[method]} | "
+            f"| {_recon_teacher(r)} | {_calib_label(r)} | {bits} | {RECON_LABEL[method]} | "
             f"{r['settings'].get('iterations')} | {r['seconds_per_block']:.2f} | "
             f"{r['result']['quant_accuracy']:.2f} |"
         )
@@ -1942,26 +1957,22 @@ def format_tables(results: list[dict]) -> list[str]:
 
 def ptq_headline(results: list[dict]) -> list[str]:
     """README: reconstruction against range-only PTQ from real images, by bit width."""
-    runs = [r for r in _on_cpu(results) if r.get("benchmark") == "reconstruction-ptq"
-            and r["calib_name"] == "real256"]  # fmt: skip
+    runs = _with_teacher_file([r for r in _on_cpu(results) if r.get("benchmark") ==
+                               "reconstruction-ptq" and r["calib_name"] == "real256"])  # fmt: skip
     if not runs:
         return []
-    latest = _latest(runs, "teacher_name", "calib_name", "bits", "method")
+    latest = _latest(runs, "teacher_name", "teacher_file", "bits", "method")
     methods = [m for m in RECON_ORDER if m != "mse" and any(k[3] == m for k in latest)]
     rows = []
-    for teacher, calib, bits in sorted({k[:3] for k in latest},
+    for teacher, tfile, bits in sorted({k[:3] for k in latest},
                                        key=lambda k: (k[0], k[1], -int(k[2][1]))):  # fmt: skip
         cells = [
-            f"{latest[(teacher, calib, bits, m)]['result']['quant_accuracy']:.1f}"
-            if (teacher, calib, bits, m) in latest else "—"
+            f"{latest[(teacher, tfile, bits, m)]['result']['quant_accuracy']:.1f}"
+            if (teacher, tfile, bits, m) in latest else "—"
             for m in methods
         ]  # fmt: skip
-        acc = next(r for k, r in latest.items() if k[:3] == (teacher, calib, bits))
-        rows.append(
-            f"| {teacher} ({acc['result']['fp32_accuracy']:.2f}) | {bits} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        acc = next(r for k, r in latest.items() if k[:3] == (teacher, tfile, bits))
+        rows.append(f"| {_recon_teacher(acc)} | {bits} | " + " | ".join(cells) + " |")
     its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
     calib = _one_of(_calib_label(r) for r in runs)
     return [

@@ -121,16 +121,18 @@ def _run(name: str, benchmark: str, teacher: str, calib: str, bits: str, seed: i
 
 def stage_methods(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
                   iterations: int, seed: int) -> None:  # fmt: skip
-    _teacher(teacher)
+    # the teacher file's sha256 names the result, so that runs on a retrained teacher of
+    # the same name neither overwrite nor mix with an earlier teacher's rows
+    sha = file_sha256(_teacher(teacher))
     for b in bits:
         for calib in calibs:
             for name in methods:
                 settings = dict(METHODS[name])
                 if settings["method"] != "observer":
                     settings["iterations"] = iterations
-                tag = f"{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_s{seed}{_tag()}"
-                _run(f"recon_{tag}", "reconstruction-ptq", teacher, calib, b, seed, settings,
-                     name, method=name)  # fmt: skip
+                tag = f"{DATASET}_{teacher}_{b}_{_calib_name(calib)}_{name}_s{seed}_t{sha[:8]}"
+                _run(f"recon_{tag}{_tag()}", "reconstruction-ptq", teacher, calib, b, seed,
+                     settings, name, teacher_sha256=sha, method=name)  # fmt: skip
 
 
 def stage_steps(teacher: str, calibs: list[str], bits: list[str], methods: list[str],
