@@ -286,7 +286,7 @@ def test_a_set_made_to_a_size_is_compared_with_as_many_random_images(
     report = json.loads(js.read_text())
     assert report["store"]["ipc"] is None and report["store"]["count"] == 7
     assert report["results"]["random"]["n_images"] == 7  # not 3 classes x round(7 / 3)
-    assert "zeroq made to a size (7 images)" in out
+    assert "zeroq (7 images) on" in out
     data = load_dataset(str(tiny_npz))
     x, y = random_count_subset(data, 7, seed=0)
     counts = sorted(torch.bincount(y, minlength=3).tolist())

@@ -54,6 +54,12 @@ def test_train_every_mode_from_real_data_with_a_teacher(
     if quant == "none":
         model, meta = load_model(out)
         assert meta["student_config"]["quant"] == "none"
+        # the float line names the same fp32 baseline `inspect` and the quantized runs use
+        params = sum(p.numel() for p in model.parameters())
+        assert report["fp32_bytes"] == 4 * params < report["payload_bytes"]  # + BN buffers
+        assert f"fp32 parameters {4 * params:,} bytes" in stdout
+        code, shown, err = run_cli("inspect", out, "--json")
+        assert code == 0 and json.loads(shown)["fp32_bytes"] == report["fp32_bytes"], err
         return
     integer = report["integer_student"]
     assert integer["top1_agreement_with_fake_quant"] == 100.0

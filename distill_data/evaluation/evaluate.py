@@ -456,16 +456,21 @@ def evaluate_shared(
     return results
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def format_report(report: dict) -> str:
     """Human-readable summary lines of a report."""
     lines = []
     s = report["store"]
     p = report["protocol"]
-    size = f"ipc={s['ipc']}" if s["ipc"] else "made to a size"
+    size = f"ipc={s['ipc']} " if s["ipc"] else ""  # a set made to a size (count): its images
     lines.append(
-        f"{s['generator']} {size} "
+        f"{s['generator']} {size}"
         f"({s['n_images']} images) on {report['dataset']['name']}:"
-        f" {p['model']}, {p['runs']} runs, {p['epochs']} epochs, DSA={p['dsa_strategy']},"
+        f" {p['model']}, {_plural(p['runs'], 'run')}, {_plural(p['epochs'], 'epoch')},"
+        f" DSA={p['dsa_strategy']},"
         + (f" augment={p['pipeline']}," if p.get("pipeline") else "")
         + (f" mix={p['mix']}," if p.get("mix") else "")
         + f" {p['labels']} labels"
@@ -475,7 +480,8 @@ def format_report(report: dict) -> str:
     for name, r in report["results"].items():
         lines.append(
             f"  {name:<16} {r['mean']:6.2f} ± {r['std']:.2f} %   "
-            f"({r['runs']} runs × {r['epochs']} epochs, {r['seconds']:.0f} s)"
+            f"({_plural(r['runs'], 'run')} × {_plural(r['epochs'], 'epoch')}, "
+            f"{r['seconds']:.0f} s)"
         )
     sc = report.get("scores")
     if sc:

@@ -833,9 +833,11 @@ def format_student_report(report: dict) -> str:
             f"  teacher          {t['test_accuracy']:6.2f} %   ({t['parameters']:,} params)"
         )
     if "quant" not in report:
+        buffers = report["payload_bytes"] != report["fp32_bytes"]  # BatchNorm statistics
         lines.append(
-            f"  student          {report['test_accuracy']:6.2f} %   (float, "
-            f"{report['payload_bytes']:,} bytes of tensors)"
+            f"  student          {report['test_accuracy']:6.2f} %   (float: fp32 parameters "
+            f"{report['fp32_bytes']:,} bytes, the baseline of every compression figure"
+            + (f"; {report['payload_bytes']:,} with its buffers)" if buffers else ")")
         )
         return "\n".join(lines)
     q, integer = report["quant"], report["integer_student"]
