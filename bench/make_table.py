@@ -1961,17 +1961,20 @@ def ptq_headline(results: list[dict]) -> list[str]:
                                "reconstruction-ptq" and r["calib_name"] == "real256"])  # fmt: skip
     if not runs:
         return []
-    latest = _latest(runs, "teacher_name", "teacher_file", "bits", "method")
-    methods = [m for m in RECON_ORDER if m != "mse" and any(k[3] == m for k in latest)]
+    # one file per teacher name, its newest (a retrained teacher replaces the earlier one
+    # here; docs/results.md keeps both)
+    current = {r["teacher_name"]: r["teacher_file"] for r in sorted(runs, key=lambda r: r["date"])}
+    runs = [r for r in runs if current[r["teacher_name"]] == r["teacher_file"]]
+    latest = _latest(runs, "teacher_name", "bits", "method")
+    methods = [m for m in RECON_ORDER if m != "mse" and any(k[2] == m for k in latest)]
     rows = []
-    for teacher, tfile, bits in sorted({k[:3] for k in latest},
-                                       key=lambda k: (k[0], k[1], -int(k[2][1]))):  # fmt: skip
+    for teacher, bits in sorted({k[:2] for k in latest}, key=lambda k: (k[0], -int(k[1][1]))):
         cells = [
-            f"{latest[(teacher, tfile, bits, m)]['result']['quant_accuracy']:.1f}"
-            if (teacher, tfile, bits, m) in latest else "—"
+            f"{latest[(teacher, bits, m)]['result']['quant_accuracy']:.1f}"
+            if (teacher, bits, m) in latest else "—"
             for m in methods
         ]  # fmt: skip
-        acc = next(r for k, r in latest.items() if k[:3] == (teacher, tfile, bits))
+        acc = next(r for k, r in latest.items() if k[:2] == (teacher, bits))
         rows.append(f"| {_recon_teacher(acc)} | {bits} | " + " | ".join(cells) + " |")
     its = _one_of(r["settings"].get("iterations") for r in runs if "iterations" in r["settings"])
     calib = _one_of(_calib_label(r) for r in runs)

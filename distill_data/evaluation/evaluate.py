@@ -23,7 +23,7 @@ from distill_data.evaluation.protocol import (
     summarise,
     train_and_test,
 )
-from distill_data.evaluation.report import machine_info, now_iso
+from distill_data.evaluation.report import machine_info, now_iso, plural
 from distill_data.evaluation.scores import augmentation_robust_score, label_robust_score
 from distill_data.store import SyntheticSet
 
@@ -456,10 +456,6 @@ def evaluate_shared(
     return results
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def format_report(report: dict) -> str:
     """Human-readable summary lines of a report."""
     lines = []
@@ -469,7 +465,7 @@ def format_report(report: dict) -> str:
     lines.append(
         f"{s['generator']} {size}"
         f"({s['n_images']} images) on {report['dataset']['name']}:"
-        f" {p['model']}, {_plural(p['runs'], 'run')}, {_plural(p['epochs'], 'epoch')},"
+        f" {p['model']}, {plural(p['runs'], 'run')}, {plural(p['epochs'], 'epoch')},"
         f" DSA={p['dsa_strategy']},"
         + (f" augment={p['pipeline']}," if p.get("pipeline") else "")
         + (f" mix={p['mix']}," if p.get("mix") else "")
@@ -480,7 +476,7 @@ def format_report(report: dict) -> str:
     for name, r in report["results"].items():
         lines.append(
             f"  {name:<16} {r['mean']:6.2f} ± {r['std']:.2f} %   "
-            f"({_plural(r['runs'], 'run')} × {_plural(r['epochs'], 'epoch')}, "
+            f"({plural(r['runs'], 'run')} × {plural(r['epochs'], 'epoch')}, "
             f"{r['seconds']:.0f} s)"
         )
     sc = report.get("scores")

@@ -41,3 +41,8 @@ def machine_info() -> dict:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def plural(n: int, noun: str) -> str:
+    """``"1 run"``, ``"3 runs"``: a count and its noun for the printed summaries."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -48,6 +48,7 @@ from distill_data.config import require, unknown_settings
 from distill_data.data import RealDataset
 from distill_data.dist import ONE, Dist, PeerFailed, first_line, lost_peer, together
 from distill_data.errors import ConfigError, DivergedError, StoreError, opt, setting
+from distill_data.evaluation.report import plural
 from distill_data.models import MODELS, build_model, nonfinite_tensors, save_model
 from distill_data.quant.qat import (
     QUANT_METHODS,
@@ -822,8 +823,8 @@ def format_student_report(report: dict) -> str:
     lines = [
         f"student {st['model']} ({st['parameters']:,} parameters{some}) on "
         f"{report['data']['source']}"
-        f" ({report['data']['images']} images): {report['loss']}, {report['epochs']} "
-        f"epoch{'' if report['epochs'] == 1 else 's'}, "
+        f" ({report['data']['images']} images): {report['loss']}, "
+        f"{plural(report['epochs'], 'epoch')}, "
         f"{report['seconds_per_epoch']:.2f} s/epoch"
         + (f", trained in {precision}" if precision != "fp32" else "")
     ]
